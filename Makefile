@@ -1,0 +1,44 @@
+# Two commands on a fresh Debian/Ubuntu machine: `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+REDIS_URL ?= redis://127.0.0.1:6379/0
+MODELS ?= hub
+TINY_MODELS_DIR ?= .cache/tiny-models
+export REDIS_URL PORT
+
+.PHONY: setup system-deps redis up worker web test tiny-models bench clean
+
+## setup: prepare .venv (and the system packages: ffmpeg, redis-server, chromium, docker-compose)
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(VENV)/.installed: requirements/web.txt requirements/worker.txt requirements/dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	@touch $@
+
+## redis: start a local redis-server when none answers at REDIS_URL
+redis:
+	@scripts/ensure-redis.sh "$(REDIS_URL)"
+
+tiny-models: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m worker.tiny_models --out $(TINY_MODELS_DIR)
+
+## up: web app on PORT and one worker; MODELS=tiny uses the offline tiny models
+up: setup redis
+	@MODELS=$(MODELS) TINY_MODELS_DIR=$(TINY_MODELS_DIR) VENV=$(VENV) scripts/up.sh
+
+## test: install, start what the tests need, run every test
+test: setup redis
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m worker.bench
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,75 @@
+"""The one typed settings object, read from the environment (and an optional .env file).
+
+Both the web front end and the GPU workers read it; nothing here imports torch.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_storage_url() -> str:
+    # The embedded default serves one machine: ./data next to where the process starts.
+    return "file://" + os.path.abspath("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Queue and job records
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    job_ttl_hours: float = Field(168, gt=0)
+    job_time_limit: int = Field(600, gt=0, description="seconds one job may run before it is failed")
+
+    # Storage: s3://bucket/prefix or file:///abs/path
+    storage_url: str = Field(default_factory=_default_storage_url)
+    audio_url_ttl: int = Field(3600, gt=0)
+
+    # Uploads
+    max_upload_mb: float = Field(10, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0, description="larger images are refused (decompression bombs)")
+
+    # Models: a hub id or a local folder each
+    caption_model: str = "Salesforce/blip-image-captioning-base"
+    story_model: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    story_adapter: Optional[str] = None  # local folder or s3://bucket/prefix
+    speech_model: str = "facebook/mms-tts-eng"
+    model_cache_dir: str = Field(default_factory=lambda: os.path.abspath(".cache/adapters"))
+
+    # Hardware
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantize: Literal["none", "8bit", "4bit"] = "none"
+
+    # Story defaults
+    story_words: int = Field(40, ge=5, le=400)
+
+    @field_validator("story_adapter", mode="before")
+    @classmethod
+    def _empty_adapter_is_none(cls, value):
+        return value or None
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def job_ttl_seconds(self) -> int:
+        return int(self.job_ttl_hours * 3600)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

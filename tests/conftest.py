@@ -1,0 +1,103 @@
+"""Fixtures for real parts: a Redis database, moto's S3 server over HTTP, the offline tiny models.
+
+Nothing here reaches a model hub: HF_HUB_OFFLINE is set before transformers can be imported.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """Random-weight BLIP, Qwen2 and VITS models, built offline once per test session."""
+    from worker.tiny_models import build_all
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    build_all(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> str:
+    """The test Redis database (REDIS_URL's server, database TEST_REDIS_DB)."""
+    import redis
+
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urlsplit(base)
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{TEST_REDIS_DB}", "", ""))
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:  # make test starts one; a bare pytest run may not have it
+        pytest.fail(f"no Redis answers at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def redis_url(redis_base_url) -> str:
+    """A flushed test database for each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_base_url)
+    client.flushdb()
+    yield redis_base_url
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """moto's standalone S3 server, spoken to over real HTTP by boto3."""
+    port = free_port()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch) -> str:
+    """Standard AWS variables pointing boto3 at moto; returns a fresh s3:// storage URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return f"s3://test-{uuid.uuid4().hex[:12]}/narrator"

@@ -1,0 +1,34 @@
+"""Thin Celery tasks: the message is a job id; the work lives in worker.runner.run_job."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from redis.exceptions import RedisError
+
+from shared.queue import NARRATE_TASK
+from shared.storage import StorageUnavailable
+from worker.context import get_context
+from worker.runner import fail_job, run_job
+
+log = logging.getLogger(__name__)
+TRANSIENT = (StorageUnavailable, RedisError, ConnectionError)
+
+
+@shared_task(name=NARRATE_TASK, bind=True, max_retries=6, acks_late=True, reject_on_worker_lost=True)
+def narrate_job(self, job_id: str) -> str:
+    ctx = get_context()
+    try:
+        return run_job(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine,
+                       max_pixels=ctx.settings.max_image_pixels).status
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            log.error("job %s: giving up after %d retries: %s", job_id, self.request.retries, exc)
+            try:
+                fail_job(ctx.store, job_id, "storage or the queue stayed unreachable; please try again later")
+            except TRANSIENT:
+                pass
+            raise
+        delay = min(60, 2 ** self.request.retries)  # 1, 2, 4 ... 60 seconds
+        log.warning("job %s: transient error (%s); retrying in %ss", job_id, exc, delay)
+        raise self.retry(exc=exc, countdown=delay)
