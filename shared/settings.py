@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # Storage: s3://bucket/prefix or file:///abs/path
     storage_url: str = Field(default_factory=_default_storage_url)
     audio_url_ttl: int = Field(3600, gt=0)
+    # Clients may reach the S3 server at another address than the services do (compose: minio:9000
+    # inside, localhost:9000 outside); presigned URLs must be signed for the address clients use.
+    public_s3_endpoint_url: Optional[str] = None
 
     # Uploads
     max_upload_mb: float = Field(10, gt=0)

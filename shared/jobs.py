@@ -1,0 +1,279 @@
+"""Job records in Redis: one hash per job (`job:<id>`, expiring) plus a sorted-set index by creation time.
+
+Status changes go through `transition`, a Lua script that checks the current status and writes in one
+step, so a worker finishing a job and a user canceling it cannot both win.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Iterable, Optional
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Stage(str, Enum):
+    CAPTION = "caption"
+    STORY = "story"
+    SPEECH = "speech"
+    UPLOAD = "upload"
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
+_INTS = ("words", "seed")
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: ids double as the capability to see a job, so they must not be guessable."""
+    return secrets.token_urlsafe(16)
+
+
+def iso(ts: Optional[float]) -> Optional[str]:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    stage: Optional[Stage] = None
+    created_at: float = field(default_factory=time.time)
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    caption: Optional[str] = None
+    story: Optional[str] = None
+    audio_key: Optional[str] = None
+    audio_seconds: Optional[float] = None
+    error: Optional[str] = None
+    timings: dict = field(default_factory=dict)
+    words: Optional[int] = None
+    seed: Optional[int] = None
+    input_key: Optional[str] = None
+    content_type: Optional[str] = None
+    filename: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: enum values as strings, timestamps as ISO 8601 UTC."""
+        out = asdict(self)
+        out["status"] = JobStatus(self.status).value
+        out["stage"] = Stage(self.stage).value if self.stage else None
+        for name in ("created_at", "started_at", "finished_at"):
+            out[name] = iso(out[name])
+        return out
+
+    def to_redis(self) -> dict[str, str]:
+        return {k: v for k, v in ((f.name, encode(f.name, getattr(self, f.name))) for f in fields(self))
+                if v is not None}
+
+    @classmethod
+    def from_redis(cls, raw: dict) -> "Job":
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        known = {f.name for f in fields(cls)}
+        kwargs: dict = {k: v for k, v in data.items() if k in known}
+        for name in _FLOATS:
+            if name in kwargs:
+                kwargs[name] = float(kwargs[name])
+        for name in _INTS:
+            if name in kwargs:
+                kwargs[name] = int(kwargs[name])
+        kwargs["status"] = JobStatus(kwargs.get("status", "queued"))
+        kwargs["stage"] = Stage(kwargs["stage"]) if kwargs.get("stage") else None
+        kwargs["timings"] = json.loads(kwargs["timings"]) if kwargs.get("timings") else {}
+        return cls(**kwargs)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def encode(name: str, value) -> Optional[str]:
+    """How one field is stored in the Redis hash; None means 'remove the field'."""
+    if value is None:
+        return None
+    if isinstance(value, Enum):
+        return str(value.value)
+    if name == "timings":
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return str(value)
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Raises ValueError for anything that is not a cursor this module made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split(":", 1)
+        return float(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+def statuses(values: Iterable) -> str:
+    return ",".join(JobStatus(v).value for v in values)
+
+
+# KEYS[1] the job hash. ARGV: ttl, allowed statuses ("" = any), n, n field/value pairs, fields to delete.
+# Returns -1 when the job does not exist, 0 when its status is not allowed, 1 when written.
+_APPLY_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[2] ~= '' then
+  local current = redis.call('HGET', KEYS[1], 'status') or ''
+  local allowed = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do
+    if s == current then allowed = true end
+  end
+  if not allowed then return 0 end
+end
+local n = tonumber(ARGV[3])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n)) end
+if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n, #ARGV)) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+_WRITABLE = {f.name for f in fields(Job)} - {"id", "created_at"}
+
+
+class JobStore:
+    """Job records with an expiry (refreshed on every write) and a newest-first index."""
+
+    INDEX = "jobs:index"
+
+    def __init__(self, redis_client, ttl_seconds: int):
+        self.redis = redis_client
+        self.ttl = max(1, int(ttl_seconds))
+        self._apply_script = redis_client.register_script(_APPLY_LUA)
+
+    @staticmethod
+    def key(job_id: str) -> str:
+        return f"job:{job_id}"
+
+    def create(self, job: Job) -> Job:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key(job.id), mapping=job.to_redis())
+        pipe.expire(self.key(job.id), self.ttl)
+        pipe.zadd(self.INDEX, {job.id: job.created_at})
+        # Bound the index: a hash this old has expired even if it was updated late in its life.
+        pipe.zremrangebyscore(self.INDEX, "-inf", f"({time.time() - 2 * self.ttl!r}")
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Optional[Job]:
+        raw = self.redis.hgetall(self.key(job_id))
+        return Job.from_redis(raw) if raw else None
+
+    def delete(self, job_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key(job_id))
+        pipe.zrem(self.INDEX, job_id)
+        pipe.execute()
+
+    def update(self, job_id: str, **changes) -> bool:
+        """Set fields (None removes one) whatever the status; False if the job does not exist.
+
+        Status changes belong in `transition`, which checks the current status first.
+        """
+        return self._apply(job_id, None, changes)
+
+    def transition(self, job_id: str, allowed_from: Iterable, to, **changes) -> bool:
+        """Atomically: if the status is one of `allowed_from`, set it to `to` plus `changes`.
+
+        False when the job is missing or in another status (e.g. canceled meanwhile). Finishing
+        statuses get `finished_at` unless given.
+        """
+        allowed = set(allowed_from)
+        if not allowed:
+            return False
+        to = JobStatus(to)
+        if to.finished:
+            changes.setdefault("finished_at", time.time())
+        return self._apply(job_id, allowed, {**changes, "status": to})
+
+    def _apply(self, job_id: str, allowed: Optional[set], changes: dict) -> bool:
+        unknown = set(changes) - _WRITABLE
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        encoded = {name: encode(name, value) for name, value in changes.items()}
+        sets = [item for name, value in encoded.items() if value is not None for item in (name, value)]
+        dels = [name for name, value in encoded.items() if value is None]
+        args = [self.ttl, statuses(allowed) if allowed is not None else "", len(sets) // 2, *sets, *dels]
+        return self._apply_script(keys=[self.key(job_id)], args=args) == 1
+
+    # The worker's vocabulary: each returns False when the job was canceled (or vanished) meanwhile.
+    def claim(self, job_id: str, allowed_from: Iterable = (JobStatus.QUEUED,)) -> bool:
+        return self.transition(job_id, allowed_from, JobStatus.RUNNING, started_at=time.time(),
+                               stage=Stage.CAPTION, error=None)
+
+    def progress(self, job_id: str, stage, **changes) -> bool:
+        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, stage=Stage(stage), **changes)
+
+    def succeed(self, job_id: str, audio_key: str, audio_seconds: float, **changes) -> bool:
+        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.SUCCEEDED, stage=None,
+                               audio_key=audio_key, audio_seconds=float(audio_seconds), error=None, **changes)
+
+    def fail(self, job_id: str, error: str, **changes) -> bool:
+        return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.FAILED,
+                               error=error, **changes)
+
+    def cancel(self, job_id: str) -> bool:
+        return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED)
+
+    def list(self, limit: int = 20, cursor: Optional[str] = None) -> tuple[list[Job], Optional[str]]:
+        """Newest first. The cursor names the last job returned, so inserts made between pages
+        (always newer) neither repeat nor skip entries. Ids whose record expired are pruned."""
+        pos = decode_cursor(cursor) if cursor else None
+        found: list[tuple[Job, float]] = []
+        while len(found) <= limit:
+            rows = self._after(pos, limit + 1)
+            if not rows:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(self.key(job_id))
+            expired = []
+            for (job_id, score), raw in zip(rows, pipe.execute()):
+                if raw:
+                    found.append((Job.from_redis(raw), score))
+                else:
+                    expired.append(job_id)
+            if expired:
+                self.redis.zrem(self.INDEX, *expired)
+            pos = rows[-1][1], rows[-1][0]
+        page = found[:limit]
+        next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(found) > limit and page else None
+        return [job for job, _ in page], next_cursor
+
+    def _after(self, pos: Optional[tuple[float, str]], count: int) -> list[tuple[str, float]]:
+        """Index entries strictly after `pos` in newest-first order (equal scores: id descending)."""
+        if pos is None:
+            rows = self.redis.zrevrangebyscore(self.INDEX, "+inf", "-inf", start=0, num=count, withscores=True)
+            return [(_text(m), s) for m, s in rows]
+        score, last_id = pos
+        ties = self.redis.zcount(self.INDEX, score, score)  # entries sharing the score come first
+        rows = self.redis.zrevrangebyscore(self.INDEX, score, "-inf", start=0, num=count + ties, withscores=True)
+        rows = [(_text(m), s) for m, s in rows]
+        return [(m, s) for m, s in rows if s < score or m < last_id][:count]

@@ -1,0 +1,152 @@
+"""Real images in every accepted format and mode, built in memory, through load_image."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from shared.images import ACCEPTED_FORMATS, ImageError, load_image
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def gradient(mode: str = "RGB", size=(48, 32)) -> Image.Image:
+    img = Image.new("RGB", size)
+    img.putdata([(x * 5 % 256, y * 7 % 256, (x + y) % 256) for y in range(size[1]) for x in range(size[0])])
+    return img.convert(mode)
+
+
+def sample_images() -> dict[str, bytes]:
+    """name -> encoded bytes; the same set the pipeline test narrates."""
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))  # fully transparent red
+    rgba.paste((0, 0, 255, 255), (0, 0, 20, 30))  # left half opaque blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a 48x32 sensor image shows as 32x48
+    frame1, frame2 = Image.new("RGB", (30, 20), (0, 200, 0)), Image.new("RGB", (30, 20), (200, 0, 0))
+    sixteen = Image.new("I;16", (30, 20))
+    sixteen.putdata([v * 200 for v in range(600)])
+    return {
+        "rgb.jpg": encode(gradient(), "JPEG"),
+        "rgba.png": encode(rgba, "PNG"),
+        "gray.png": encode(gradient("L"), "PNG"),
+        "palette.png": encode(gradient().convert("P"), "PNG"),
+        "cmyk.jpg": encode(gradient("CMYK"), "JPEG"),
+        "exif-rotated.jpg": encode(gradient(), "JPEG", exif=exif.tobytes()),
+        "animated.gif": encode(frame1, "GIF", save_all=True, append_images=[frame2], duration=100, loop=0),
+        "16bit.png": encode(sixteen, "PNG"),
+        "photo.webp": encode(gradient(), "WEBP"),
+        "photo.bmp": encode(gradient(), "BMP"),
+        "photo.tiff": encode(gradient(), "TIFF"),
+        "la.png": encode(gradient("LA"), "PNG"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(sample_images()))
+def test_every_accepted_format_and_mode_becomes_rgb(name):
+    img = load_image(sample_images()[name])
+    assert img.mode == "RGB"
+    assert img.width > 0 and img.height > 0
+    img.tobytes()  # fully decoded, independent of the source
+
+
+def test_rgba_is_composited_on_white():
+    img = load_image(sample_images()["rgba.png"])
+    assert img.getpixel((5, 5)) == (0, 0, 255)
+    assert img.getpixel((35, 5)) == (255, 255, 255)  # transparent -> white, not black or red
+
+
+def test_exif_orientation_is_applied():
+    img = load_image(sample_images()["exif-rotated.jpg"])
+    assert img.size == (32, 48)
+    assert load_image(sample_images()["rgb.jpg"]).size == (48, 32)
+
+
+def test_animated_gif_gives_first_frame():
+    r, g, b = load_image(sample_images()["animated.gif"]).getpixel((10, 10))
+    assert g > 150 and r < 50
+
+
+def test_16_bit_png_keeps_its_tones():
+    img = load_image(sample_images()["16bit.png"])
+    values = [img.getpixel((x, y))[0] for x, y in [(0, 0), (15, 10), (29, 19)]]
+    assert values[0] < values[1] < values[2] < 255  # a naive conversion clips all this to 255
+
+
+def test_cmyk_colours_survive():
+    src = Image.new("RGB", (16, 16), (255, 0, 0)).convert("CMYK")
+    r, g, b = load_image(encode(src, "JPEG", quality=95)).getpixel((8, 8))
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_path_and_bytes_give_the_same_image(tmp_path):
+    data = sample_images()["photo.webp"]
+    path = tmp_path / "p.webp"
+    path.write_bytes(data)
+    assert load_image(path).tobytes() == load_image(data).tobytes() == load_image(str(path)).tobytes()
+
+
+def error_of(source, **kwargs) -> ImageError:
+    with pytest.raises(ImageError) as info:
+        load_image(source, **kwargs)
+    return info.value
+
+
+def test_missing_file(tmp_path):
+    err = error_of(tmp_path / "nope.jpg")
+    assert err.code == "not_found" and "nope.jpg" in str(err)
+
+
+def test_empty_file():
+    err = error_of(b"")
+    assert (err.code, err.http_status) == ("empty_file", 400)
+    assert str(err) == err.message
+
+
+@pytest.mark.parametrize("data", [b"hello, this is text\n" * 20, b"%PDF-1.4\n" + bytes(range(256)) * 4])
+def test_not_an_image(data):
+    err = error_of(data)
+    assert (err.code, err.http_status) == ("not_an_image", 415)
+
+
+def test_unsupported_format():
+    err = error_of(encode(gradient(), "PCX"))
+    assert (err.code, err.http_status) == ("unsupported_format", 415)
+    assert "PCX" in err.message
+    assert "PCX" not in ACCEPTED_FORMATS
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "PNG", "TIFF"])
+def test_truncated_image(fmt):
+    data = encode(gradient(size=(300, 200)), fmt)
+    cut = data[: len(data) // 2]
+    assert Image.open(io.BytesIO(cut)).size == (300, 200)  # the header alone still parses
+    err = error_of(cut)
+    assert (err.code, err.http_status) == ("truncated_image", 415)
+
+
+@pytest.mark.parametrize("name", ["rgb.jpg", "photo.webp"])
+def test_image_cut_before_its_pixels_is_truncated_not_foreign(name):
+    # Pillow recognises the format but fails in open(): still "truncated", not "not an image".
+    data = sample_images()[name]
+    err = error_of(data[: min(300, len(data) // 2)])
+    assert err.code == "truncated_image"
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    data = encode(Image.new("L", (400, 300)), "PNG")
+    err = error_of(data, max_pixels=100_000)
+    assert (err.code, err.http_status) == ("too_many_pixels", 413)
+    assert "400x300" in err.message
+    assert load_image(data, max_pixels=120_000).size == (400, 300)
+
+
+def test_decompression_bomb_maps_to_too_many_pixels(monkeypatch):
+    # Pillow's own guard (2x MAX_IMAGE_PIXELS) must surface as our error, not a raw exception.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    err = error_of(encode(Image.new("L", (100, 100)), "PNG"))
+    assert err.code == "too_many_pixels"

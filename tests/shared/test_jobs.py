@@ -1,0 +1,164 @@
+"""shared.jobs against a real Redis database."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from shared.jobs import Job, JobStatus, JobStore, Stage, decode_cursor, new_job_id
+
+TTL = 600
+
+
+@pytest.fixture
+def client(redis_url):
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def store(client):
+    return JobStore(client, TTL)
+
+
+def make(store: JobStore, **fields) -> Job:
+    return store.create(Job(id=new_job_id(), input_key="inputs/x", words=40, **fields))
+
+
+def test_ids_are_random_and_url_safe():
+    ids = {new_job_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) >= 22 and i.replace("-", "").replace("_", "").isalnum() for i in ids)
+
+
+def test_create_and_get_round_trip(store, client):
+    job = make(store, seed=7, content_type="image/png", filename="cat.png")
+    got = store.get(job.id)
+    assert got == job
+    assert got.status is JobStatus.QUEUED and got.stage is None
+    assert 0 < client.ttl(store.key(job.id)) <= TTL
+    assert store.get("nope") is None
+
+
+def test_to_dict_is_json_ready(store):
+    job = make(store, seed=3)
+    store.claim(job.id)
+    store.progress(job.id, Stage.STORY, caption="a cat", timings={"caption": 0.25})
+    data = store.get(job.id).to_dict()
+    assert data["status"] == "running" and data["stage"] == "story"
+    assert data["caption"] == "a cat" and data["timings"] == {"caption": 0.25}
+    assert data["created_at"].endswith("Z") and data["started_at"].endswith("Z")
+    assert data["finished_at"] is None and data["seed"] == 3 and data["words"] == 40
+
+
+def test_worker_lifecycle(store):
+    job = make(store)
+    assert store.claim(job.id)
+    assert not store.claim(job.id)  # a second worker cannot claim it again
+    assert store.progress(job.id, "speech", story="Once upon a time.")
+    assert store.succeed(job.id, "audio/x.mp3", 3.5, timings={"caption": 1.0, "story": 2.0})
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.stage is None
+    assert done.audio_key == "audio/x.mp3" and done.audio_seconds == 3.5
+    assert done.finished_at >= done.started_at >= done.created_at
+    assert not store.cancel(job.id)  # finished is final
+    assert not store.fail(job.id, "late error")
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_canceled_job_never_succeeds(store):
+    job = make(store)
+    assert store.claim(job.id)
+    assert store.cancel(job.id)
+    assert not store.progress(job.id, "story", caption="too late")
+    assert not store.succeed(job.id, "audio/x.mp3", 1.0)
+    got = store.get(job.id)
+    assert got.status is JobStatus.CANCELED and got.caption is None and got.finished_at
+
+
+def test_queued_job_can_fail_or_cancel(store):
+    a, b = make(store), make(store)
+    assert store.fail(a.id, "The image could not be read.")
+    assert store.get(a.id).error == "The image could not be read."
+    assert store.cancel(b.id)
+    assert not store.claim(b.id)
+
+
+def test_transition_is_atomic_under_a_race(store):
+    job = make(store)
+    store.claim(job.id)
+    results = []
+    barrier = threading.Barrier(2)
+
+    def attempt(fn):
+        barrier.wait()
+        results.append(fn())
+
+    threads = [threading.Thread(target=attempt, args=(lambda: store.cancel(job.id),)),
+               threading.Thread(target=attempt, args=(lambda: store.succeed(job.id, "audio/x.mp3", 1.0),))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, True]  # exactly one wins, whichever it is
+    assert store.get(job.id).status in (JobStatus.CANCELED, JobStatus.SUCCEEDED)
+
+
+def test_update_sets_removes_and_refreshes_ttl(store, client):
+    job = make(store, seed=1)
+    client.expire(store.key(job.id), 5)
+    assert store.update(job.id, caption="x", seed=None)
+    got = store.get(job.id)
+    assert got.caption == "x" and got.seed is None
+    assert client.ttl(store.key(job.id)) > 5
+    assert not store.update("missing", caption="x")
+    assert not store.transition("missing", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    with pytest.raises(ValueError):
+        store.update(job.id, id="other")
+
+
+def test_records_expire(client):
+    short = JobStore(client, 1)
+    job = short.create(Job(id=new_job_id()))
+    time.sleep(1.2)
+    assert short.get(job.id) is None
+    assert short.list() == ([], None)
+    assert client.zcard(JobStore.INDEX) == 0  # the expired id was pruned from the index
+
+
+def test_list_newest_first_with_cursor(store):
+    now = time.time()
+    ids = [store.create(Job(id=f"job{i:02d}", created_at=now + i)).id for i in range(7)]
+    page, cursor = store.list(limit=3)
+    assert [j.id for j in page] == ids[::-1][:3]
+    page2, cursor2 = store.list(limit=3, cursor=cursor)
+    assert [j.id for j in page2] == ids[::-1][3:6]
+    # A job created between pages is newer: it neither shifts nor repeats the older pages.
+    store.create(Job(id="late", created_at=now + 100))
+    page3, cursor3 = store.list(limit=3, cursor=cursor2)
+    assert [j.id for j in page3] == ids[:1] and cursor3 is None
+    assert store.list(limit=1)[0][0].id == "late"
+
+
+def test_list_handles_equal_timestamps_and_expired_entries(store, client):
+    now = time.time()
+    for name in "abcdef":
+        store.create(Job(id=name, created_at=now))
+    client.delete(store.key("c"))  # expired meanwhile
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list(limit=2, cursor=cursor)
+        seen += [j.id for j in page]
+        if cursor is None:
+            break
+    assert seen == ["f", "e", "d", "b", "a"]
+    assert client.zscore(JobStore.INDEX, "c") is None
+
+
+@pytest.mark.parametrize("cursor", ["garbage!", "bm90LWEtY3Vyc29y", "%%%", "bm90OmE"])
+def test_bad_cursor(store, cursor):
+    with pytest.raises(ValueError):
+        decode_cursor(cursor)
+    with pytest.raises(ValueError):
+        store.list(cursor=cursor)

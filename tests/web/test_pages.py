@@ -1,0 +1,150 @@
+"""HTML pages with Flask's test client: the form, its errors, and the job page in each state."""
+from __future__ import annotations
+
+import io
+import re
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from shared.jobs import JobStore
+from shared.queue import QUEUE
+from shared.settings import Settings
+from web.app import create_app
+
+
+class Elements(HTMLParser):
+    """Collects (tag, attrs) pairs so tests can ask for elements instead of grepping markup."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.found: list[tuple[str, dict]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs)))
+
+    def find(self, tag, **attrs) -> list[dict]:
+        return [a for t, a in self.found if t == tag and all(a.get(k) == v for k, v in attrs.items())]
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "orange").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def app(redis_url, tmp_path):
+    app = create_app(Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data", max_upload_mb=1))
+    yield app
+    app.extensions["narrator"].celery.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def upload(client, data=None, **fields):
+    form = {"image": (io.BytesIO(png() if data is None else data), "sunset.png"), **fields}
+    return client.post("/jobs", data=form)
+
+
+def test_form_is_labelled_and_posts_multipart(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    html = Elements(response.get_data(as_text=True))
+    form = html.find("form")[0]
+    assert form["method"] == "post" and form["action"] == "/jobs" and form["enctype"] == "multipart/form-data"
+    file_input = html.find("input", type="file")[0]
+    assert file_input["name"] == "image" and file_input["accept"].startswith("image/")
+    assert html.find("label", **{"for": file_input["id"]})
+    words = html.find("input", name="words")[0]
+    assert html.find("label", **{"for": words["id"]}) and words["min"] == "10" and words["max"] == "200"
+    assert html.find("button", type="submit")
+    assert html.find("meta", name="viewport") and html.find("html", lang="en")
+
+
+def test_submit_redirects_to_the_job_page(client, redis_url):
+    response = upload(client, words="60")
+    assert response.status_code == 303
+    match = re.fullmatch(r"/jobs/([A-Za-z0-9_-]{22})", response.headers["Location"])
+    assert match
+    job_id = match.group(1)
+    page = client.get(response.headers["Location"])
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    html = Elements(text)
+    img = html.find("img", src=f"/api/v1/jobs/{job_id}/image")[0]
+    assert img["alt"].startswith("The photo you uploaded")
+    status = html.find("p", id="status")[0]
+    assert status["role"] == "status" and status["aria-live"] == "polite"
+    assert "Waiting for a worker" in text
+    assert html.find("meta", **{"http-equiv": "refresh"})  # works without JavaScript
+    assert html.find("script", src="/static/job.js")
+    assert html.find("article", id="job")[0]["data-job-url"] == f"/api/v1/jobs/{job_id}"
+    assert client.get(f"/api/v1/jobs/{job_id}/image").data == png()
+
+
+@pytest.mark.parametrize("send, status, message", [
+    (lambda c: c.post("/jobs", data={}), 400, "Choose a photo"),
+    (lambda c: upload(c, b"not an image"), 415, "not a readable image"),
+    (lambda c: upload(c, words="3"), 400, "from 10 to 200"),
+    (lambda c: upload(c, png() + b"\0" * (2 * 1024 * 1024)), 413, "1 MB"),
+])
+def test_form_errors_rerender_the_form(app, client, redis_url, send, status, message):
+    response = send(client)
+    assert response.status_code == status
+    text = response.get_data(as_text=True)
+    assert message in text and 'role="alert"' in text
+    assert Elements(text).find("input", type="file", **{"aria-invalid": "true"})
+    import redis
+    r = redis.Redis.from_url(redis_url)
+    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
+
+
+def test_finished_job_page(app, client):
+    job_id = upload(client).headers["Location"].rsplit("/", 1)[1]
+    store = app.extensions["narrator"].jobs
+    store.claim(job_id)
+    store.progress(job_id, "speech", caption="An orange card.", story="The card glowed at dusk.")
+    running = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "Working: reading it aloud" in running
+    assert 'class="step done" data-step="story"' in running and 'class="step current" data-step="speech"' in running
+    store.succeed(job_id, f"audio/{job_id}.mp3", 2.0)
+    text = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    html = Elements(text)
+    assert "An orange card." in text and "The card glowed at dusk." in text
+    audio_url = f"http://localhost/api/v1/jobs/{job_id}/audio"
+    assert html.find("audio", id="audio")[0]["src"] == audio_url and "controls" in html.find("audio")[0]
+    assert html.find("a", id="download")[0]["href"] == audio_url + "?download=1"
+    assert not html.find("meta", **{"http-equiv": "refresh"})  # nothing left to wait for
+    assert "hidden" in html.find("form", id="cancel")[0]
+
+
+def test_failed_job_shows_the_error(app, client):
+    job_id = upload(client).headers["Location"].rsplit("/", 1)[1]
+    app.extensions["narrator"].jobs.fail(job_id, "The story model is not available.")
+    text = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "Failed: The story model is not available." in text
+
+
+def test_cancel_from_the_page(app, client):
+    location = upload(client).headers["Location"]
+    response = client.post(location + "/cancel")
+    assert response.status_code == 303 and response.headers["Location"] == location
+    assert "Canceled." in client.get(location).get_data(as_text=True)
+
+
+def test_unknown_job_page_is_an_html_404(client):
+    for bad in ("nope", "x" * 3000):
+        response = client.get(f"/jobs/{bad}", headers={"Accept": "text/html"})
+        assert response.status_code == 404 and response.mimetype == "text/html"
+        assert "No such job" in response.get_data(as_text=True)
+
+
+def test_static_assets(client):
+    assert b"fetch(" in client.get("/static/job.js").data
+    assert client.get("/static/style.css").status_code == 200

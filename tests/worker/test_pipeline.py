@@ -1,0 +1,145 @@
+"""The whole engine on the tiny models: every accepted photo becomes a valid MP3, load-once, batching."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from pydub import AudioSegment
+
+from shared.images import load_image
+from shared.settings import Settings
+from tests.shared.test_images import sample_images
+from worker.engine import ConfigError, Engine, Narration
+
+WORDS = 10  # short stories keep the tiny models quick
+
+
+def make_settings(models, **overrides) -> Settings:
+    values = dict(caption_model=str(models / "caption"), story_model=str(models / "story"),
+                  speech_model=str(models / "speech"), device="cpu", dtype="auto", quantize="none",
+                  story_words=WORDS, story_adapter=None)
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir) -> Engine:
+    return Engine(make_settings(tiny_models_dir))
+
+
+@pytest.fixture(scope="module")
+def sample_rate(tiny_models_dir) -> int:
+    config = json.loads((tiny_models_dir / "speech" / "config.json").read_text())
+    return config["sampling_rate"]
+
+
+def decode_mp3(data: bytes) -> AudioSegment:
+    assert data[:3] == b"ID3" or data[0] == 0xFF, "not an MP3 stream"
+    return AudioSegment.from_file(io.BytesIO(data), format="mp3")
+
+
+@pytest.fixture
+def load_counter(monkeypatch) -> Counter:
+    """Counts from_pretrained calls per model class (BLIP, Qwen2 through the Auto class, VITS)."""
+    from transformers import PreTrainedModel
+
+    counts: Counter = Counter()
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        counts[cls.__name__] += 1
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counting))
+    return counts
+
+
+def test_import_and_construction_load_nothing(tiny_models_dir):
+    code = (
+        "import sys; from pathlib import Path; from worker.engine import Engine; "
+        "from shared.settings import Settings; "
+        f"m = Path({str(tiny_models_dir)!r}); "
+        "e = Engine(Settings(caption_model=str(m/'caption'), story_model=str(m/'story'), "
+        "speech_model=str(m/'speech'), device='cpu')); "
+        "print('transformers' in sys.modules, sorted(e._stages))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False []"
+
+
+def test_ten_narrations_load_each_model_once(tiny_models_dir, load_counter):
+    fresh = Engine(make_settings(tiny_models_dir))
+    image = load_image(sample_images()["rgb.jpg"])
+    for seed in range(10):
+        narration = fresh.narrate(image, words=6, seed=seed)
+        assert narration.mp3
+    assert load_counter == Counter(BlipForConditionalGeneration=1, Qwen2ForCausalLM=1, VitsModel=1)
+    fresh.load()  # warming again is free
+    assert sum(load_counter.values()) == 3
+
+
+@pytest.fixture(scope="module")
+def every_format(engine) -> dict[str, Narration]:
+    names = sorted(sample_images())
+    images = [load_image(sample_images()[name]) for name in names]
+    return dict(zip(names, engine.narrate_batch(images, seeds=[0] * len(names))))
+
+
+@pytest.mark.parametrize("name", sorted(sample_images()))
+def test_every_accepted_photo_becomes_a_valid_mp3(every_format, sample_rate, name):
+    narration = every_format[name]
+    assert narration.caption and narration.story
+    audio = decode_mp3(narration.mp3)
+    assert audio.frame_rate == sample_rate == narration.sample_rate
+    assert audio.channels == 1
+    assert len(audio) > 0 and narration.audio_seconds > 0
+    # The MP3 holds the synthesised audio (encoders add at most a few frames of padding).
+    assert abs(len(audio) / 1000 - narration.audio_seconds) < 0.2
+
+
+def test_single_narration_timings_and_json(engine, sample_rate):
+    narration = engine.narrate(load_image(sample_images()["rgba.png"]), seed=3)
+    assert set(narration.timings) == {"caption", "story", "speech", "encode"}
+    assert all(v >= 0 for v in narration.timings.values())
+    data = narration.to_json()
+    assert "mp3" not in data
+    assert json.loads(json.dumps(data))["caption"] == narration.caption
+    assert decode_mp3(narration.mp3).frame_rate == sample_rate
+
+
+def test_progress_is_reported_at_each_stage(engine):
+    events = []
+    narration = engine.narrate(load_image(sample_images()["gray.png"]), seed=1,
+                               on_progress=lambda stage, fields: events.append((stage, dict(fields))))
+    assert events == [("caption", {}), ("story", {"caption": narration.caption}),
+                      ("speech", {"story": narration.story})]
+
+
+def test_seeded_narration_is_reproducible(engine):
+    image = load_image(sample_images()["photo.bmp"])
+    first, second = engine.narrate(image, seed=42), engine.narrate(image, seed=42)
+    assert (first.caption, first.story, first.mp3) == (second.caption, second.story, second.mp3)
+
+
+def test_batch_of_four_equals_four_single_greedy_calls(engine):
+    names = ["rgb.jpg", "cmyk.jpg", "animated.gif", "photo.tiff"]
+    images = [load_image(sample_images()[n]) for n in names]
+    batch = engine.narrate_batch(images, sample=False)
+    singles = [engine.narrate(img, sample=False) for img in images]
+    assert [(n.caption, n.story) for n in batch] == [(n.caption, n.story) for n in singles]
+    assert all(n.audio_seconds > 0 for n in batch)
+
+
+def test_narrate_batch_checks_its_arguments(engine):
+    assert engine.narrate_batch([]) == []
+    with pytest.raises(ValueError, match="2 images but 1 seeds"):
+        engine.narrate_batch([load_image(sample_images()["rgb.jpg"])] * 2, seeds=[1])
+
+
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_quantize_on_cpu_fails_at_start_up(tiny_models_dir, mode):
+    with pytest.raises(ConfigError, match=f"QUANTIZE={mode} needs a CUDA GPU"):
+        Engine(make_settings(tiny_models_dir, quantize=mode))

@@ -1,0 +1,80 @@
+"""One error shape for the API, `{"error": {"code", "message"}}`, and HTML pages for browsers.
+
+Everything a client can send maps to a 4xx; Redis, the broker or storage being down maps to 503.
+Only a genuine bug reaches the last-resort handler (500, logged, no traceback to the client).
+"""
+from __future__ import annotations
+
+import re
+
+import redis
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from shared.storage import StorageUnavailable
+
+try:  # the broker client's connection errors, raised by send_task
+    from kombu.exceptions import OperationalError as BrokerError
+except ImportError:  # pragma: no cover - kombu comes with celery
+    BrokerError = ConnectionError
+
+
+class AppError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _wants_html() -> bool:
+    if request.path.startswith("/api/") or request.path in ("/healthz", "/readyz"):
+        return False
+    # Pages answer in HTML unless the client clearly prefers JSON (ties go to HTML).
+    return request.accept_mimetypes.best_match(["text/html", "application/json"]) != "application/json"
+
+
+def error_response(status: int, code: str, message: str, headers=None):
+    if _wants_html():
+        body = render_template("error.html", status=status, message=message)
+        return body, status, headers or {}
+    return jsonify(error={"code": code, "message": message}), status, headers or {}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # Keep headers such as Allow (405) but not the HTML content type of the default page.
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        code = {413: "too_large"}.get(exc.code, _snake(exc.name or "error"))
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_UPLOAD_MB")
+            message = f"The upload is larger than the {limit:g} MB limit."
+        return error_response(exc.code or 500, code, message, headers)
+
+    @app.errorhandler(redis.exceptions.RedisError)  # refused, timeout, loading, MISCONF, read-only
+    def _redis_down(exc):
+        app.logger.warning("redis unavailable: %s", exc)
+        return error_response(503, "redis_unavailable", "The job store is unavailable; try again shortly.")
+
+    @app.errorhandler(StorageUnavailable)
+    def _storage_down(exc):
+        app.logger.warning("storage unavailable: %s", exc)
+        return error_response(503, "storage_unavailable", "Storage is unavailable; try again shortly.")
+
+    @app.errorhandler(BrokerError)
+    def _broker_down(exc):
+        app.logger.warning("broker unavailable: %s", exc)
+        return error_response(503, "queue_unavailable", "The job queue is unavailable; try again shortly.")
+
+    @app.errorhandler(Exception)
+    def _last_resort(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "Something went wrong on our side.")

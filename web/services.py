@@ -1,0 +1,57 @@
+"""What the request handlers share: settings, the job store, storage and the Celery sender.
+
+Built once per app by create_app; nothing here connects at construction (Redis and boto3 clients
+connect lazily), so the app starts even while Redis or storage are down and /readyz says so.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+from flask import current_app
+
+from shared.jobs import JobStore
+from shared.queue import NARRATE_TASK, make_celery
+from shared.settings import Settings
+from shared.storage import Storage, open_storage
+
+# A web request should not hang on a dead broker: a few quick tries, then 503.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    jobs: JobStore
+    storage: Storage
+    celery: Celery
+    _storage_ready: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Services":
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+                                      health_check_interval=30)
+        return cls(settings=settings, redis=client, jobs=JobStore(client, settings.job_ttl_seconds),
+                   storage=open_storage(settings.storage_url, settings.public_s3_endpoint_url), celery=make_celery(settings))
+
+    def ensure_storage(self) -> None:
+        """Create the bucket/folder once; retried on later requests if storage was down at start."""
+        if self._storage_ready:
+            return
+        with self._lock:
+            if not self._storage_ready:
+                self.storage.ensure_ready()
+                self._storage_ready = True
+
+    def enqueue(self, job_id: str) -> None:
+        # Only the id travels: the worker reads the image and parameters from storage and the store.
+        self.celery.send_task(NARRATE_TASK, args=[job_id], task_id=job_id,
+                              retry=True, retry_policy=PUBLISH_RETRY)
+
+
+def services() -> Services:
+    return current_app.extensions["narrator"]

@@ -1,0 +1,82 @@
+"""Find a LoRA adapter: a local folder, or an s3://bucket/prefix downloaded once into a cache.
+
+The trainer pushes adapter folders to S3 (`training.train --push`); workers on other machines serve
+them by setting STORY_ADAPTER to that prefix. boto3 reads the standard AWS configuration
+(credentials, region, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for MinIO or moto).
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+from pathlib import Path, PurePosixPath
+
+CONFIG_FILE = "adapter_config.json"
+_download_lock = threading.Lock()
+
+
+class AdapterError(ValueError):
+    """The adapter setting points at nothing usable; the message says what was found."""
+
+
+def resolve_adapter(spec: str, cache_dir: str | Path) -> Path:
+    """Return a local folder holding adapter_config.json (and the adapter weights)."""
+    spec = str(spec).strip()
+    if spec.startswith("s3://"):
+        return _from_s3(spec, Path(cache_dir))
+    path = Path(spec.removeprefix("file://")).expanduser()
+    if not path.is_dir():
+        raise AdapterError(f"STORY_ADAPTER {spec!r}: no such folder")
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterError(f"STORY_ADAPTER {spec!r} is not a LoRA adapter folder: {CONFIG_FILE} is missing")
+    return path.resolve()
+
+
+def _from_s3(spec: str, cache_dir: Path) -> Path:
+    bucket, _, prefix = spec[len("s3://"):].partition("/")
+    if not bucket:
+        raise AdapterError(f"STORY_ADAPTER {spec!r}: no bucket name")
+    prefix = prefix.strip("/")
+    # One folder per adapter URL, so changing STORY_ADAPTER never serves a stale cached adapter.
+    target = cache_dir / hashlib.sha256(f"s3://{bucket}/{prefix}".encode()).hexdigest()[:24]
+    with _download_lock:
+        if (target / CONFIG_FILE).is_file():
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Download next to the target, then rename: another process never sees a half folder.
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
+        try:
+            _download(bucket, prefix, tmp, spec)
+            try:
+                tmp.rename(target)
+            except OSError:  # another worker finished first: keep its complete copy
+                if not (target / CONFIG_FILE).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _download(bucket: str, prefix: str, dest: Path, spec: str) -> None:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3")
+    listing_prefix = f"{prefix}/" if prefix else ""  # "runs/a" must not pick up "runs/ab/..."
+    count = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
+            for item in page.get("Contents", []):
+                relative = PurePosixPath(item["Key"][len(listing_prefix):])
+                if not relative.parts or ".." in relative.parts or item["Key"].endswith("/"):
+                    continue  # folder markers, and keys that would escape the cache folder
+                local = dest.joinpath(*relative.parts)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, item["Key"], str(local))
+                count += 1
+    except (BotoCoreError, ClientError) as exc:
+        raise AdapterError(f"STORY_ADAPTER {spec!r}: could not download from S3: {exc}") from exc
+    if not (dest / CONFIG_FILE).is_file():
+        found = f"{count} object(s)" if count else "nothing"
+        raise AdapterError(f"STORY_ADAPTER {spec!r}: found {found} there but no {CONFIG_FILE}")

@@ -1,0 +1,170 @@
+"""The narration engine: photo -> caption -> story -> speech -> MP3, in-process.
+
+One Engine per process holds the three stages; each stage loads its model on first use, so
+importing or constructing an Engine is cheap and safe in any process. Settings that cannot work
+on this machine (QUANTIZE on a CPU, a missing GPU) fail at construction, before any job runs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from shared.settings import Settings, get_settings
+from worker.engine.devices import ConfigError, check_quantize, resolve_device, resolve_dtype
+
+ProgressCallback = Callable[[str, dict], None]
+
+
+@dataclass
+class Narration:
+    caption: str
+    story: str
+    mp3: bytes = field(repr=False)
+    audio_seconds: float
+    sample_rate: int
+    timings: dict[str, float]
+
+    def to_json(self) -> dict:
+        """Everything but the audio bytes, ready for json.dumps."""
+        out = asdict(self)
+        del out["mp3"]
+        return out
+
+
+def _groups_by_seed(seeds: Sequence[int | None]) -> dict[int | None, list[int]]:
+    # A batched sampler shares one random stream, so each distinct seed gets its own stage call;
+    # in the usual case (all seeds equal, or none) that is still one call for the whole batch.
+    groups: dict[int | None, list[int]] = {}
+    for index, seed in enumerate(seeds):
+        groups.setdefault(seed, []).append(index)
+    return groups
+
+
+def _check_local_model(name: str, value: str) -> None:
+    # A path that does not exist would otherwise be taken for a hub id and fail in the first job.
+    looks_local = value.startswith(("/", "./", "../", "~")) or os.path.isabs(value)
+    if looks_local and not Path(value).expanduser().is_dir():
+        raise ConfigError(f"{name.upper()}={value}: no such model folder.")
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self.device = resolve_device(self.settings.device)
+        self.dtype = resolve_dtype(self.settings.dtype, self.device)
+        check_quantize(self.settings.quantize, self.device)
+        for name in ("caption_model", "story_model", "speech_model"):
+            _check_local_model(name, getattr(self.settings, name))
+        self._stages: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> "Engine":
+        return cls(settings)
+
+    def _stage(self, name: str, factory):
+        with self._lock:
+            if name not in self._stages:
+                self._stages[name] = factory()
+            return self._stages[name]
+
+    @property
+    def caption(self):
+        from worker.engine.caption import CaptionStage
+
+        # Quantization is for the story model, the only one big enough to need it.
+        return self._stage("caption", lambda: CaptionStage(
+            self.settings.caption_model, device=self.device, dtype=self.dtype))
+
+    @property
+    def story(self):
+        from worker.engine.story import StoryStage
+
+        s = self.settings
+        return self._stage("story", lambda: StoryStage(
+            s.story_model, adapter=s.story_adapter, device=str(self.device), dtype=self.dtype,
+            quantize=s.quantize, cache_dir=s.model_cache_dir))
+
+    @property
+    def speech(self):
+        from worker.engine.speech import SpeechStage
+
+        # VITS is small and its flow/spline layers are sensitive to half precision: keep it in
+        # float32 unless DTYPE was set explicitly.
+        dtype = None if self.settings.dtype == "auto" else self.dtype
+        return self._stage("speech", lambda: SpeechStage(
+            self.settings.speech_model, device=str(self.device), dtype=dtype))
+
+    def load(self) -> dict[str, float]:
+        """Warm all three models; returns the seconds each took to load."""
+        seconds = {}
+        for name in ("caption", "story", "speech"):
+            start = time.perf_counter()
+            getattr(self, name).load()
+            seconds[name] = time.perf_counter() - start
+        return seconds
+
+    def narrate(self, image: Image.Image, words: int | None = None, seed: int | None = None,
+                on_progress: ProgressCallback | None = None, sample: bool = True) -> Narration:
+        """One photo to one narration.
+
+        on_progress(stage, fields) is called as each stage starts, with the previous stage's
+        result: ("caption", {}), ("story", {"caption": ...}), ("speech", {"story": ...}).
+        sample=False makes the story greedy (deterministic, and the same alone or in a batch);
+        with sampling, `seed` makes the story and the voice reproducible.
+        """
+        return self._run([image], words, [seed], sample, on_progress)[0]
+
+    def narrate_batch(self, images: Sequence[Image.Image], words: int | None = None,
+                      seeds: Sequence[int | None] | None = None, sample: bool = True) -> list[Narration]:
+        """Each stage runs once over the whole list (once per distinct seed for story and speech)."""
+        seeds = list(seeds) if seeds is not None else [None] * len(images)
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(images)} images but {len(seeds)} seeds")
+        return self._run(list(images), words, seeds, sample, None) if images else []
+
+    def _run(self, images, words, seeds, sample, on_progress) -> list[Narration]:
+        from worker.engine.speech import encode_mp3
+
+        words = int(words or self.settings.story_words)
+        notify = on_progress or (lambda stage, fields: None)
+        timings: dict[str, float] = {}
+
+        notify("caption", {})
+        self.caption.load()  # the first job's one-off load is not part of the stage's latency
+        start = time.perf_counter()
+        captions = self.caption(images)
+        timings["caption"] = time.perf_counter() - start
+
+        notify("story", {"caption": captions[0]} if len(images) == 1 else {})
+        self.story.load()
+        start = time.perf_counter()
+        stories: list[str] = [""] * len(images)
+        for seed, indexes in _groups_by_seed(seeds).items():
+            texts = self.story([captions[i] for i in indexes], words=words, seed=seed, do_sample=sample)
+            for i, text in zip(indexes, texts):
+                stories[i] = text
+        timings["story"] = time.perf_counter() - start
+
+        notify("speech", {"story": stories[0]} if len(images) == 1 else {})
+        self.speech.load()
+        start = time.perf_counter()
+        speeches = [None] * len(images)
+        for seed, indexes in _groups_by_seed(seeds).items():
+            for i, speech in zip(indexes, self.speech([stories[i] for i in indexes], seed=seed)):
+                speeches[i] = speech
+        timings["speech"] = time.perf_counter() - start
+
+        narrations = []
+        for caption, story, speech in zip(captions, stories, speeches):
+            start = time.perf_counter()
+            mp3 = encode_mp3(speech)
+            own = dict(timings, encode=time.perf_counter() - start)
+            narrations.append(Narration(caption, story, mp3, speech.seconds, speech.sample_rate, own))
+        return narrations
