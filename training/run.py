@@ -1,0 +1,166 @@
+"""Load the base model, wrap it with LoRA, train, measure, save the adapter and its report."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from training.collate import Collator, EncodingError, encode_example, end_token_id, pad_id
+from training.dataset import dataset_sha256
+from training.loop import mean_loss, train_steps
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA; LoRA's A matrices are drawn from it
+
+
+def load_base(args, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.train import UsageError
+    from worker.engine.devices import quantization_config
+
+    base = Path(args.base).expanduser()
+    if args.base.startswith(("/", "./", "../", "~")) and not base.is_dir():
+        raise UsageError(f"--base {args.base}: no such model folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.base)
+    except (OSError, ValueError) as exc:  # not a folder, not on the hub, or offline without a cache
+        raise UsageError(f"cannot load the base model {args.base!r}: {str(exc).splitlines()[0]}") from None
+    qconfig = quantization_config(args.quantize, compute_dtype=dtype)
+    kwargs = {"dtype": dtype}
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": device.index or 0})
+    model = AutoModelForCausalLM.from_pretrained(args.base, **kwargs)
+    if qconfig is None:
+        model.to(device)
+    else:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32 and turns on gradient checkpointing: the QLoRA recipe for small cards.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model.config.use_cache = False  # the KV cache only serves generation and fights checkpointing
+    return tokenizer, model
+
+
+def add_lora(model, args):
+    from peft import LoraConfig, get_peft_model
+
+    modules = args.target_modules.strip()
+    targets = modules if modules == "all-linear" else [m.strip() for m in modules.split(",") if m.strip()]
+    config = LoraConfig(
+        task_type="CAUSAL_LM", r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=targets
+    )
+    try:
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers 5 method that is deprecated: noise for our users.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. a module name that does not exist in this model
+        from training.train import UsageError
+
+        raise UsageError(f"--target-modules {modules}: {str(exc).splitlines()[0]}") from None
+
+
+def encode_all(tokenizer, examples, args):
+    end_id = end_token_id(tokenizer)
+    try:
+        encoded = [encode_example(tokenizer, e.prompt, e.story, args.words, args.max_length, end_id) for e in examples]
+    except EncodingError as exc:
+        from training.train import UsageError
+
+        raise UsageError(str(exc)) from None
+    cut = sum(1 for f in encoded if f["input_ids"][-1] != end_id)
+    if cut:
+        print(f"warning: {cut} stories were cut to fit --max-length {args.max_length}", file=sys.stderr)
+    return encoded, cut
+
+
+def loader_for(features, batch_size, collator, seed=None):
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.utils.data.DataLoader(
+        features, batch_size=batch_size, shuffle=seed is not None, generator=generator, collate_fn=collator
+    )
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    # ru_maxrss is KiB on Linux: the whole process's peak, model and Python included.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_training(args, train, evals, device, dtype) -> dict:
+    import peft
+    import transformers
+
+    seed_everything(args.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    tokenizer, model = load_base(args, device, dtype)
+    model = add_lora(model, args)
+    load_seconds = time.perf_counter() - started
+    trainable, total = model.get_nb_trainable_parameters()
+
+    train_features, cut = encode_all(tokenizer, train, args)
+    eval_features, _ = encode_all(tokenizer, evals, args)
+    collator = Collator(pad_id(tokenizer))
+    train_loader = loader_for(train_features, args.batch_size, collator, seed=args.seed)
+    measure_loader = loader_for(train_features, args.batch_size, collator)  # fixed order, no shuffling
+    eval_loader = loader_for(eval_features, args.batch_size, collator)
+    steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_loader)))
+    warmup = int(args.warmup_ratio * steps)
+
+    initial_loss = mean_loss(model, measure_loader, device)
+    initial_eval = mean_loss(model, eval_loader, device)
+    started = time.perf_counter()
+    result = train_steps(
+        model, train_loader, device, total_steps=steps, lr=args.lr, warmup_steps=warmup,
+        weight_decay=args.weight_decay, fp16=dtype == torch.float16,
+    )
+    seconds = time.perf_counter() - started
+    report = {
+        "base_model": args.base,
+        "dataset": str(Path(args.data).resolve()),
+        "dataset_sha256": dataset_sha256(args.data),
+        "examples": {"train": len(train), "eval": len(evals), "truncated": cut},
+        "hyperparameters": {
+            "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+            "warmup_steps": warmup, "weight_decay": args.weight_decay, "max_grad_norm": 1.0,
+            "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "target_modules": args.target_modules,
+            "quantize": args.quantize, "words": args.words, "max_length": args.max_length, "seed": args.seed,
+        },
+        "steps": result.steps,
+        "epochs_completed": result.epochs,
+        "seconds": round(seconds, 3),
+        "load_seconds": round(load_seconds, 3),
+        # Measured on the whole training split in eval mode (no dropout), before and after training.
+        "initial_loss": initial_loss,
+        "final_loss": mean_loss(model, measure_loader, device),
+        "initial_eval_loss": initial_eval,
+        "eval_loss": mean_loss(model, eval_loader, device),
+        "first_step_loss": result.first_step_loss,
+        "last_step_loss": result.last_step_loss,
+        "loss_curve": result.curve,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "dtype": str(dtype).replace("torch.", ""),
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # a PeftModel writes only adapter_config.json + adapter_model.safetensors
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
