@@ -101,3 +101,72 @@ def s3_env(s3_endpoint, monkeypatch) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return f"s3://test-{uuid.uuid4().hex[:12]}/narrator"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_url(request, tmp_path) -> str:
+    """Both storage backends: a local folder and moto's S3 server."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_env")
+    return f"file://{tmp_path}/data"
+
+
+@pytest.fixture
+def service_env(redis_url, storage_url, tiny_models_dir, tmp_path) -> dict:
+    """The environment a worker and the web app share: test Redis, storage, the tiny models."""
+    return {
+        "REDIS_URL": redis_url,
+        "STORAGE_URL": storage_url,
+        "CAPTION_MODEL": str(tiny_models_dir / "caption"),
+        "STORY_MODEL": str(tiny_models_dir / "story"),
+        "SPEECH_MODEL": str(tiny_models_dir / "speech"),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "DEVICE": "cpu",
+        "STORY_WORDS": "16",
+        "JOB_TIME_LIMIT": "120",
+    }
+
+
+@pytest.fixture
+def celery_worker_process(service_env, tmp_path):
+    """A real `celery -A worker.app worker` process on the test Redis (no eager mode)."""
+    log = tmp_path / "worker.log"
+    env = {**os.environ, **service_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while b"ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the Celery worker did not start:\n" + log.read_text()[-3000:])
+        time.sleep(0.2)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def web_server(service_env):
+    """The Flask app on a real threaded HTTP server; yields (app, base_url)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from shared.settings import Settings
+    from web.app import create_app
+
+    app = create_app(Settings(**{k.lower(): v for k, v in service_env.items()}))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield app, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if engine.device.type == "cuda":
         print(f"gpu: {torch.cuda.get_device_name(engine.device)}")
     print(f"models: {models if args.models else 'tiny random-weight models (worker.tiny_models, seed 0)'}")
-    print(f"model load (s): " + ", ".join(f"{k} {v:.3f}" for k, v in loads.items())
+    print("model load (s): " + ", ".join(f"{k} {v:.3f}" for k, v in loads.items())
           + f", total {sum(loads.values()):.3f}")
     print(f"median of {args.runs} runs after 1 warm-up, story of {args.words} words; seconds per batch "
           "(per photo in brackets)")

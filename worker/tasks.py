@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 from shared.queue import NARRATE_TASK
 from shared.storage import StorageUnavailable
 from worker.context import get_context
+from worker.limits import time_limit
 from worker.runner import fail_job, run_job
 
 log = logging.getLogger(__name__)
@@ -19,13 +20,20 @@ TRANSIENT = (StorageUnavailable, RedisError, ConnectionError)
 def narrate_job(self, job_id: str) -> str:
     ctx = get_context()
     try:
-        return run_job(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine,
-                       max_pixels=ctx.settings.max_image_pixels).status
+        ctx.engine.load()  # once per process; the first job's load does not count against its limit
+    except Exception as exc:
+        log.exception("could not load the models")
+        fail_job(ctx.store, job_id, f"the worker could not load its models ({type(exc).__name__}: {exc})")
+        raise
+    try:
+        with time_limit(ctx.settings.job_time_limit):
+            return run_job(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine,
+                           max_pixels=ctx.settings.max_image_pixels).status
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
             log.error("job %s: giving up after %d retries: %s", job_id, self.request.retries, exc)
             try:
-                fail_job(ctx.store, job_id, "storage or the queue stayed unreachable; please try again later")
+                fail_job(ctx.store, job_id, "storage stayed unreachable; please try again later")
             except TRANSIENT:
                 pass
             raise

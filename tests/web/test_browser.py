@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from werkzeug.serving import make_server
 
-from shared.settings import Settings
-from web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+              pytest.mark.parametrize("storage_url", ["local"], indirect=True)]
 
 
 def mp3() -> bytes:
@@ -33,15 +30,9 @@ def mp3() -> bytes:
 
 
 @pytest.fixture
-def served(redis_url, tmp_path):
-    app = create_app(Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-    app.extensions["narrator"].celery.close()
+def served(web_server):
+    """The app on a real HTTP server (tests/conftest.py), with local storage."""
+    return web_server
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,135 @@
+"""What a job is: its statuses and stages, the Job record, and how it is stored in a Redis hash.
+
+Pure data and encoding; the Redis reads and writes are JobStore's (jobs.py).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Iterable, Optional
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Stage(str, Enum):
+    CAPTION = "caption"
+    STORY = "story"
+    SPEECH = "speech"
+    UPLOAD = "upload"
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
+_INTS = ("words", "seed")
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: ids double as the capability to see a job, so they must not be guessable."""
+    return secrets.token_urlsafe(16)
+
+
+def iso(ts: Optional[float]) -> Optional[str]:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    stage: Optional[Stage] = None
+    created_at: float = field(default_factory=time.time)
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    caption: Optional[str] = None
+    story: Optional[str] = None
+    audio_key: Optional[str] = None
+    audio_seconds: Optional[float] = None
+    error: Optional[str] = None
+    timings: dict = field(default_factory=dict)
+    words: Optional[int] = None
+    seed: Optional[int] = None
+    input_key: Optional[str] = None
+    content_type: Optional[str] = None
+    filename: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: enum values as strings, timestamps as ISO 8601 UTC."""
+        out = asdict(self)
+        out["status"] = JobStatus(self.status).value
+        out["stage"] = Stage(self.stage).value if self.stage else None
+        for name in ("created_at", "started_at", "finished_at"):
+            out[name] = iso(out[name])
+        return out
+
+    def to_redis(self) -> dict[str, str]:
+        return {k: v for k, v in ((f.name, encode(f.name, getattr(self, f.name))) for f in fields(self))
+                if v is not None}
+
+    @classmethod
+    def from_redis(cls, raw: dict) -> "Job":
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        known = {f.name for f in fields(cls)}
+        kwargs: dict = {k: v for k, v in data.items() if k in known}
+        for name in _FLOATS:
+            if name in kwargs:
+                kwargs[name] = float(kwargs[name])
+        for name in _INTS:
+            if name in kwargs:
+                kwargs[name] = int(kwargs[name])
+        kwargs["status"] = JobStatus(kwargs.get("status", "queued"))
+        kwargs["stage"] = Stage(kwargs["stage"]) if kwargs.get("stage") else None
+        kwargs["timings"] = json.loads(kwargs["timings"]) if kwargs.get("timings") else {}
+        return cls(**kwargs)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def encode(name: str, value) -> Optional[str]:
+    """How one field is stored in the Redis hash; None means 'remove the field'."""
+    if value is None:
+        return None
+    if isinstance(value, Enum):
+        return str(value.value)
+    if name == "timings":
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return str(value)
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Raises ValueError for anything that is not a cursor this module made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split(":", 1)
+        return float(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+def statuses(values: Iterable) -> str:
+    return ",".join(JobStatus(v).value for v in values)

@@ -1,0 +1,133 @@
+"""Storage in an S3 bucket (AWS, MinIO, moto, ...); boto3 is imported only when one is opened."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Optional
+
+from shared.storage_base import Storage, StorageError, StorageNotFound, StorageUnavailable, check_key
+
+# Server-side conditions worth retrying later rather than reporting as a broken request.
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
+
+
+class S3Storage(Storage):
+    """Objects under `prefix/` in one bucket, via boto3's standard configuration chain.
+
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (MinIO, moto, ...), credentials and region come from the
+    environment or ~/.aws as boto3 reads them; nothing is hard-coded here.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", public_endpoint_url: Optional[str] = None):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        # Custom endpoints (a "minio" host in compose) rarely resolve bucket.host names: use paths.
+        s3_opts = {"addressing_style": "path"} if custom else {}
+        # SigV4 everywhere: newer regions and MinIO refuse the legacy presigned-URL signature.
+        signing = {"signature_version": "s3v4"}
+        session = boto3.session.Session()
+        self._client = session.client("s3", config=Config(
+            connect_timeout=5, read_timeout=30, s3=s3_opts, **signing,
+            retries={"mode": "standard", "max_attempts": 3}))  # callers retry on top
+        # Browsers may reach the server under another name than the services do (compose's
+        # "minio:9000" vs localhost:9000): presigned URLs are signed for the public name.
+        public = public_endpoint_url or os.environ.get("PUBLIC_S3_ENDPOINT_URL")
+        self._signer = session.client("s3", endpoint_url=public, config=Config(
+            s3={"addressing_style": "path"}, **signing)) if public else self._client
+        # Readiness probes must answer quickly, so they get one attempt and short timeouts.
+        self._probe = session.client("s3", config=Config(
+            connect_timeout=2, read_timeout=5, s3=s3_opts, retries={"total_max_attempts": 1}, **signing))
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def _errors(self, what: str):
+        from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise StorageNotFound(what) from None
+            if status >= 500 or code in _TRANSIENT_CODES:
+                raise StorageUnavailable(f"{what}: {code or status}") from exc
+            raise StorageError(f"{what}: {code} {err.get('Message', '')}".strip()) from exc
+        except (ConnectionError, HTTPClientError) as exc:
+            raise StorageUnavailable(f"{what}: {exc}") from exc
+        except BotoCoreError as exc:  # missing credentials, bad configuration
+            raise StorageError(f"{what}: {exc}") from exc
+
+    def put(self, key, data, content_type=None):
+        with self._errors(f"put {key}"):
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                    ContentType=content_type or "application/octet-stream")
+
+    def get(self, key):
+        with self._errors(key):
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def exists(self, key):
+        try:
+            with self._errors(key):
+                self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except StorageNotFound:
+            return False
+
+    def delete(self, key):
+        with self._errors(f"delete {key}"):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix=""):
+        base = f"{self.prefix}/" if self.prefix else ""
+        keys = []
+        with self._errors(f"list {prefix}"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix)
+            for page in pages:
+                keys.extend(obj["Key"][len(base):] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def presigned_url(self, key, expires, content_type="audio/mpeg", filename=None):
+        params = {"Bucket": self.bucket, "Key": self._key(key), "ResponseContentType": content_type}
+        if filename:
+            params["ResponseContentDisposition"] = f'inline; filename="{filename}"'
+        with self._errors(f"presign {key}"):
+            return self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=int(expires))
+
+    def ensure_ready(self):
+        try:
+            with self._errors(f"bucket {self.bucket}"):
+                self._probe.head_bucket(Bucket=self.bucket)  # fail fast: start-up retries later
+            return
+        except StorageNotFound:
+            pass
+        region = self._client.meta.region_name
+        kwargs = {}
+        if region and region not in ("us-east-1", "aws-global"):
+            # us-east-1 is the one region that rejects an explicit LocationConstraint.
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            with self._errors(f"create bucket {self.bucket}"):
+                self._client.create_bucket(Bucket=self.bucket, **kwargs)
+        except StorageError as exc:
+            if "BucketAlreadyOwnedByYou" not in str(exc):  # another process won the race
+                raise
+
+    def check(self):
+        try:
+            with self._errors(f"bucket {self.bucket}"):
+                self._probe.head_bucket(Bucket=self.bucket)
+        except StorageUnavailable:
+            raise
+        except StorageError as exc:
+            raise StorageUnavailable(f"s3://{self.bucket} is not usable: {exc}") from exc

@@ -1,0 +1,189 @@
+"""The worker's job lifecycle as a plain function: real Redis, real storage, the tiny models."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
+from pydub import AudioSegment
+
+from shared.jobs import Job, JobStatus, JobStore, new_job_id
+from shared.settings import Settings
+from shared.storage import StorageUnavailable, open_storage
+from worker.limits import time_limit
+from worker.runner import audio_key, run_job
+
+
+def jpeg(color="orange") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir):
+    from worker.engine import Engine
+
+    return Engine(Settings(caption_model=str(tiny_models_dir / "caption"), story_model=str(tiny_models_dir / "story"),
+                           speech_model=str(tiny_models_dir / "speech"), device="cpu", story_words=12))
+
+
+class RecordingStore(JobStore):
+    """The real store, remembering each stage it published and what the job held at that moment."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.published = []
+
+    def progress(self, job_id, stage, **changes):
+        ok = super().progress(job_id, stage, **changes)
+        job = self.get(job_id)
+        self.published.append((str(getattr(stage, "value", stage)), job.status.value, job.caption, job.story))
+        return ok
+
+
+@pytest.fixture
+def store(redis_url):
+    return RecordingStore(redis.Redis.from_url(redis_url), ttl_seconds=3600)
+
+
+@pytest.fixture
+def storage(tmp_path):
+    storage = open_storage(f"file://{tmp_path}/data")
+    storage.ensure_ready()
+    return storage
+
+
+def submit(store, storage, data: bytes, **fields) -> str:
+    job_id = new_job_id()
+    storage.put(f"inputs/{job_id}", data)
+    store.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=fields.get("words", 12), seed=fields.get("seed")))
+    return job_id
+
+
+def test_a_job_runs_stage_by_stage_to_an_mp3(store, storage, engine):
+    job_id = submit(store, storage, jpeg(), seed=3)
+    outcome = run_job(job_id, store=store, storage=storage, engine=engine)
+    assert outcome.status == "succeeded"
+
+    assert [stage for stage, *_ in store.published] == ["caption", "story", "speech", "upload"]
+    assert all(status == "running" for _, status, *_ in store.published)
+    caption_at_story = store.published[1][2]
+    story_at_speech = store.published[2][3]
+    assert caption_at_story and story_at_speech  # visible as soon as they exist
+
+    job = store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.stage is None
+    assert job.caption == caption_at_story and job.story == story_at_speech
+    assert job.audio_key == audio_key(job_id) and job.audio_seconds > 0
+    assert set(job.timings) >= {"caption", "story", "speech"}
+    assert job.started_at <= job.finished_at
+    audio = AudioSegment.from_file(io.BytesIO(storage.get(job.audio_key)), format="mp3")
+    assert audio.duration_seconds > 0
+
+
+def test_rerun_after_a_crash_ends_in_one_result(store, storage, engine):
+    job_id = submit(store, storage, jpeg("navy"), seed=5)
+    store.claim(job_id)  # a worker took it, then died before finishing
+    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "succeeded"
+    first = store.get(job_id)
+    assert storage.list("audio/") == [audio_key(job_id)]
+
+    # A redelivered message for a finished job changes nothing.
+    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "succeeded"
+    assert store.get(job_id).finished_at == first.finished_at
+    assert storage.list("audio/") == [audio_key(job_id)]
+
+
+def test_a_canceled_job_is_not_run(store, storage, engine):
+    job_id = submit(store, storage, jpeg())
+    assert store.cancel(job_id)
+    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "canceled"
+    assert store.published == [] and not storage.exists(audio_key(job_id))
+
+
+def test_cancel_while_running_stops_at_the_next_stage(store, storage, engine):
+    job_id = submit(store, storage, jpeg())
+
+    original = store.progress
+
+    def progress(jid, stage, **changes):
+        if str(getattr(stage, "value", stage)) == "story":
+            store.cancel(jid)  # the client cancels while the caption is being written
+        return original(jid, stage, **changes)
+
+    store.progress = progress
+    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "canceled"
+    job = store.get(job_id)
+    assert job.status is JobStatus.CANCELED and job.story is None
+    assert not storage.exists(audio_key(job_id))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"this is not an image", "not"),
+    (jpeg()[:200], "truncated"),
+])
+def test_a_bad_image_fails_the_job_with_a_clear_error(store, storage, engine, data, message):
+    job_id = submit(store, storage, data)
+    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "failed"
+    job = store.get(job_id)
+    assert job.status is JobStatus.FAILED and message in job.error.lower()
+    assert "Traceback" not in job.error and job.finished_at
+
+
+def test_a_vanished_upload_fails_the_job(store, storage, engine):
+    job_id = submit(store, storage, jpeg())
+    storage.delete(f"inputs/{job_id}")
+    run_job(job_id, store=store, storage=storage, engine=engine)
+    assert "upload it again" in store.get(job_id).error
+
+
+class BrokenStory:
+    """An engine whose story model fails, as a CUDA out-of-memory error would."""
+
+    def narrate(self, image, words, seed, on_progress):
+        on_progress("caption", {})
+        on_progress("story", {"caption": "A cat"})
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_a_model_error_fails_the_job_and_names_the_stage(store, storage):
+    job_id = submit(store, storage, jpeg())
+    assert run_job(job_id, store=store, storage=storage, engine=BrokenStory()).status == "failed"
+    job = store.get(job_id)
+    assert job.error == "the story stage failed (RuntimeError: CUDA out of memory)"
+    assert job.caption == "A cat"
+
+
+def test_transient_storage_errors_propagate_for_a_retry(store, engine):
+    class Down:
+        def get(self, key):
+            raise StorageUnavailable("connection refused")
+
+    job_id = submit(store, open_storage("file:///tmp/unused-narrator"), jpeg())
+    with pytest.raises(StorageUnavailable):
+        run_job(job_id, store=store, storage=Down(), engine=engine)
+    assert store.get(job_id).status is JobStatus.RUNNING  # a retry picks it up again
+
+
+def test_time_limit_fails_the_job(store, storage):
+    class Slow:
+        def narrate(self, image, words, seed, on_progress):
+            on_progress("caption", {})
+            time.sleep(5)
+
+    job_id = submit(store, storage, jpeg())
+    start = time.monotonic()
+    with time_limit(0.3):
+        outcome = run_job(job_id, store=store, storage=storage, engine=Slow())
+    assert time.monotonic() - start < 3
+    assert outcome.status == "failed" and "time limit" in store.get(job_id).error
+
+
+def test_time_limit_raises_soft_time_limit():
+    with pytest.raises(SoftTimeLimitExceeded):
+        with time_limit(0.1):
+            time.sleep(2)

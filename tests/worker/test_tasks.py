@@ -1,0 +1,133 @@
+"""The whole service with real parts: a Celery worker process, Redis, storage (folder or moto S3),
+the web app on a real HTTP server and the tiny models. No eager mode anywhere."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+from pydub import AudioSegment
+
+from shared.jobs import Job, new_job_id
+
+CANONICAL = [("queued", None), ("running", "caption"), ("running", "story"), ("running", "speech"),
+             ("running", "upload"), ("succeeded", None)]
+
+
+def photo(index: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def post_job(base: str, image: bytes, **fields) -> tuple[int, dict]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+                 f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/api/v1/jobs", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, json.load(response)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def wait_until_finished(base: str, job_id: str, timeout: float = 120) -> tuple[dict, list]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get_json(f"{base}/api/v1/jobs/{job_id}")
+        state = (job["status"], job["stage"])
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job, seen
+        time.sleep(0.01)
+    pytest.fail(f"job {job_id} did not finish in {timeout}s; states seen: {seen}")
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:  # a plain GET, redirects followed
+        return response.read()
+
+
+def test_a_job_moves_through_its_states_in_order(celery_worker_process, web_server):
+    app, base = web_server
+    status, job = post_job(base, photo(1), words=20, seed=4)
+    assert status == 202 and job["status"] == "queued"
+    job, seen = wait_until_finished(base, job["id"])
+
+    assert job["status"] == "succeeded", job
+    assert seen[-1] == ("succeeded", None)
+    positions = [CANONICAL.index(state) for state in seen]
+    assert positions == sorted(positions), f"states out of order: {seen}"
+    assert job["caption"] and job["story"] and job["audio_seconds"] > 0
+    assert set(job["timings"]) >= {"caption", "story", "speech"}
+    assert job["started_at"] and job["finished_at"] >= job["started_at"]
+
+    audio = AudioSegment.from_file(io.BytesIO(fetch(job["audio_url"])), format="mp3")
+    assert audio.duration_seconds > 0 and audio.frame_rate == 16000
+
+
+def test_the_worker_fails_a_bad_image_with_a_clear_error(celery_worker_process, web_server):
+    app, base = web_server
+    services = app.extensions["narrator"]
+    job_id = new_job_id()
+    # The web app refuses such uploads; storage corrupted later must still end as a clear failure.
+    services.storage.put(f"inputs/{job_id}", b"GIF89a but not really")
+    services.jobs.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=20))
+    services.enqueue(job_id)
+    job, _ = wait_until_finished(base, job_id)
+    assert job["status"] == "failed" and job["error"] and "Traceback" not in job["error"]
+    assert job["audio_url"] is None
+
+
+def test_a_job_canceled_in_the_queue_is_never_run(celery_worker_process, web_server):
+    app, base = web_server
+    services = app.extensions["narrator"]
+    job_id = new_job_id()
+    services.storage.put(f"inputs/{job_id}", photo(2))
+    services.jobs.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=20))
+    request = urllib.request.Request(f"{base}/api/v1/jobs/{job_id}/cancel", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.load(response)["status"] == "canceled"
+    services.enqueue(job_id)
+    # Follow it with a real job: once that one is done, the worker has handled the canceled one.
+    _, later = post_job(base, photo(3), words=20)
+    assert wait_until_finished(base, later["id"])[0]["status"] == "succeeded"
+    job = get_json(f"{base}/api/v1/jobs/{job_id}")
+    assert job["status"] == "canceled" and job["started_at"] is None
+    assert not services.storage.exists(f"audio/{job_id}.mp3")
+
+
+@pytest.mark.parametrize("storage_url", ["s3"], indirect=True)
+def test_fifty_concurrent_submissions_all_succeed(celery_worker_process, web_server):
+    app, base = web_server
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        submitted = list(pool.map(lambda i: post_job(base, photo(i), words=12, seed=i), range(50)))
+    assert [status for status, _ in submitted] == [202] * 50
+    ids = [job["id"] for _, job in submitted]
+    assert len(set(ids)) == 50
+
+    finished = [wait_until_finished(base, job_id, timeout=300)[0] for job_id in ids]
+    assert [job["status"] for job in finished] == ["succeeded"] * 50, [j["error"] for j in finished if j["error"]]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        mp3s = list(pool.map(lambda job: fetch(job["audio_url"]), finished))
+    assert len({hashlib.sha256(data).hexdigest() for data in mp3s}) == 50
+    for data in mp3s[:5]:
+        assert AudioSegment.from_file(io.BytesIO(data), format="mp3").duration_seconds > 0
+    listed = get_json(f"{base}/api/v1/jobs?limit=100")["jobs"]
+    assert {job["id"] for job in listed} == set(ids)
