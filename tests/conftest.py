@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,18 +52,33 @@ def tiny_models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_base_url() -> str:
-    """The test Redis database (REDIS_URL's server, database TEST_REDIS_DB)."""
+def redis_base_url(tmp_path_factory) -> str:
+    """A Redis of the test session's own: a private redis-server on a free port when the binary is
+    here (so parallel test runs never flush each other's data), else REDIS_URL's server, database
+    TEST_REDIS_DB."""
     import redis
 
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    parts = urlsplit(base)
+    binary = shutil.which("redis-server")
+    if binary:
+        port = free_port()
+        workdir = tmp_path_factory.mktemp("redis")
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(workdir)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port)
+            yield f"redis://127.0.0.1:{port}/{TEST_REDIS_DB}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        return
+    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     url = urlunsplit((parts.scheme, parts.netloc, f"/{TEST_REDIS_DB}", "", ""))
     try:
         redis.Redis.from_url(url).ping()
     except redis.RedisError as exc:  # make test starts one; a bare pytest run may not have it
         pytest.fail(f"no Redis answers at {url}: {exc}")
-    return url
+    yield url
 
 
 @pytest.fixture
