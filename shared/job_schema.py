@@ -35,8 +35,8 @@ class Stage(str, Enum):
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
-_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
-_INTS = ("words", "seed")
+_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds", "lease_until")
+_INTS = ("words", "seed", "batch_size")
 
 
 def new_job_id() -> str:
@@ -69,6 +69,16 @@ class Job:
     input_key: Optional[str] = None
     content_type: Optional[str] = None
     filename: Optional[str] = None
+    # Worker bookkeeping (not shown by the API): who runs the job, until when its claim holds,
+    # and how many jobs shared its batch.
+    worker: Optional[str] = None
+    lease_until: Optional[float] = None
+    batch_size: Optional[int] = None
+
+    def leased_elsewhere(self, worker: str, now: float) -> bool:
+        """Running under another worker's claim that has not expired yet."""
+        return (self.status == JobStatus.RUNNING and self.worker not in (None, worker)
+                and (self.lease_until or 0) > now)
 
     def to_dict(self) -> dict:
         """JSON-ready: enum values as strings, timestamps as ISO 8601 UTC."""

@@ -39,9 +39,11 @@ _WRITABLE = {f.name for f in fields(Job)} - {"id", "created_at"}
 
 
 class JobStore:
-    """Job records with an expiry (refreshed on every write) and a newest-first index."""
+    """Job records with an expiry (refreshed on every write), a newest-first index, and the set of
+    queued ids (oldest first) from which a worker fills its batch."""
 
     INDEX = "jobs:index"
+    QUEUED = "jobs:queued"
 
     def __init__(self, redis_client, ttl_seconds: int):
         self.redis = redis_client
@@ -57,8 +59,11 @@ class JobStore:
         pipe.hset(self.key(job.id), mapping=job.to_redis())
         pipe.expire(self.key(job.id), self.ttl)
         pipe.zadd(self.INDEX, {job.id: job.created_at})
-        # Bound the index: a hash this old has expired even if it was updated late in its life.
-        pipe.zremrangebyscore(self.INDEX, "-inf", f"({time.time() - 2 * self.ttl!r}")
+        if job.status == JobStatus.QUEUED:
+            pipe.zadd(self.QUEUED, {job.id: job.created_at})
+        # Bound the indexes: a hash this old has expired even if it was updated late in its life.
+        for index in (self.INDEX, self.QUEUED):
+            pipe.zremrangebyscore(index, "-inf", f"({time.time() - 2 * self.ttl!r}")
         pipe.execute()
         return job
 
@@ -70,6 +75,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key(job_id))
         pipe.zrem(self.INDEX, job_id)
+        pipe.zrem(self.QUEUED, job_id)
         pipe.execute()
 
     def update(self, job_id: str, **changes) -> bool:
@@ -104,9 +110,33 @@ class JobStore:
         return self._apply_script(keys=[self.key(job_id)], args=args) == 1
 
     # The worker's vocabulary: each returns False when the job was canceled (or vanished) meanwhile.
-    def claim(self, job_id: str, allowed_from: Iterable = (JobStatus.QUEUED,)) -> bool:
-        return self.transition(job_id, allowed_from, JobStatus.RUNNING, started_at=time.time(),
-                               stage=Stage.CAPTION, error=None)
+    def claim(self, job_id: str, allowed_from: Iterable = (JobStatus.QUEUED,), worker: Optional[str] = None,
+              lease_seconds: float = 900, batch_size: int = 1) -> bool:
+        now = time.time()
+        claimed = self.transition(job_id, allowed_from, JobStatus.RUNNING, started_at=now, stage=Stage.CAPTION,
+                                  error=None, worker=worker, lease_until=now + lease_seconds, batch_size=batch_size)
+        self.redis.zrem(self.QUEUED, job_id)  # claimed, or no longer queued anyway
+        return claimed
+
+    def claim_queued(self, limit: int, worker: str, lease_seconds: float = 900) -> list[str]:
+        """Claim up to `limit` more queued jobs, oldest first, to share a batch.
+
+        ZPOPMIN hands each candidate to one worker only; a candidate popped by a worker that then
+        dies stays queued, and its own queue message still runs it.
+        """
+        if limit <= 0:
+            return []
+        popped = [_text(member) for member, _ in self.redis.zpopmin(self.QUEUED, limit)]
+        return [job_id for job_id in popped if self.claim(job_id, worker=worker, lease_seconds=lease_seconds)]
+
+    def release(self, job_id: str) -> bool:
+        """Hand a claimed job back to the queue (its batch hit a transient error)."""
+        released = self.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED, stage=None, started_at=None,
+                                   worker=None, lease_until=None)
+        job = self.get(job_id) if released else None
+        if job:
+            self.redis.zadd(self.QUEUED, {job_id: job.created_at})
+        return released
 
     def progress(self, job_id: str, stage, **changes) -> bool:
         return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, stage=Stage(stage), **changes)
@@ -116,11 +146,15 @@ class JobStore:
                                audio_key=audio_key, audio_seconds=float(audio_seconds), error=None, **changes)
 
     def fail(self, job_id: str, error: str, **changes) -> bool:
-        return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.FAILED,
-                               error=error, **changes)
+        failed = self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.FAILED,
+                                 error=error, **changes)
+        self.redis.zrem(self.QUEUED, job_id)
+        return failed
 
     def cancel(self, job_id: str) -> bool:
-        return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED)
+        canceled = self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED)
+        self.redis.zrem(self.QUEUED, job_id)
+        return canceled
 
     def list(self, limit: int = 20, cursor: Optional[str] = None) -> tuple[list[Job], Optional[str]]:
         """Newest first. The cursor names the last job returned, so inserts made between pages

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     job_ttl_hours: float = Field(168, gt=0)
     job_time_limit: int = Field(600, gt=0, description="seconds one job may run before it is failed")
+    # A worker fills its batch with up to this many queued jobs: on a GPU, one batched forward
+    # pass costs little more than a single one. 1 turns batching off.
+    worker_batch_size: int = Field(8, ge=1, le=64)
 
     # Storage: s3://bucket/prefix or file:///abs/path
     storage_url: str = Field(default_factory=_default_storage_url)

@@ -1,12 +1,20 @@
-"""The job lifecycle on the worker side, as a plain function testable without a broker.
+"""The job lifecycle on the worker side, as plain functions testable without a broker.
 
 queued -> running (stage caption, story, speech, upload) -> succeeded | failed | canceled.
-Idempotent: a task redelivered after a crash runs the job again, overwrites the same keys and
-ends in one result; a job that already ended is left alone.
+
+A message names one job. The worker claims it, then fills its batch with other queued jobs
+(their own messages, arriving later, find them finished or leased and wait), runs the batch and
+publishes each job's caption and story as soon as they exist. Idempotent: a message redelivered
+after a crash runs its job again once the dead worker's lease has expired, overwrites the same
+keys and ends in one result; a job that already ended is left alone.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class JobCanceled(Exception):
-    """Raised at a stage boundary when a client canceled the job."""
+    """Raised at a stage boundary when every job of the batch was canceled."""
 
 
 class JobFailed(Exception):
@@ -30,52 +38,108 @@ class JobFailed(Exception):
 @dataclass
 class Outcome:
     job_id: str
-    status: str
+    status: str  # a JobStatus value, "missing", or "leased" (another worker holds it)
+    retry_in: float = 0.0
 
 
 def audio_key(job_id: str) -> str:
     return f"audio/{job_id}.mp3"
 
 
-def run_job(job_id: str, *, store: JobStore, storage: Storage, engine, max_pixels: int | None = None) -> Outcome:
+def worker_id() -> str:
+    # Per thread: two threads of one process must not take each other's claims for their own.
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def run_job(job_id: str, *, store: JobStore, storage: Storage, engine, max_pixels: int | None = None,
+            batch_size: int = 1, lease_seconds: float = 900) -> Outcome:
+    me, now = worker_id(), time.time()
     job = store.get(job_id)
     if job is None:
         log.warning("job %s not found (expired or never created); dropping the message", job_id)
         return Outcome(job_id, "missing")
-    # queued -> running, or running -> running when a crashed worker's task is redelivered.
-    if not store.claim(job_id, allowed_from=(JobStatus.QUEUED, JobStatus.RUNNING)):
-        return Outcome(job_id, job.status.value)  # already ended: nothing to redo
+    if job.status.finished:
+        return Outcome(job_id, job.status.value)
+    if job.leased_elsewhere(me, now):  # a live worker has it in a batch: look again later
+        return Outcome(job_id, "leased", retry_in=job.lease_until - now)
+    # queued -> running, or running -> running when a dead worker's lease has expired.
+    if not store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker=me, lease_seconds=lease_seconds):
+        current = store.get(job_id)
+        return Outcome(job_id, current.status.value if current else "missing")
+    batch = [job_id] + store.claim_queued(batch_size - 1, worker=me, lease_seconds=lease_seconds)
+    if len(batch) > 1:
+        log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
+        for other in batch:
+            store.update(other, batch_size=len(batch))
+    try:
+        outcomes = run_batch(batch, store=store, storage=storage, engine=engine, max_pixels=max_pixels,
+                             lease_seconds=lease_seconds)
+    except (StorageUnavailable, RedisError):
+        for claimed in batch:  # back to the queue: each job's own message (retried) runs it again
+            _quietly(store.release, claimed)
+        raise
+    return outcomes[job_id]
 
+
+def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, max_pixels: int | None,
+              lease_seconds: float) -> dict[str, Outcome]:
+    """Run claimed jobs through the engine as one batch; every job ends in its own outcome."""
+    outcomes: dict[str, Outcome] = {}
+    jobs, images = [], []
+    for job_id in job_ids:
+        job = store.get(job_id)
+        if job is None:  # expired between claim and now
+            outcomes[job_id] = Outcome(job_id, "missing")
+            continue
+        try:
+            images.append(read_image(storage, job.input_key, max_pixels))
+            jobs.append(job)
+        except JobFailed as exc:
+            outcomes[job_id] = fail_job(store, job_id, str(exc))
+    active = {job.id for job in jobs}
     stage_now = Stage.CAPTION
 
-    def on_progress(stage: str, fields: dict) -> None:
-        # Each stage boundary publishes what exists so far (caption, story) and notices a cancel.
+    def publish(stage: str, fields: list[dict]) -> None:
+        # Each stage boundary shows what exists so far (caption, story) and notices cancels.
         nonlocal stage_now
         stage_now = Stage(stage)
-        if not store.progress(job_id, stage_now, **fields):
-            raise JobCanceled(job_id)
+        for job, changes in zip(jobs, fields):
+            if job.id in active and not store.progress(job.id, stage_now, lease_until=time.time() + lease_seconds,
+                                                       **changes):
+                active.discard(job.id)
+                outcomes[job.id] = Outcome(job.id, JobStatus.CANCELED.value)
+        if not active:
+            raise JobCanceled()
 
     try:
-        narration = engine.narrate(read_image(storage, job.input_key, max_pixels),
-                                   words=job.words, seed=job.seed, on_progress=on_progress)
-        on_progress(Stage.UPLOAD.value, {"story": narration.story})
-        key = audio_key(job_id)
-        storage.put(key, narration.mp3, content_type="audio/mpeg")
+        if jobs:
+            narrations = engine.narrate_batch(images, words=[j.words for j in jobs], seeds=[j.seed for j in jobs],
+                                              on_progress=publish)
+            publish(Stage.UPLOAD.value, [{} for _ in jobs])
+            for job, narration in zip(jobs, narrations):
+                if job.id in active:
+                    outcomes[job.id] = finish_job(store, storage, job.id, narration)
     except JobCanceled:
-        return Outcome(job_id, JobStatus.CANCELED.value)
-    except JobFailed as exc:
-        return fail_job(store, job_id, str(exc))
+        pass
     except (StorageUnavailable, RedisError):
         raise  # transient: the task retries with backoff
     except SoftTimeLimitExceeded:
-        return fail_job(store, job_id, "the job took longer than its time limit (JOB_TIME_LIMIT)")
-    except Exception as exc:  # a model error ends this job, not the worker
-        log.exception("job %s failed in stage %s", job_id, stage_now.value)
-        return fail_job(store, job_id, f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})")
+        for job_id in active - set(outcomes):
+            outcomes[job_id] = fail_job(store, job_id, "the job took longer than its time limit (JOB_TIME_LIMIT)")
+    except Exception as exc:  # a model error ends these jobs, not the worker
+        log.exception("jobs %s failed in stage %s", ", ".join(active), stage_now.value)
+        for job_id in active - set(outcomes):
+            outcomes[job_id] = fail_job(store, job_id,
+                                        f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})")
+    return outcomes
 
+
+def finish_job(store: JobStore, storage: Storage, job_id: str, narration) -> Outcome:
+    key = audio_key(job_id)
+    storage.put(key, narration.mp3, content_type="audio/mpeg")
     timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
     if store.succeed(job_id, key, round(narration.audio_seconds, 3), caption=narration.caption,
-                     story=narration.story, timings=timings):
+                     story=narration.story, timings=timings, lease_until=None):
         return Outcome(job_id, JobStatus.SUCCEEDED.value)
     storage.delete(key)  # canceled while the MP3 was uploading: leave no orphan audio behind
     return Outcome(job_id, JobStatus.CANCELED.value)
@@ -93,5 +157,12 @@ def read_image(storage: Storage, key: str, max_pixels: int | None):
 
 
 def fail_job(store: JobStore, job_id: str, message: str) -> Outcome:
-    store.fail(job_id, message)
+    store.fail(job_id, message, lease_until=None)
     return Outcome(job_id, JobStatus.FAILED.value)
+
+
+def _quietly(action, *args) -> None:
+    try:
+        action(*args)
+    except (StorageUnavailable, RedisError):
+        pass

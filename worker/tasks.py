@@ -27,8 +27,9 @@ def narrate_job(self, job_id: str) -> str:
         raise
     try:
         with time_limit(ctx.settings.job_time_limit):
-            return run_job(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine,
-                           max_pixels=ctx.settings.max_image_pixels).status
+            outcome = run_job(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine,
+                              max_pixels=ctx.settings.max_image_pixels, batch_size=ctx.settings.worker_batch_size,
+                              lease_seconds=ctx.settings.job_time_limit + 120)
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
             log.error("job %s: giving up after %d retries: %s", job_id, self.request.retries, exc)
@@ -40,3 +41,9 @@ def narrate_job(self, job_id: str) -> str:
         delay = min(60, 2 ** self.request.retries)  # 1, 2, 4 ... 60 seconds
         log.warning("job %s: transient error (%s); retrying in %ss", job_id, exc, delay)
         raise self.retry(exc=exc, countdown=delay)
+    if outcome.status == "leased":
+        # Another worker runs it in a batch. Keep this message alive until the job ends, so a crash
+        # of that worker (its lease then expires) never loses the job.
+        # One look after the lease ends is enough (a finished job then acks at once).
+        raise self.retry(countdown=min(1800.0, outcome.retry_in + 1), max_retries=None)
+    return outcome.status

@@ -144,9 +144,9 @@ def test_a_vanished_upload_fails_the_job(store, storage, engine):
 class BrokenStory:
     """An engine whose story model fails, as a CUDA out-of-memory error would."""
 
-    def narrate(self, image, words, seed, on_progress):
-        on_progress("caption", {})
-        on_progress("story", {"caption": "A cat"})
+    def narrate_batch(self, images, words, seeds, on_progress):
+        on_progress("caption", [{} for _ in images])
+        on_progress("story", [{"caption": "A cat"} for _ in images])
         raise RuntimeError("CUDA out of memory")
 
 
@@ -166,13 +166,13 @@ def test_transient_storage_errors_propagate_for_a_retry(store, engine):
     job_id = submit(store, open_storage("file:///tmp/unused-narrator"), jpeg())
     with pytest.raises(StorageUnavailable):
         run_job(job_id, store=store, storage=Down(), engine=engine)
-    assert store.get(job_id).status is JobStatus.RUNNING  # a retry picks it up again
+    assert store.get(job_id).status is JobStatus.QUEUED  # a retry picks it up again
 
 
 def test_time_limit_fails_the_job(store, storage):
     class Slow:
-        def narrate(self, image, words, seed, on_progress):
-            on_progress("caption", {})
+        def narrate_batch(self, images, words, seeds, on_progress):
+            on_progress("caption", [{} for _ in images])
             time.sleep(5)
 
     job_id = submit(store, storage, jpeg())
@@ -187,3 +187,80 @@ def test_time_limit_raises_soft_time_limit():
     with pytest.raises(SoftTimeLimitExceeded):
         with time_limit(0.1):
             time.sleep(2)
+
+
+class Spy:
+    """The real engine, remembering the size of every batch it ran."""
+
+    def __init__(self, engine, before_story=None):
+        self.engine, self.batches, self.before_story = engine, [], before_story
+
+    def narrate_batch(self, images, words, seeds, on_progress):
+        self.batches.append(len(images))
+
+        def progress(stage, fields):
+            if stage == "story" and self.before_story:
+                self.before_story()
+            on_progress(stage, fields)
+
+        return self.engine.narrate_batch(images, words=words, seeds=seeds, on_progress=progress)
+
+
+def test_queued_jobs_share_one_batch(store, storage, engine):
+    ids = [submit(store, storage, jpeg(color), seed=None) for color in ("red", "green", "blue", "gray", "pink")]
+    spy = Spy(engine)
+    assert run_job(ids[2], store=store, storage=storage, engine=spy, batch_size=8).status == "succeeded"
+    assert spy.batches == [5]
+    jobs = [store.get(job_id) for job_id in ids]
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 5
+    assert {job.batch_size for job in jobs} == {5}
+    assert sorted(storage.list("audio/")) == sorted(audio_key(job_id) for job_id in ids)
+    # Their own messages arrive later and find nothing left to do.
+    assert run_job(ids[0], store=store, storage=storage, engine=spy, batch_size=8).status == "succeeded"
+    assert spy.batches == [5]
+
+
+def test_the_batch_takes_the_oldest_queued_jobs_up_to_its_size(store, storage, engine):
+    ids = [submit(store, storage, jpeg()) for _ in range(5)]
+    spy = Spy(engine)
+    run_job(ids[4], store=store, storage=storage, engine=spy, batch_size=3)
+    assert spy.batches == [3]
+    statuses = [store.get(job_id).status for job_id in ids]
+    assert statuses == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.QUEUED,
+                        JobStatus.SUCCEEDED]
+
+
+def test_a_job_leased_by_a_live_worker_is_left_to_it(store, storage, engine):
+    job_id = submit(store, storage, jpeg())
+    assert store.claim(job_id, worker="gpu-7:1:1", lease_seconds=300)
+    outcome = run_job(job_id, store=store, storage=storage, engine=engine)
+    assert outcome.status == "leased" and 290 < outcome.retry_in <= 300
+    assert store.get(job_id).worker == "gpu-7:1:1"
+
+    store.update(job_id, lease_until=time.time() - 1)  # that worker died: its lease ran out
+    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "succeeded"
+
+
+def test_canceling_one_job_of_a_batch_spares_the_others(store, storage, engine):
+    ids = [submit(store, storage, jpeg(color)) for color in ("red", "green", "blue")]
+    spy = Spy(engine, before_story=lambda: store.cancel(ids[1]))
+    run_job(ids[0], store=store, storage=storage, engine=spy, batch_size=4)
+    assert [store.get(job_id).status for job_id in ids] == [JobStatus.SUCCEEDED, JobStatus.CANCELED,
+                                                           JobStatus.SUCCEEDED]
+    assert not storage.exists(audio_key(ids[1])) and storage.exists(audio_key(ids[2]))
+
+
+def test_a_transient_error_hands_the_batch_back_to_the_queue(store, storage, engine):
+    ids = [submit(store, storage, jpeg()) for _ in range(3)]
+
+    class Flaky:
+        def narrate_batch(self, images, words, seeds, on_progress):
+            on_progress("caption", [{} for _ in images])
+            raise StorageUnavailable("connection reset")
+
+    with pytest.raises(StorageUnavailable):
+        run_job(ids[0], store=store, storage=storage, engine=Flaky(), batch_size=4)
+    # All go back to the queue, so whichever worker gets each retried message may run it at once.
+    assert [store.get(job_id).status for job_id in ids] == [JobStatus.QUEUED] * 3
+    assert store.get(ids[0]).worker is None
+    assert run_job(ids[1], store=store, storage=storage, engine=engine, batch_size=1).status == "succeeded"

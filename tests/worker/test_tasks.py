@@ -131,3 +131,7 @@ def test_fifty_concurrent_submissions_all_succeed(celery_worker_process, web_ser
         assert AudioSegment.from_file(io.BytesIO(data), format="mp3").duration_seconds > 0
     listed = get_json(f"{base}/api/v1/jobs?limit=100")["jobs"]
     assert {job["id"] for job in listed} == set(ids)
+    # The worker filled batches from the queue (WORKER_BATCH_SIZE, default 8) and every job still
+    # ended exactly once, with its own story and audio.
+    sizes = [app.extensions["narrator"].jobs.get(job_id).batch_size for job_id in ids]
+    assert max(sizes) > 1 and max(sizes) <= 8

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 from PIL import Image
 
@@ -19,6 +19,7 @@ from shared.settings import Settings, get_settings
 from worker.engine.devices import ConfigError, check_quantize, resolve_device, resolve_dtype
 
 ProgressCallback = Callable[[str, dict], None]
+BatchProgressCallback = Callable[[str, list[dict]], None]
 
 
 @dataclass
@@ -37,12 +38,13 @@ class Narration:
         return out
 
 
-def _groups_by_seed(seeds: Sequence[int | None]) -> dict[int | None, list[int]]:
-    # A batched sampler shares one random stream, so each distinct seed gets its own stage call;
-    # in the usual case (all seeds equal, or none) that is still one call for the whole batch.
-    groups: dict[int | None, list[int]] = {}
-    for index, seed in enumerate(seeds):
-        groups.setdefault(seed, []).append(index)
+def _groups(keys: Iterable[Hashable]) -> dict[Hashable, list[int]]:
+    # A batched sampler shares one random stream, so each distinct seed gets its own stage call
+    # (and each story length, which is part of the prompt); in the usual case (no seeds, one
+    # length) that is still one call for the whole batch.
+    groups: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
     return groups
 
 
@@ -119,44 +121,49 @@ class Engine:
         sample=False makes the story greedy (deterministic, and the same alone or in a batch);
         with sampling, `seed` makes the story and the voice reproducible.
         """
-        return self._run([image], words, [seed], sample, on_progress)[0]
+        notify = (lambda stage, items: on_progress(stage, items[0])) if on_progress else None
+        return self._run([image], [words], [seed], sample, notify)[0]
 
-    def narrate_batch(self, images: Sequence[Image.Image], words: int | None = None,
-                      seeds: Sequence[int | None] | None = None, sample: bool = True) -> list[Narration]:
-        """Each stage runs once over the whole list (once per distinct seed for story and speech)."""
-        seeds = list(seeds) if seeds is not None else [None] * len(images)
-        if len(seeds) != len(images):
-            raise ValueError(f"{len(images)} images but {len(seeds)} seeds")
-        return self._run(list(images), words, seeds, sample, None) if images else []
+    def narrate_batch(self, images: Sequence[Image.Image], words: int | Sequence[int | None] | None = None,
+                      seeds: Sequence[int | None] | None = None, sample: bool = True,
+                      on_progress: BatchProgressCallback | None = None) -> list[Narration]:
+        """Each stage runs once over the whole list (once per distinct seed, and story length, for
+        story and speech). on_progress(stage, [fields per photo]) works as in narrate."""
+        n = len(images)
+        seeds = list(seeds) if seeds is not None else [None] * n
+        words = list(words) if isinstance(words, (list, tuple)) else [words] * n
+        if len(seeds) != n or len(words) != n:
+            raise ValueError(f"{n} images but {len(seeds)} seeds and {len(words)} story lengths")
+        return self._run(list(images), words, seeds, sample, on_progress) if images else []
 
     def _run(self, images, words, seeds, sample, on_progress) -> list[Narration]:
         from worker.engine.speech import encode_mp3
 
-        words = int(words or self.settings.story_words)
-        notify = on_progress or (lambda stage, fields: None)
+        words = [int(w or self.settings.story_words) for w in words]
+        notify = on_progress or (lambda stage, items: None)
         timings: dict[str, float] = {}
 
-        notify("caption", {})
+        notify("caption", [{} for _ in images])
         self.caption.load()  # the first job's one-off load is not part of the stage's latency
         start = time.perf_counter()
         captions = self.caption(images)
         timings["caption"] = time.perf_counter() - start
 
-        notify("story", {"caption": captions[0]} if len(images) == 1 else {})
+        notify("story", [{"caption": caption} for caption in captions])
         self.story.load()
         start = time.perf_counter()
         stories: list[str] = [""] * len(images)
-        for seed, indexes in _groups_by_seed(seeds).items():
-            texts = self.story([captions[i] for i in indexes], words=words, seed=seed, do_sample=sample)
+        for (seed, length), indexes in _groups(zip(seeds, words)).items():
+            texts = self.story([captions[i] for i in indexes], words=length, seed=seed, do_sample=sample)
             for i, text in zip(indexes, texts):
                 stories[i] = text
         timings["story"] = time.perf_counter() - start
 
-        notify("speech", {"story": stories[0]} if len(images) == 1 else {})
+        notify("speech", [{"story": story} for story in stories])
         self.speech.load()
         start = time.perf_counter()
         speeches = [None] * len(images)
-        for seed, indexes in _groups_by_seed(seeds).items():
+        for seed, indexes in _groups(seeds).items():
             for i, speech in zip(indexes, self.speech([stories[i] for i in indexes], seed=seed)):
                 speeches[i] = speech
         timings["speech"] = time.perf_counter() - start
