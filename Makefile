@@ -9,16 +9,19 @@ MODELS ?= hub
 TINY_MODELS_DIR ?= .cache/tiny-models
 export REDIS_URL PORT
 
-.PHONY: setup system-deps redis up worker web test tiny-models bench clean
+.PHONY: setup system-deps test-deps redis up test tiny-models bench clean
 
-## setup: prepare .venv (and the system packages: ffmpeg, redis-server, chromium, docker-compose)
+## setup: prepare .venv (and the system packages it needs: python3-venv, ffmpeg, redis-server)
 setup: system-deps $(VENV)/.installed
 
 system-deps:
-	@scripts/install-system-deps.sh
+	@scripts/install-system-deps.sh run
+
+test-deps:
+	@scripts/install-system-deps.sh test
 
 $(VENV)/.installed: requirements/web.txt requirements/worker.txt requirements/dev.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); } || { rm -rf $(VENV); exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 	@touch $@
 
@@ -33,9 +36,9 @@ tiny-models: $(VENV)/.installed
 up: setup redis
 	@MODELS=$(MODELS) TINY_MODELS_DIR=$(TINY_MODELS_DIR) VENV=$(VENV) scripts/up.sh
 
-## test: install, start what the tests need, run every test
-test: setup redis
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+## test: install, start what the tests need, run every test (none may skip for a missing tool)
+test: setup test-deps redis
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 REQUIRE_SYSTEM_TOOLS=1 $(PY) -m pytest -q
 
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m worker.bench

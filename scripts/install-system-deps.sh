@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs, only where they are missing (Debian/Ubuntu).
+#   run  (make up):   python3-venv, ffmpeg (MP3 encoding), redis-server (a local queue)
+#   test (make test): those, plus chromium (the browser tests) and docker-compose (compose check)
 set -euo pipefail
+mode="${1:-run}"
 need=()
-command -v ffmpeg >/dev/null || need+=(ffmpeg)            # MP3 encoding (pydub)
-command -v redis-server >/dev/null || need+=(redis-server) # local queue when none runs
-command -v chromium >/dev/null || need+=(chromium)         # the browser test
-command -v docker-compose >/dev/null || need+=(docker-compose) # validates docker-compose.yml
+python3 -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ "$mode" = test ]; then
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null \
-  || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; }
+install() { $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+install "${need[@]}" 2>/dev/null || { $sudo apt-get update -q >/dev/null; install "${need[@]}"; } || {
+  # One missing package (Ubuntu ships chromium as a snap) must not stop the others.
+  for pkg in "${need[@]}"; do install "$pkg" || echo "warning: could not install $pkg" >&2; done
+}

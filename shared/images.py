@@ -48,9 +48,14 @@ def _read(source: bytes | str | Path) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise ImageError("not_found", f"No such file: {path}", 404)
-    return path.read_bytes()
+    if not path.is_file():  # a folder, a FIFO (reading one could block forever), a device
+        raise ImageError("unreadable", "The file cannot be read: not a regular file.", 400)
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # permission denied, an I/O error, a file that vanished meanwhile
+        raise ImageError("unreadable", f"The file cannot be read: {exc.strerror or exc}.", 400) from None
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:

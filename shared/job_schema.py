@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -136,9 +137,12 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, job_id = raw.split(":", 1)
-        return float(score), job_id
+        value = float(score)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ValueError("invalid cursor") from exc
+    if not math.isfinite(value):  # nan/inf parse as floats, but Redis refuses them as scores
+        raise ValueError("invalid cursor")
+    return value, job_id
 
 
 def statuses(values: Iterable) -> str:

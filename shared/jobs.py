@@ -16,21 +16,27 @@ from shared.job_schema import (  # noqa: F401
 )
 
 
-# KEYS[1] the job hash. ARGV: ttl, allowed statuses ("" = any), n, n field/value pairs, fields to delete.
-# Returns -1 when the job does not exist, 0 when its status is not allowed, 1 when written.
+# KEYS[1] the job hash. ARGV: ttl, allowed statuses ("" = any), claimant ("" = none), now, n,
+# n field/value pairs, fields to delete. A claimant may not take a running job whose lease another
+# worker still holds. Returns -1 when the job does not exist, 0 when not allowed, 1 when written.
 _APPLY_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local current = redis.call('HGET', KEYS[1], 'status') or ''
 if ARGV[2] ~= '' then
-  local current = redis.call('HGET', KEYS[1], 'status') or ''
   local allowed = false
   for s in string.gmatch(ARGV[2], '[^,]+') do
     if s == current then allowed = true end
   end
   if not allowed then return 0 end
 end
-local n = tonumber(ARGV[3])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n)) end
-if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n, #ARGV)) end
+if ARGV[3] ~= '' and current == 'running' then
+  local owner = redis.call('HGET', KEYS[1], 'worker')
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
+  if owner and owner ~= ARGV[3] and lease > tonumber(ARGV[4]) then return 0 end
+end
+local n = tonumber(ARGV[5])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
+if #ARGV > 5 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 6 + 2 * n, #ARGV)) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
@@ -85,7 +91,7 @@ class JobStore:
         """
         return self._apply(job_id, None, changes)
 
-    def transition(self, job_id: str, allowed_from: Iterable, to, **changes) -> bool:
+    def transition(self, job_id: str, allowed_from: Iterable, to, claimant: Optional[str] = None, **changes) -> bool:
         """Atomically: if the status is one of `allowed_from`, set it to `to` plus `changes`.
 
         False when the job is missing or in another status (e.g. canceled meanwhile). Finishing
@@ -97,24 +103,27 @@ class JobStore:
         to = JobStatus(to)
         if to.finished:
             changes.setdefault("finished_at", time.time())
-        return self._apply(job_id, allowed, {**changes, "status": to})
+        return self._apply(job_id, allowed, {**changes, "status": to}, claimant)
 
-    def _apply(self, job_id: str, allowed: Optional[set], changes: dict) -> bool:
+    def _apply(self, job_id: str, allowed: Optional[set], changes: dict, claimant: Optional[str] = None) -> bool:
         unknown = set(changes) - _WRITABLE
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
         encoded = {name: encode(name, value) for name, value in changes.items()}
         sets = [item for name, value in encoded.items() if value is not None for item in (name, value)]
         dels = [name for name, value in encoded.items() if value is None]
-        args = [self.ttl, statuses(allowed) if allowed is not None else "", len(sets) // 2, *sets, *dels]
+        args = [self.ttl, statuses(allowed) if allowed is not None else "", claimant or "", repr(time.time()),
+                len(sets) // 2, *sets, *dels]
         return self._apply_script(keys=[self.key(job_id)], args=args) == 1
 
     # The worker's vocabulary: each returns False when the job was canceled (or vanished) meanwhile.
     def claim(self, job_id: str, allowed_from: Iterable = (JobStatus.QUEUED,), worker: Optional[str] = None,
               lease_seconds: float = 900, batch_size: int = 1) -> bool:
+        """Take the job for `worker`; never from another worker whose lease has not expired."""
         now = time.time()
-        claimed = self.transition(job_id, allowed_from, JobStatus.RUNNING, started_at=now, stage=Stage.CAPTION,
-                                  error=None, worker=worker, lease_until=now + lease_seconds, batch_size=batch_size)
+        claimed = self.transition(job_id, allowed_from, JobStatus.RUNNING, claimant=worker or "", started_at=now,
+                                  stage=Stage.CAPTION, error=None, worker=worker, lease_until=now + lease_seconds,
+                                  batch_size=batch_size)
         self.redis.zrem(self.QUEUED, job_id)  # claimed, or no longer queued anyway
         return claimed
 
@@ -138,11 +147,13 @@ class JobStore:
             self.redis.zadd(self.QUEUED, {job_id: job.created_at})
         return released
 
-    def progress(self, job_id: str, stage, **changes) -> bool:
-        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, stage=Stage(stage), **changes)
+    def progress(self, job_id: str, stage, claimant: Optional[str] = None, **changes) -> bool:
+        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, claimant=claimant, stage=Stage(stage),
+                               **changes)
 
-    def succeed(self, job_id: str, audio_key: str, audio_seconds: float, **changes) -> bool:
-        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.SUCCEEDED, stage=None,
+    def succeed(self, job_id: str, audio_key: str, audio_seconds: float, claimant: Optional[str] = None,
+                **changes) -> bool:
+        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.SUCCEEDED, claimant=claimant, stage=None,
                                audio_key=audio_key, audio_seconds=float(audio_seconds), error=None, **changes)
 
     def fail(self, job_id: str, error: str, **changes) -> bool:

@@ -1,11 +1,25 @@
 """Storage in a local folder (development, tests, single-machine deployments)."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 from shared.storage_base import Storage, StorageError, StorageNotFound, StorageUnavailable, check_key
+
+# The folder, not the key, is at fault: full, read-only, denied, failing disk, a file where the
+# folder should be. Callers retry these or answer 503, as for S3 being down.
+_ENVIRONMENT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
+    errno.ENOENT, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY, errno.EAGAIN,
+    errno.ETIMEDOUT, errno.ENODEV, errno.ENXIO,
+})
+
+
+def _os_error(what: str, exc: OSError) -> StorageError:
+    kind = StorageUnavailable if exc.errno in _ENVIRONMENT_ERRNOS else StorageError
+    return kind(f"{what}: {exc}")
 
 
 class LocalStorage(Storage):
@@ -35,7 +49,7 @@ class LocalStorage(Storage):
                 os.unlink(tmp)
                 raise
         except OSError as exc:
-            raise StorageError(f"cannot write {key}: {exc}") from exc
+            raise _os_error(f"cannot write {key}", exc) from exc
 
     def get(self, key):
         try:
@@ -43,7 +57,7 @@ class LocalStorage(Storage):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise StorageNotFound(key) from None
         except OSError as exc:
-            raise StorageError(f"cannot read {key}: {exc}") from exc
+            raise _os_error(f"cannot read {key}", exc) from exc
 
     def exists(self, key):
         return self._path(key).is_file()
@@ -52,7 +66,7 @@ class LocalStorage(Storage):
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot delete {key}: {exc}") from exc
+            raise _os_error(f"cannot delete {key}", exc) from exc
 
     def list(self, prefix=""):
         if not self.root.is_dir():

@@ -25,6 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 
 
+def requires_tool(found: bool, name: str):
+    """Skip without the tool, except under `make test` (REQUIRE_SYSTEM_TOOLS=1), which installs it:
+    there a missing tool fails the run instead of letting required tests quietly skip."""
+    if not found and os.environ.get("REQUIRE_SYSTEM_TOOLS") == "1":
+        pytest.fail(f"{name} is missing; `make test` should have installed it", pytrace=False)
+    return pytest.mark.skipif(not found, reason=f"{name} is not installed (make test installs it)")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

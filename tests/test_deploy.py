@@ -7,11 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+
+from tests.conftest import requires_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = shutil.which("docker-compose")
-pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is installed by make setup")
+pytestmark = requires_tool(COMPOSE is not None, "docker-compose")
 
 
 def compose_config(**env: str) -> subprocess.CompletedProcess:

@@ -6,13 +6,15 @@ import re
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import requires_tool
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by make setup")
+pytestmark = requires_tool(Path(CHROMIUM).exists(), "Debian's chromium")
 
 
 @pytest.mark.parametrize("storage_url", ["s3"], indirect=True)

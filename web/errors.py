@@ -11,7 +11,7 @@ import redis
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from shared.storage import StorageUnavailable
+from shared.storage import StorageError, StorageUnavailable
 
 try:  # the broker client's connection errors, raised by send_task
     from kombu.exceptions import OperationalError as BrokerError
@@ -67,6 +67,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StorageUnavailable)
     def _storage_down(exc):
         app.logger.warning("storage unavailable: %s", exc)
+        return error_response(503, "storage_unavailable", "Storage is unavailable; try again shortly.")
+
+    @app.errorhandler(StorageError)  # any other storage failure is the server's storage, not the client
+    def _storage_failed(exc):
+        app.logger.error("storage error on %s %s: %s", request.method, request.path, exc)
         return error_response(503, "storage_unavailable", "Storage is unavailable; try again shortly.")
 
     @app.errorhandler(BrokerError)

@@ -1,11 +1,13 @@
 """The Celery app the workers run: `celery -A worker.app worker --pool solo`.
 
 GPU workers: CUDA does not survive fork, so run one worker process per GPU with the solo pool
-(or threads) and pin it with CUDA_VISIBLE_DEVICES; never the default prefork pool with CUDA.
+and pin it with CUDA_VISIBLE_DEVICES; never the default prefork pool with CUDA. (The threads pool
+works too, but JOB_TIME_LIMIT is only enforced in the solo pool, where jobs run in the main thread.)
 """
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery.signals import worker_init
 
@@ -23,6 +25,12 @@ celery = app
 @worker_init.connect
 def check_configuration(**_) -> None:
     # A bad DEVICE/QUANTIZE combination stops the worker at start-up, not in the middle of a job.
+    # Celery logs and swallows exceptions from signal handlers, so leave with SystemExit instead.
     from worker.context import get_context
+    from worker.engine.devices import ConfigError
 
-    get_context().engine
+    try:
+        get_context().engine
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

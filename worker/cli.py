@@ -64,11 +64,12 @@ def narrate(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     from worker.engine import ConfigError, Engine
+    from worker.engine.adapters import AdapterError
 
     try:
         engine = Engine(settings)
         narration = engine.narrate(image, words=args.words, seed=args.seed, sample=not args.greedy)
-    except ConfigError as exc:
+    except (ConfigError, AdapterError) as exc:  # a bad DEVICE/QUANTIZE/model folder, or STORY_ADAPTER
         raise UsageError(str(exc)) from None
     except OSError as exc:  # a model folder or hub id that cannot be loaded (offline, typo)
         raise UsageError(f"could not load a model: {str(exc).splitlines()[0]}") from None

@@ -1,12 +1,10 @@
-"""What a worker process holds: settings, job store, storage and the engine, created once.
+"""What a worker process holds: settings, job store, storage and the engine, each created once.
 
 Models load lazily inside the engine on the first job, never at import or in the web process.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from functools import cached_property
 
 import redis
 
@@ -15,26 +13,38 @@ from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 
 
-@dataclass
 class WorkerContext:
-    settings: Settings
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()  # the threads pool may ask for the same part at once
+        self._parts: dict[str, object] = {}
 
-    @cached_property
+    def _once(self, name: str, factory):
+        with self._lock:
+            if name not in self._parts:
+                self._parts[name] = factory()
+            return self._parts[name]
+
+    @property
     def store(self) -> JobStore:
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
-        return JobStore(client, ttl_seconds=self.settings.job_ttl_seconds)
+        return self._once("store", lambda: JobStore(
+            redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, health_check_interval=30),
+            ttl_seconds=self.settings.job_ttl_seconds))
 
-    @cached_property
+    @property
     def storage(self) -> Storage:
-        storage = open_storage(self.settings.storage_url)
-        storage.ensure_ready()
-        return storage
+        def build() -> Storage:
+            storage = open_storage(self.settings.storage_url)
+            storage.ensure_ready()  # a StorageUnavailable here leaves nothing cached: the retry tries again
+            return storage
 
-    @cached_property
+        return self._once("storage", build)
+
+    @property
     def engine(self):
         from worker.engine import Engine  # torch is imported here, in worker processes only
 
-        return Engine(self.settings)
+        return self._once("engine", lambda: Engine(self.settings))
 
 
 _lock = threading.Lock()

@@ -73,7 +73,7 @@ def run_job(job_id: str, *, store: JobStore, storage: Storage, engine, max_pixel
             store.update(other, batch_size=len(batch))
     try:
         outcomes = run_batch(batch, store=store, storage=storage, engine=engine, max_pixels=max_pixels,
-                             lease_seconds=lease_seconds)
+                             lease_seconds=lease_seconds, worker=me)
     except (StorageUnavailable, RedisError):
         for claimed in batch:  # back to the queue: each job's own message (retried) runs it again
             _quietly(store.release, claimed)
@@ -82,7 +82,7 @@ def run_job(job_id: str, *, store: JobStore, storage: Storage, engine, max_pixel
 
 
 def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, max_pixels: int | None,
-              lease_seconds: float) -> dict[str, Outcome]:
+              lease_seconds: float, worker: str) -> dict[str, Outcome]:
     """Run claimed jobs through the engine as one batch; every job ends in its own outcome."""
     outcomes: dict[str, Outcome] = {}
     jobs, images = [], []
@@ -104,9 +104,9 @@ def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, 
         nonlocal stage_now
         stage_now = Stage(stage)
         for job, changes in zip(jobs, fields):
-            if job.id in active and not store.progress(job.id, stage_now, lease_until=time.time() + lease_seconds,
-                                                       **changes):
-                active.discard(job.id)
+            if job.id in active and not store.progress(job.id, stage_now, claimant=worker,
+                                                       lease_until=time.time() + lease_seconds, **changes):
+                active.discard(job.id)  # canceled, or taken over by a worker that found our lease expired
                 outcomes[job.id] = Outcome(job.id, JobStatus.CANCELED.value)
         if not active:
             raise JobCanceled()
@@ -118,7 +118,7 @@ def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, 
             publish(Stage.UPLOAD.value, [{} for _ in jobs])
             for job, narration in zip(jobs, narrations):
                 if job.id in active:
-                    outcomes[job.id] = finish_job(store, storage, job.id, narration)
+                    outcomes[job.id] = finish_job(store, storage, job.id, narration, worker)
     except JobCanceled:
         pass
     except (StorageUnavailable, RedisError):
@@ -134,15 +134,19 @@ def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, 
     return outcomes
 
 
-def finish_job(store: JobStore, storage: Storage, job_id: str, narration) -> Outcome:
+def finish_job(store: JobStore, storage: Storage, job_id: str, narration, worker: str) -> Outcome:
     key = audio_key(job_id)
     storage.put(key, narration.mp3, content_type="audio/mpeg")
     timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
-    if store.succeed(job_id, key, round(narration.audio_seconds, 3), caption=narration.caption,
+    if store.succeed(job_id, key, round(narration.audio_seconds, 3), claimant=worker, caption=narration.caption,
                      story=narration.story, timings=timings, lease_until=None):
         return Outcome(job_id, JobStatus.SUCCEEDED.value)
-    storage.delete(key)  # canceled while the MP3 was uploading: leave no orphan audio behind
-    return Outcome(job_id, JobStatus.CANCELED.value)
+    current = store.get(job_id)
+    if current is not None and current.status == JobStatus.CANCELED:
+        storage.delete(key)  # canceled while the MP3 was uploading: leave no orphan audio behind
+        return Outcome(job_id, JobStatus.CANCELED.value)
+    # Another run of the same job owns it now (and writes the same key): leave its audio alone.
+    return Outcome(job_id, current.status.value if current else "missing")
 
 
 def read_image(storage: Storage, key: str, max_pixels: int | None):

@@ -1,7 +1,10 @@
 """Real images in every accepted format and mode, built in memory, through load_image."""
 from __future__ import annotations
 
+import errno
 import io
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -99,6 +102,35 @@ def error_of(source, **kwargs) -> ImageError:
 def test_missing_file(tmp_path):
     err = error_of(tmp_path / "nope.jpg")
     assert err.code == "not_found" and "nope.jpg" in str(err)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_path_that_is_not_a_regular_file(tmp_path, kind):
+    path = tmp_path / "photo.jpg"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)  # reading a FIFO must not block
+    err = error_of(path)
+    assert (err.code, err.http_status) == ("unreadable", 400)
+
+
+def test_read_error_is_an_image_error(tmp_path, monkeypatch):
+    path = tmp_path / "photo.png"
+    path.write_bytes(sample_images()["rgba.png"])
+
+    def fail(self):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_bytes", fail)
+    err = error_of(path)
+    assert (err.code, err.http_status) == ("unreadable", 400) and "Input/output error" in str(err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway")
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(sample_images()["rgba.png"])
+    path.chmod(0)
+    err = error_of(path)
+    assert (err.code, err.http_status) == ("unreadable", 400) and "Permission denied" in str(err)
 
 
 def test_empty_file():

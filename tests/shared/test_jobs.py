@@ -156,7 +156,8 @@ def test_list_handles_equal_timestamps_and_expired_entries(store, client):
     assert client.zscore(JobStore.INDEX, "c") is None
 
 
-@pytest.mark.parametrize("cursor", ["garbage!", "bm90LWEtY3Vyc29y", "%%%", "bm90OmE"])
+@pytest.mark.parametrize("cursor", ["garbage!", "bm90LWEtY3Vyc29y", "%%%", "bm90OmE",
+                                    "bmFuOng", "aW5mOng", "LWluZjp4"])  # nan:x, inf:x, -inf:x
 def test_bad_cursor(store, cursor):
     with pytest.raises(ValueError):
         decode_cursor(cursor)

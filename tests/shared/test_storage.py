@@ -1,10 +1,12 @@
 """shared.storage against a real folder and moto's S3 server spoken to over HTTP."""
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import boto3
 import pytest
@@ -78,6 +80,45 @@ def test_local_symlink_escape_is_refused(tmp_path):
     os.symlink(tmp_path, tmp_path / "data" / "link")
     with pytest.raises(StorageError):
         store.get("link/secret")
+
+
+def test_local_folder_under_a_file_is_unavailable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = open_storage(f"file://{blocker}/data")  # every mkdir/open fails with ENOTDIR
+    with pytest.raises(StorageUnavailable):
+        store.put("inputs/abc", b"x")
+    with pytest.raises(StorageNotFound):
+        store.get("inputs/abc")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EIO])
+def test_local_environment_errors_are_unavailable(tmp_path, monkeypatch, code):
+    store = open_storage(f"file://{tmp_path}/data")
+    store.ensure_ready()
+    store.put("inputs/old", b"x")
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(StorageUnavailable, match="cannot write inputs/abc"):
+        store.put("inputs/abc", b"x")
+    assert os.listdir(tmp_path / "data" / "inputs") == ["old"]  # no temp file left behind
+    monkeypatch.setattr(Path, "read_bytes", fail)
+    with pytest.raises(StorageUnavailable, match="cannot read inputs/old"):
+        store.get("inputs/old")
+    monkeypatch.setattr(Path, "unlink", fail)
+    with pytest.raises(StorageUnavailable, match="cannot delete inputs/old"):
+        store.delete("inputs/old")
+
+
+@pytest.mark.parametrize("key", ["", "../outside", "a//b"])
+def test_local_bad_keys_are_not_unavailable(tmp_path, key):
+    store = open_storage(f"file://{tmp_path}/data")
+    with pytest.raises(StorageError) as info:
+        store.put(key, b"x")
+    assert not isinstance(info.value, StorageUnavailable)
 
 
 def test_storage_urls(tmp_path, monkeypatch):

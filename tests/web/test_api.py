@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import os
@@ -301,6 +302,9 @@ def test_list_jobs_with_cursor(client):
 @pytest.mark.parametrize("query, code", [
     ("limit=0", "invalid_limit"), ("limit=101", "invalid_limit"), ("limit=abc", "invalid_limit"),
     ("cursor=garbage", "invalid_cursor"), ("cursor=" + "A" * 500, "invalid_cursor"),
+    # well-formed cursors whose score Redis would refuse (nan:x, inf:x, -inf:x)
+    ("cursor=bmFuOng", "invalid_cursor"), ("cursor=aW5mOng", "invalid_cursor"),
+    ("cursor=LWluZjp4", "invalid_cursor"),
 ])
 def test_list_errors(client, query, code):
     assert_error(client.get(f"/api/v1/jobs?{query}"), 400, code)
@@ -381,6 +385,28 @@ def test_storage_unwritable_folder_is_not_ready(redis_url, tmp_path):
     client = build(Settings(redis_url=redis_url, storage_url=f"file://{blocker}/data")).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["checks"]["storage"] != "ok"
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_storage_disk_full_is_503_not_500(app, client, r, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)  # LocalStorage.put's final rename
+    assert_error(submit(client), 503, "storage_unavailable")
+    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_any_storage_error_is_503_not_500(app, client, r, monkeypatch):
+    from shared.storage import StorageError
+
+    def fail(*args, **kwargs):
+        raise StorageError("cannot write: something odd")
+
+    monkeypatch.setattr(app.extensions["narrator"].storage, "put", fail)
+    assert_error(submit(client), 503, "storage_unavailable")
+    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
 
 
 def test_bucket_is_created_at_start(redis_url, s3_env):

@@ -148,3 +148,20 @@ def test_s3_prefix_without_adapter_is_a_clear_error(s3, tmp_path):
 def test_s3_missing_bucket_is_a_clear_error(s3_env, tmp_path):
     with pytest.raises(AdapterError, match="could not download"):
         resolve_adapter("s3://no-such-bucket-here/adapter", str(tmp_path))
+
+
+def test_s3_keys_escaping_the_cache_are_skipped(s3, adapter_dir, tmp_path):
+    client, bucket, prefix = s3
+    _upload(client, adapter_dir, bucket, f"{prefix}/run1")
+    # "run1//<absolute path>" splits into ("/", ...): joined naively it lands outside the cache.
+    outside = tmp_path / "outside" / "evil.txt"
+    client.put_object(Bucket=bucket, Key=f"{prefix}/run1/{outside}", Body=b"pwned")
+    client.put_object(Bucket=bucket, Key=f"{prefix}/run1/../escape.txt", Body=b"pwned")
+    cache = tmp_path / "cache"
+
+    local = resolve_adapter(f"s3://{bucket}/{prefix}/run1", str(cache))
+    assert not outside.exists() and not (tmp_path / "outside").exists()
+    assert not (cache / "escape.txt").exists()
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in adapter_dir.iterdir())
+    for path in tmp_path.rglob("*"):
+        assert path == cache or path.is_relative_to(cache), path

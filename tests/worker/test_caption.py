@@ -77,6 +77,19 @@ def test_empty_list_needs_no_model(tiny_models_dir):
     assert lazy([]) == [] and not lazy.loaded
 
 
+def test_model_is_published_last(tiny_models_dir):
+    seen = []
+
+    class Watched(CaptionStage):
+        def __setattr__(self, name, value):
+            if name == "model" and value is not None:
+                seen.append(self.processor)
+            super().__setattr__(name, value)
+
+    Watched(str(tiny_models_dir / "caption")).load()
+    assert len(seen) == 1 and seen[0] is not None
+
+
 def test_load_is_idempotent_and_thread_safe(tiny_models_dir, monkeypatch):
     from transformers import BlipForConditionalGeneration
 

@@ -82,14 +82,19 @@ def truncated_jpeg() -> bytes:
         ("notes.jpg", b"just some text, not a photo\n" * 10, "not a readable image"),
         ("empty.png", b"", "empty"),
         ("cut.jpg", truncated_jpeg(), "truncated"),
+        ("folder.jpg", "folder", "cannot be read"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(env, tmp_path, name, data, expected):
-    path = tmp_path / name if data is None else write(tmp_path, name, data)
+    if data == "folder":
+        path = tmp_path / name
+        path.mkdir()
+    else:
+        path = tmp_path / name if data is None else write(tmp_path, name, data)
     out = tmp_path / "out.mp3"
     result = run(env, "narrate", path, "-o", out)
-    assert result.returncode == 2
-    assert result.stdout == ""
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
     assert not out.exists()
@@ -102,10 +107,12 @@ def test_bad_input_exits_2_with_one_line(env, tmp_path, name, data, expected):
         ({"DEVICE": "cuda:7"}, "DEVICE=cuda:7"),
         ({"STORY_MODEL": "/nonexistent/story"}, "STORY_MODEL=/nonexistent/story"),
         ({"QUANTIZE": "3bit"}, "QUANTIZE"),
+        ({"STORY_ADAPTER": "/nonexistent"}, "STORY_ADAPTER '/nonexistent': no such folder"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env, photo, tmp_path, extra, expected):
     result = run(env, "narrate", photo, "-o", tmp_path / "out.mp3", **extra)
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr

@@ -158,12 +158,12 @@ def test_a_model_error_fails_the_job_and_names_the_stage(store, storage):
     assert job.caption == "A cat"
 
 
-def test_transient_storage_errors_propagate_for_a_retry(store, engine):
+def test_transient_storage_errors_propagate_for_a_retry(store, storage, engine):
     class Down:
         def get(self, key):
             raise StorageUnavailable("connection refused")
 
-    job_id = submit(store, open_storage("file:///tmp/unused-narrator"), jpeg())
+    job_id = submit(store, storage, jpeg())
     with pytest.raises(StorageUnavailable):
         run_job(job_id, store=store, storage=Down(), engine=engine)
     assert store.get(job_id).status is JobStatus.QUEUED  # a retry picks it up again
@@ -264,3 +264,39 @@ def test_a_transient_error_hands_the_batch_back_to_the_queue(store, storage, eng
     assert [store.get(job_id).status for job_id in ids] == [JobStatus.QUEUED] * 3
     assert store.get(ids[0]).worker is None
     assert run_job(ids[1], store=store, storage=storage, engine=engine, batch_size=1).status == "succeeded"
+
+
+def test_a_claim_never_takes_a_live_lease_even_when_racing(store, storage):
+    job_id = submit(store, storage, jpeg())
+    assert store.claim(job_id, worker="w2", lease_seconds=300)
+    # The check and the write are one step in Redis: a stale read elsewhere cannot win.
+    assert not store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker="w1")
+    assert store.get(job_id).worker == "w2"
+    store.update(job_id, lease_until=time.time() - 1)
+    assert store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker="w1")
+    assert store.get(job_id).worker == "w1"
+
+
+def test_a_run_whose_job_was_taken_over_stops_publishing(store, storage, engine):
+    job_id = submit(store, storage, jpeg())
+
+    def take_over():  # our lease looked expired to another worker, which claimed the job
+        store.update(job_id, lease_until=time.time() - 1)
+        assert store.claim(job_id, (JobStatus.RUNNING,), worker="other", lease_seconds=300)
+
+    run_job(job_id, store=store, storage=storage, engine=Spy(engine, before_story=take_over))
+    job = store.get(job_id)
+    assert job.status is JobStatus.RUNNING and job.worker == "other" and job.caption is None
+    assert not storage.exists(audio_key(job_id))
+
+
+def test_finishing_a_job_another_run_finished_keeps_its_audio(store, storage, engine):
+    from worker.runner import finish_job
+
+    job_id = submit(store, storage, jpeg())
+    assert store.claim(job_id, worker="other")
+    storage.put(audio_key(job_id), b"the other run's mp3")
+    assert store.succeed(job_id, audio_key(job_id), 1.0, claimant="other")
+    narration = engine.narrate(Image.open(io.BytesIO(jpeg())), words=12)
+    assert finish_job(store, storage, job_id, narration, worker="late").status == "succeeded"
+    assert storage.exists(audio_key(job_id))

@@ -151,6 +151,20 @@ def test_stage_loads_lazily_once(speech_model_dir):
     assert stage.allowed == DEFAULT_ALLOWED  # read from the MMS-shaped vocab.json
 
 
+def test_model_is_published_last(speech_model_dir):
+    # load() skips the lock once `model` is set, so the tokenizer and vocabulary must be ready by then.
+    seen = []
+
+    class Watched(SpeechStage):
+        def __setattr__(self, name, value):
+            if name == "model" and value is not None:
+                seen.append((self.tokenizer, self.allowed))
+            super().__setattr__(name, value)
+
+    Watched(str(speech_model_dir)).load()
+    assert len(seen) == 1 and seen[0][0] is not None and seen[0][1] == DEFAULT_ALLOWED
+
+
 def test_batch_returns_one_speech_per_text(stage):
     texts = ["A red kite.", "Two dogs ran home, barking at 3 cats.", "Hi!"]
     out = stage(texts)

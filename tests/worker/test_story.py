@@ -203,6 +203,20 @@ def test_load_once_across_threads(story_dir, monkeypatch):
     assert len(calls) == 1
 
 
+def test_model_is_published_last(story_dir):
+    # load() skips the lock once `model` is set, so everything else must be ready by then.
+    seen = []
+
+    class Watched(StoryStage):
+        def __setattr__(self, name, value):
+            if name == "model" and value is not None:
+                seen.append((self.tokenizer, self.device))
+            super().__setattr__(name, value)
+
+    Watched(str(story_dir)).load()
+    assert len(seen) == 1 and all(part is not None for part in seen[0])
+
+
 def test_missing_pad_token_falls_back_to_eos(story_dir, tmp_path):
     folder = shutil.copytree(story_dir, tmp_path / "nopad")
     config = json.loads((folder / "tokenizer_config.json").read_text())

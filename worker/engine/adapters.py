@@ -65,13 +65,17 @@ def _download(bucket: str, prefix: str, dest: Path, spec: str) -> None:
     client = boto3.client("s3")
     listing_prefix = f"{prefix}/" if prefix else ""  # "runs/a" must not pick up "runs/ab/..."
     count = 0
+    root = dest.resolve()
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
             for item in page.get("Contents", []):
                 relative = PurePosixPath(item["Key"][len(listing_prefix):])
-                if not relative.parts or ".." in relative.parts or item["Key"].endswith("/"):
-                    continue  # folder markers, and keys that would escape the cache folder
+                if (not relative.parts or relative.is_absolute() or ".." in relative.parts
+                        or item["Key"].endswith("/")):
+                    continue  # folder markers, and keys like "prefix//etc/x" that would escape dest
                 local = dest.joinpath(*relative.parts)
+                if not local.resolve().is_relative_to(root):
+                    continue
                 local.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(bucket, item["Key"], str(local))
                 count += 1

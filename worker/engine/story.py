@@ -69,7 +69,8 @@ class StoryStage:
                 model = model.merge_and_unload()
         if quantization is None and device.type != "cuda":
             model = model.to(device)
-        self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
+        self.tokenizer, self.device = tokenizer, device
+        self.model = model.eval()  # last: load()'s lock-free fast path treats a model as "all ready"
 
     def preprocess(self, captions: list[str], words: int = 40):
         self.load()
