@@ -116,3 +116,14 @@ def test_bad_configuration_exits_2_with_one_line(env, photo, tmp_path, extra, ex
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+
+def test_a_broken_adapter_is_a_one_line_error(env, photo, tmp_path):
+    broken = tmp_path / "broken-adapter"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text(json.dumps({}))
+    result = run(env, "narrate", photo, "-o", tmp_path / "out.mp3", STORY_ADAPTER=str(broken))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: STORY_ADAPTER")

@@ -62,7 +62,13 @@ class StoryStage:
         if adapter_path is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter_path))
+            from worker.engine.adapters import AdapterError
+
+            try:
+                model = PeftModel.from_pretrained(model, str(adapter_path))
+            except (KeyError, ValueError, OSError, RuntimeError) as exc:  # a broken or mismatched adapter
+                raise AdapterError(f"STORY_ADAPTER {self.adapter!r} cannot be loaded onto "
+                                   f"{self.model_name}: {type(exc).__name__}: {exc}") from exc
             if quantization is None:
                 # Merged LoRA weights run at base-model speed; an unmerged adapter adds two small
                 # matmuls per layer. Quantized weights cannot absorb the update, so keep it apart.
