@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -168,10 +169,15 @@ class Engine:
                 speeches[i] = speech
         timings["speech"] = time.perf_counter() - start
 
-        narrations = []
-        for caption, story, speech in zip(captions, stories, speeches):
+        def encode(speech):
             start = time.perf_counter()
-            mp3 = encode_mp3(speech)
-            own = dict(timings, encode=time.perf_counter() - start)
-            narrations.append(Narration(caption, story, mp3, speech.seconds, speech.sample_rate, own))
-        return narrations
+            return encode_mp3(speech), time.perf_counter() - start
+
+        # Each encode is an ffmpeg process, so a batch's encodes overlap well on threads.
+        if len(speeches) == 1:
+            encoded = [encode(speeches[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(speeches), os.cpu_count() or 2)) as pool:
+                encoded = list(pool.map(encode, speeches))
+        return [Narration(caption, story, mp3, speech.seconds, speech.sample_rate, dict(timings, encode=seconds))
+                for caption, story, speech, (mp3, seconds) in zip(captions, stories, speeches, encoded)]
