@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # inside, localhost:9000 outside); presigned URLs must be signed for the address clients use.
     public_s3_endpoint_url: Optional[str] = None
 
+    # Behind a reverse proxy (TLS terminator, load balancer): how many proxies' X-Forwarded-*
+    # headers to trust, so absolute URLs (audio_url, Location) use the client's scheme and host.
+    proxy_hops: int = Field(0, ge=0, le=5)
+
     # Uploads
     max_upload_mb: float = Field(10, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="larger images are refused (decompression bombs)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
@@ -29,6 +30,9 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         MAX_FORM_PARTS=16,
     )
     app.json.sort_keys = False  # keep the job's fields in their documented order
+    if settings.proxy_hops:
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
     services = Services.build(settings)
     app.extensions["narrator"] = services

@@ -422,3 +422,19 @@ def test_web_process_never_imports_torch(tmp_path, redis_url):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_behind_a_proxy_urls_use_the_clients_scheme_and_host(settings):
+    app = build(settings.model_copy(update={"proxy_hops": 1}))
+    client = app.test_client()
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "stories.example.com"}
+    response = client.post("/api/v1/jobs", data={"image": (io.BytesIO(png()), "p.png")}, headers=headers)
+    assert response.status_code == 202
+    job_id = response.get_json()["id"]
+    finish(app, job_id)
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
+    assert job["audio_url"] == f"https://stories.example.com/api/v1/jobs/{job_id}/audio"
+    # Without PROXY_HOPS the same headers are not trusted.
+    plain = build(settings).test_client().get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
+    assert plain["audio_url"].startswith("http://localhost/")
+    app.extensions["narrator"].celery.close()

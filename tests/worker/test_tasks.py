@@ -72,6 +72,7 @@ def test_a_job_moves_through_its_states_in_order(celery_worker_process, web_serv
 
     assert job["status"] == "succeeded", job
     assert seen[-1] == ("succeeded", None)
+    assert any(status == "running" for status, _ in seen), f"the job was never seen running: {seen}"
     positions = [CANONICAL.index(state) for state in seen]
     assert positions == sorted(positions), f"states out of order: {seen}"
     assert job["caption"] and job["story"] and job["audio_seconds"] > 0
