@@ -70,10 +70,16 @@ def add_lora(model, args):
         raise UsageError(f"--target-modules {modules}: {str(exc).splitlines()[0]}") from None
 
 
+def prompt_words(story: str) -> int:
+    # The length the prompt asks for is the story's own, so training teaches the model to follow it.
+    return max(5, 5 * round(len(story.split()) / 5))
+
+
 def encode_all(tokenizer, examples, args):
     end_id = end_token_id(tokenizer)
     try:
-        encoded = [encode_example(tokenizer, e.prompt, e.story, args.words, args.max_length, end_id) for e in examples]
+        encoded = [encode_example(tokenizer, e.prompt, e.story, args.words or prompt_words(e.story), args.max_length,
+                                  end_id) for e in examples]
     except EncodingError as exc:
         from training.train import UsageError
 

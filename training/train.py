@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=settings.device, help="auto | cpu | cuda | cuda:N (default: DEVICE, %(default)s)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="held-out share for eval_loss (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--words", type=int, default=settings.story_words, help="story length in the prompt, as served (default: %(default)s)")
+    p.add_argument("--words", type=int, default=None,
+                   help="story length written into every prompt (default: each story's own length, rounded to 5, "
+                        "so the adapter learns to follow the length the service asks for)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per example, prompt included")
     p.add_argument("--push", metavar="URL", default=None, help="upload the adapter folder to s3://bucket/prefix")
     return p
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     for name in ("batch_size", "rank", "max_length", "words"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError("--max-steps must be at least 1")

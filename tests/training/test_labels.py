@@ -84,3 +84,18 @@ def test_long_story_is_cut_but_prompt_never(tiny_tokenizer):
     assert cut["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
     with pytest.raises(EncodingError, match="max_length"):
         encode_example(tiny_tokenizer, CAPTION, STORY, max_length=prompt_len)
+
+
+def test_each_prompt_asks_for_its_own_storys_length_by_default(tiny_tokenizer):
+    from argparse import Namespace
+
+    from training.dataset import Example
+    from training.run import encode_all, prompt_words
+
+    assert prompt_words(" ".join(["word"] * 37)) == 35 and prompt_words("two words") == 5
+    examples = [Example(prompt="a dog", story=" ".join(["bark"] * 23), where="line 1"),
+                Example(prompt="a cat", story=" ".join(["purr"] * 41), where="line 2")]
+    for words, expected in ((None, ["about 25 words", "about 40 words"]), (60, ["about 60 words"] * 2)):
+        encoded, _ = encode_all(tiny_tokenizer, examples, Namespace(words=words, max_length=512))
+        prompts = [tiny_tokenizer.decode(features["input_ids"]) for features in encoded]
+        assert [want in text for want, text in zip(expected, prompts)] == [True, True]

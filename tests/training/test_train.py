@@ -92,6 +92,7 @@ def test_adapter_is_served_by_the_story_stage_and_changes_greedy_output(trained,
     from training.collate import Collator, encode_example, pad_id
     from training.dataset import load_examples, split_eval
     from training.loop import mean_loss
+    from training.run import prompt_words
     from worker.engine.story import StoryStage
 
     tuned = StoryStage(model=str(tiny_story), adapter=str(trained["out"])).load()
@@ -100,7 +101,7 @@ def test_adapter_is_served_by_the_story_stage_and_changes_greedy_output(trained,
     # The merged serving model scores the training split as the trainer measured it (final_loss):
     # the same prompt format and the same weights reach the engine.
     rows, _ = split_eval(load_examples(trained["data"]), 0.25, seed=0)
-    features = [encode_example(tuned.tokenizer, e.prompt, e.story, 40) for e in rows]
+    features = [encode_example(tuned.tokenizer, e.prompt, e.story, prompt_words(e.story)) for e in rows]
     loader = torch.utils.data.DataLoader(features, batch_size=8, collate_fn=Collator(pad_id(tuned.tokenizer)))
     assert mean_loss(tuned.model, loader, torch.device("cpu")) == pytest.approx(trained["report"]["final_loss"], abs=1e-3)
 
