@@ -138,10 +138,11 @@ class JobStore:
         popped = [_text(member) for member, _ in self.redis.zpopmin(self.QUEUED, limit)]
         return [job_id for job_id in popped if self.claim(job_id, worker=worker, lease_seconds=lease_seconds)]
 
-    def release(self, job_id: str) -> bool:
-        """Hand a claimed job back to the queue (its batch hit a transient error)."""
-        released = self.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED, stage=None, started_at=None,
-                                   worker=None, lease_until=None)
+    def release(self, job_id: str, claimant: Optional[str] = None) -> bool:
+        """Hand a claimed job back to the queue (its batch hit a transient error); never one that
+        another worker has taken over meanwhile."""
+        released = self.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED, claimant=claimant, stage=None,
+                                   started_at=None, worker=None, lease_until=None)
         job = self.get(job_id) if released else None
         if job:
             self.redis.zadd(self.QUEUED, {job_id: job.created_at})
@@ -156,9 +157,10 @@ class JobStore:
         return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.SUCCEEDED, claimant=claimant, stage=None,
                                audio_key=audio_key, audio_seconds=float(audio_seconds), error=None, **changes)
 
-    def fail(self, job_id: str, error: str, **changes) -> bool:
+    def fail(self, job_id: str, error: str, claimant: Optional[str] = None, **changes) -> bool:
+        """A worker passes itself as claimant, so it cannot fail a job another live worker runs."""
         failed = self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.FAILED,
-                                 error=error, **changes)
+                                 claimant=claimant, error=error, **changes)
         self.redis.zrem(self.QUEUED, job_id)
         return failed
 

@@ -1,8 +1,8 @@
 """The Celery app the workers run: `celery -A worker.app worker --pool solo`.
 
 GPU workers: CUDA does not survive fork, so run one worker process per GPU with the solo pool
-and pin it with CUDA_VISIBLE_DEVICES; never the default prefork pool with CUDA. (The threads pool
-works too, but JOB_TIME_LIMIT is only enforced in the solo pool, where jobs run in the main thread.)
+and pin it with CUDA_VISIBLE_DEVICES; never the default prefork pool with CUDA. JOB_TIME_LIMIT, on
+which the job leases rely, is enforced in the solo pool, where jobs run in the main thread.
 """
 from __future__ import annotations
 

@@ -22,9 +22,10 @@ from redis.exceptions import RedisError
 
 from shared.images import ImageError, load_image
 from shared.jobs import JobStatus, JobStore, Stage
-from shared.storage import Storage, StorageNotFound, StorageUnavailable
+from shared.storage import Storage, StorageError, StorageNotFound, StorageUnavailable
 
 log = logging.getLogger(__name__)
+TIME_LIMIT_MESSAGE = "the job took longer than its time limit (JOB_TIME_LIMIT)"
 
 
 class JobCanceled(Exception):
@@ -64,21 +65,37 @@ def run_job(job_id: str, *, store: JobStore, storage: Storage, engine, max_pixel
         return Outcome(job_id, "leased", retry_in=job.lease_until - now)
     # queued -> running, or running -> running when a dead worker's lease has expired.
     if not store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker=me, lease_seconds=lease_seconds):
-        current = store.get(job_id)
-        return Outcome(job_id, current.status.value if current else "missing")
-    batch = [job_id] + store.claim_queued(batch_size - 1, worker=me, lease_seconds=lease_seconds)
-    if len(batch) > 1:
-        log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
-        for other in batch:
-            store.update(other, batch_size=len(batch))
+        return _not_claimed(store, job_id)
+    batch = [job_id]
     try:
+        batch += store.claim_queued(batch_size - 1, worker=me, lease_seconds=lease_seconds)
+        if len(batch) > 1:
+            log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
+            for other in batch:
+                store.update(other, batch_size=len(batch))
         outcomes = run_batch(batch, store=store, storage=storage, engine=engine, max_pixels=max_pixels,
                              lease_seconds=lease_seconds, worker=me)
     except (StorageUnavailable, RedisError):
         for claimed in batch:  # back to the queue: each job's own message (retried) runs it again
-            _quietly(store.release, claimed)
+            _quietly(store.release, claimed, me)
         raise
+    except Exception as exc:  # whatever else broke (the time limit too), no claimed job is left running
+        log.exception("batch %s failed", ", ".join(batch))
+        message = (TIME_LIMIT_MESSAGE if isinstance(exc, SoftTimeLimitExceeded)
+                   else f"the job failed ({type(exc).__name__}: {exc})")
+        for claimed in batch:
+            _quietly(fail_job, store, claimed, message, me)
+        return Outcome(job_id, JobStatus.FAILED.value)
     return outcomes[job_id]
+
+
+def _not_claimed(store: JobStore, job_id: str) -> Outcome:
+    # Lost a race: another worker claimed it (or released it again) between our read and claim.
+    # Unless it has ended, keep the message alive so a crash of that worker cannot lose the job.
+    current = store.get(job_id)
+    if current is None or current.status.finished:
+        return Outcome(job_id, current.status.value if current else "missing")
+    return Outcome(job_id, "leased", retry_in=max(1.0, (current.lease_until or 0) - time.time()))
 
 
 def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, max_pixels: int | None,
@@ -95,7 +112,7 @@ def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, 
             images.append(read_image(storage, job.input_key, max_pixels))
             jobs.append(job)
         except JobFailed as exc:
-            outcomes[job_id] = fail_job(store, job_id, str(exc))
+            outcomes[job_id] = fail_job(store, job_id, str(exc), worker)
     active = {job.id for job in jobs}
     stage_now = Stage.CAPTION
 
@@ -125,12 +142,12 @@ def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, 
         raise  # transient: the task retries with backoff
     except SoftTimeLimitExceeded:
         for job_id in active - set(outcomes):
-            outcomes[job_id] = fail_job(store, job_id, "the job took longer than its time limit (JOB_TIME_LIMIT)")
+            outcomes[job_id] = fail_job(store, job_id, TIME_LIMIT_MESSAGE, worker)
     except Exception as exc:  # a model error ends these jobs, not the worker
         log.exception("jobs %s failed in stage %s", ", ".join(active), stage_now.value)
         for job_id in active - set(outcomes):
             outcomes[job_id] = fail_job(store, job_id,
-                                        f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})")
+                                        f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})", worker)
     return outcomes
 
 
@@ -154,14 +171,18 @@ def read_image(storage: Storage, key: str, max_pixels: int | None):
         data = storage.get(key)
     except StorageNotFound:
         raise JobFailed("the uploaded image is no longer in storage; please upload it again")
+    except StorageUnavailable:
+        raise  # transient: retried
+    except StorageError as exc:  # e.g. access denied: retrying will not help
+        raise JobFailed(f"storage refused the uploaded image ({exc})")
     try:
         return load_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         raise JobFailed(exc.message)
 
 
-def fail_job(store: JobStore, job_id: str, message: str) -> Outcome:
-    store.fail(job_id, message, lease_until=None)
+def fail_job(store: JobStore, job_id: str, message: str, worker: str | None = None) -> Outcome:
+    store.fail(job_id, message, claimant=worker, lease_until=None)
     return Outcome(job_id, JobStatus.FAILED.value)
 
 

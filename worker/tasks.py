@@ -11,11 +11,14 @@ from shared.queue import NARRATE_TASK
 from shared.storage import StorageUnavailable
 from worker.context import get_context
 from worker.limits import time_limit
-from worker.runner import fail_job, run_job
+from worker.runner import TIME_LIMIT_MESSAGE, fail_job, run_job, worker_id
 
 log = logging.getLogger(__name__)
 TRANSIENT = (StorageUnavailable, RedisError, ConnectionError)
 TRANSIENT_RETRIES = 6  # 1 + 2 + 4 + 8 + 16 + 32 s of backoff before a job fails
+# Publishing the retried message goes to the same Redis that may just have failed: keep trying for
+# about a minute, since a message that cannot be republished is dropped.
+PUBLISH_RETRY = {"max_retries": 12, "interval_start": 1, "interval_step": 2, "interval_max": 10}
 
 
 # max_retries=None: a message waiting on another worker's batch is retried until that job ends;
@@ -27,7 +30,8 @@ def narrate_job(self, job_id: str, transient_retries: int = 0) -> str:
         ctx.engine.load()  # once per process; the first job's load does not count against its limit
     except Exception as exc:
         log.exception("could not load the models")
-        fail_job(ctx.store, job_id, f"the worker could not load its models ({type(exc).__name__}: {exc})")
+        fail_job(ctx.store, job_id, f"the worker could not load its models ({type(exc).__name__}: {exc})",
+                 worker_id())
         raise
     try:
         with time_limit(ctx.settings.job_time_limit):
@@ -35,22 +39,23 @@ def narrate_job(self, job_id: str, transient_retries: int = 0) -> str:
                               max_pixels=ctx.settings.max_image_pixels, batch_size=ctx.settings.worker_batch_size,
                               lease_seconds=ctx.settings.job_time_limit + 120)
     except SoftTimeLimitExceeded:  # fired outside the stages (claiming, bookkeeping)
-        fail_job(ctx.store, job_id, "the job took longer than its time limit (JOB_TIME_LIMIT)")
+        fail_job(ctx.store, job_id, TIME_LIMIT_MESSAGE, worker_id())
         return "failed"
     except TRANSIENT as exc:
         if transient_retries >= TRANSIENT_RETRIES:
             log.error("job %s: giving up after %d retries: %s", job_id, transient_retries, exc)
             try:
-                fail_job(ctx.store, job_id, "storage stayed unreachable; please try again later")
+                fail_job(ctx.store, job_id, "storage stayed unreachable; please try again later", worker_id())
             except TRANSIENT:
                 pass
             raise
         delay = 2 ** transient_retries
         log.warning("job %s: transient error (%s); retrying in %ss", job_id, exc, delay)
-        raise self.retry(kwargs={"job_id": job_id, "transient_retries": transient_retries + 1}, countdown=delay)
+        raise self.retry(kwargs={"job_id": job_id, "transient_retries": transient_retries + 1}, countdown=delay,
+                         retry_policy=PUBLISH_RETRY)
     if outcome.status == "leased":
         # Another worker runs it in a batch. Keep this message alive until the job ends, so a crash
         # of that worker (its lease then expires) never loses the job. One look after the lease
         # ends is enough: a finished job then acks at once.
-        raise self.retry(countdown=min(1800.0, outcome.retry_in + 1))
+        raise self.retry(countdown=min(1800.0, outcome.retry_in + 1), retry_policy=PUBLISH_RETRY)
     return outcome.status

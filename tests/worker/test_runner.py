@@ -300,3 +300,52 @@ def test_finishing_a_job_another_run_finished_keeps_its_audio(store, storage, en
     narration = engine.narrate(Image.open(io.BytesIO(jpeg())), words=12)
     assert finish_job(store, storage, job_id, narration, worker="late").status == "succeeded"
     assert storage.exists(audio_key(job_id))
+
+
+def test_storage_refusing_the_image_fails_the_batch_clearly(store, storage, engine):
+    from shared.storage import StorageError
+
+    ids = [submit(store, storage, jpeg()) for _ in range(2)]
+
+    class Denied:
+        def get(self, key):
+            raise StorageError("AccessDenied")
+
+    assert run_job(ids[0], store=store, storage=Denied(), engine=engine, batch_size=4).status == "failed"
+    jobs = [store.get(job_id) for job_id in ids]
+    assert [job.status for job in jobs] == [JobStatus.FAILED] * 2
+    assert all("storage refused the uploaded image" in job.error for job in jobs)
+
+
+def test_losing_the_claim_race_keeps_the_message_alive(redis_url, storage, engine):
+    class RivalFirst(JobStore):
+        def claim(self, job_id, *args, **kwargs):
+            super().claim(job_id, worker="rival", lease_seconds=300)  # gets in between our read and claim
+            return super().claim(job_id, *args, **kwargs)
+
+    store = RivalFirst(redis.Redis.from_url(redis_url), ttl_seconds=3600)
+    job_id = submit(store, storage, jpeg())
+    outcome = run_job(job_id, store=store, storage=storage, engine=engine)
+    assert outcome.status == "leased" and outcome.retry_in > 250
+    assert store.get(job_id).worker == "rival"
+
+
+def test_a_worker_cannot_release_or_fail_a_job_another_live_worker_runs(store, storage):
+    job_id = submit(store, storage, jpeg())
+    assert store.claim(job_id, worker="w2", lease_seconds=300)
+    assert not store.release(job_id, claimant="w1")
+    assert not store.fail(job_id, "boom", claimant="w1")
+    assert store.get(job_id).status is JobStatus.RUNNING
+    assert store.release(job_id, claimant="w2")
+    assert store.get(job_id).status is JobStatus.QUEUED
+
+
+def test_an_unexpected_error_while_forming_the_batch_leaves_no_job_running(store, storage, engine):
+    ids = [submit(store, storage, jpeg()) for _ in range(2)]
+
+    def broken_update(job_id, **changes):
+        raise RuntimeError("bookkeeping broke")
+
+    store.update = broken_update
+    assert run_job(ids[0], store=store, storage=storage, engine=engine, batch_size=4).status == "failed"
+    assert [store.get(job_id).status for job_id in ids] == [JobStatus.FAILED] * 2
