@@ -22,8 +22,13 @@ def test_upload_a_photo_and_listen_to_its_story(celery_worker_process, web_serve
     from playwright.sync_api import expect, sync_playwright
 
     _, base = web_server
-    photo = tmp_path / "garden.png"
-    Image.new("RGBA", (96, 64), (20, 140, 60, 200)).save(photo, "PNG")
+    import numpy as np
+
+    # A photo of real size (about half a megabyte of JPEG), not a few hundred bytes.
+    photo = tmp_path / "garden.jpg"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(photo, "JPEG",
+                                                                                                  quality=92)
+    assert photo.stat().st_size > 400_000
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)

@@ -26,7 +26,10 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     app.config.update(
         MAX_UPLOAD_MB=settings.max_upload_mb,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + FORM_OVERHEAD,  # werkzeug stops reading past it
-        MAX_FORM_MEMORY_SIZE=64 * 1024,  # the non-file fields are tiny
+        # Werkzeug also checks each chunk it parses against this, file parts included (it reads
+        # 64 KiB at a time plus what is left over): it must stay well above that, or every real
+        # photo gets a 413. The non-file fields are tiny either way.
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=16,
     )
     app.json.sort_keys = False  # keep the job's fields in their documented order

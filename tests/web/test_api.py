@@ -438,3 +438,20 @@ def test_behind_a_proxy_urls_use_the_clients_scheme_and_host(settings):
     plain = build(settings).test_client().get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
     assert plain["audio_url"].startswith("http://localhost/")
     app.extensions["narrator"].celery.close()
+
+
+@pytest.mark.parametrize("megabytes", [0.4, 3])
+def test_real_sized_photos_are_accepted(client, settings, megabytes):
+    # Noise does not compress: a JPEG of real-photo size, well above the parser's chunk size.
+    import numpy as np
+
+    side = int(700 * megabytes ** 0.5)
+    pixels = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+    assert megabytes * 0.5e6 < len(buf.getvalue()) < 8e6
+    big = settings.model_copy(update={"max_upload_mb": 10, "max_image_pixels": 40_000_000})
+    app = build(big)
+    response = app.test_client().post("/api/v1/jobs", data={"image": (io.BytesIO(buf.getvalue()), "photo.jpg")})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    app.extensions["narrator"].celery.close()
