@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# A .env file (read by the settings too) may set REDIS_URL and PORT; the command line wins over both.
+-include .env
 PORT ?= 8000
 REDIS_URL ?= redis://127.0.0.1:6379/0
 MODELS ?= hub

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     quantize: Literal["none", "8bit", "4bit"] = "none"
 
     # Story defaults
-    story_words: int = Field(40, ge=5, le=400)
+    story_words: int = Field(40, ge=10, le=200)  # the same range the API accepts
 
     @field_validator("story_adapter", mode="before")
     @classmethod

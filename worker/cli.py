@@ -54,8 +54,8 @@ def narrate(args: argparse.Namespace) -> int:
     from shared.images import ImageError, load_image
 
     settings = _settings()
-    if args.words is not None and not 1 <= args.words <= 400:
-        raise UsageError("--words must be between 1 and 400")
+    if args.words is not None and not 10 <= args.words <= 200:
+        raise UsageError("--words must be between 10 and 200")
     try:
         image = load_image(args.image, max_pixels=settings.max_image_pixels)
     except ImageError as exc:

@@ -156,7 +156,7 @@ def test_default_words_and_distinct_ids(client, settings):
     (lambda c: submit(c, words="many"), 400, "invalid_words"),
     (lambda c: submit(c, words="5"), 400, "invalid_words"),
     (lambda c: submit(c, words="201"), 400, "invalid_words"),
-    (lambda c: submit(c, words="9" * 100_000), 413, "too_large"),  # over the form-field memory cap
+    (lambda c: submit(c, words="9" * 1_100_000), 413, "too_large"),  # over the form-field memory cap
     (lambda c: submit(c, words="9" * 5000), 400, "invalid_words"),
     (lambda c: submit(c, seed="abc"), 400, "invalid_seed"),
     (lambda c: submit(c, seed="1.5"), 400, "invalid_seed"),

@@ -39,7 +39,7 @@ def photo(tmp_path) -> Path:
 
 def test_narrate_prints_caption_and_story(env, photo, tmp_path):
     out = tmp_path / "nested" / "story.mp3"
-    result = run(env, "narrate", photo, "-o", out, "--seed", 3, "--words", 8)
+    result = run(env, "narrate", photo, "-o", out, "--seed", 3, "--words", 10)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Caption: ") and len(lines[0]) > len("Caption: ")
