@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     # Story defaults
     story_words: int = Field(40, ge=10, le=200)  # the same range the API accepts
+    story_temperature: float = Field(0.8, gt=0, le=2)
+    story_top_p: float = Field(0.9, gt=0, le=1)
 
     @field_validator("story_adapter", mode="before")
     @classmethod

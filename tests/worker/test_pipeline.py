@@ -143,3 +143,21 @@ def test_narrate_batch_checks_its_arguments(engine):
 def test_quantize_on_cpu_fails_at_start_up(tiny_models_dir, mode):
     with pytest.raises(ConfigError, match=f"QUANTIZE={mode} needs a CUDA GPU"):
         Engine(make_settings(tiny_models_dir, quantize=mode))
+
+
+def test_sampling_settings_reach_the_story_model(tiny_models_dir, monkeypatch):
+    from worker.engine.story import StoryStage
+
+    seen = {}
+    original = StoryStage.__call__
+
+    def spy(self, captions, **kwargs):
+        seen.update(kwargs)
+        return original(self, captions, **kwargs)
+
+    monkeypatch.setattr(StoryStage, "__call__", spy)
+    settings = Settings(caption_model=str(tiny_models_dir / "caption"), story_model=str(tiny_models_dir / "story"),
+                        speech_model=str(tiny_models_dir / "speech"), device="cpu", story_words=10,
+                        story_temperature=0.3, story_top_p=0.5)
+    Engine(settings).narrate(load_image(sample_images()["rgb.jpg"]), seed=1)
+    assert (seen["temperature"], seen["top_p"], seen["do_sample"]) == (0.3, 0.5, True)

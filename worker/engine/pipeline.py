@@ -155,7 +155,8 @@ class Engine:
         start = time.perf_counter()
         stories: list[str] = [""] * len(images)
         for (seed, length), indexes in _groups(zip(seeds, words)).items():
-            texts = self.story([captions[i] for i in indexes], words=length, seed=seed, do_sample=sample)
+            texts = self.story([captions[i] for i in indexes], words=length, seed=seed, do_sample=sample,
+                               temperature=self.settings.story_temperature, top_p=self.settings.story_top_p)
             for i, text in zip(indexes, texts):
                 stories[i] = text
         timings["story"] = time.perf_counter() - start
