@@ -35,7 +35,6 @@ class Stage(str, Enum):
     UPLOAD = "upload"
 
 
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 _FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds", "lease_until")
 _INTS = ("words", "seed", "batch_size")
 

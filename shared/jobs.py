@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 
 # The schema is re-exported: callers import Job, JobStatus, Stage, ... from shared.jobs.
 from shared.job_schema import (  # noqa: F401
-    FINISHED, Job, JobStatus, Stage, _text, decode_cursor, encode, encode_cursor, iso, new_job_id, statuses,
+    Job, JobStatus, Stage, _text, decode_cursor, encode, encode_cursor, iso, new_job_id, statuses,
 )
 
 
@@ -118,12 +118,13 @@ class JobStore:
 
     # The worker's vocabulary: each returns False when the job was canceled (or vanished) meanwhile.
     def claim(self, job_id: str, allowed_from: Iterable = (JobStatus.QUEUED,), worker: Optional[str] = None,
-              lease_seconds: float = 900, batch_size: int = 1) -> bool:
+              lease_seconds: float = 900) -> bool:
         """Take the job for `worker`; never from another worker whose lease has not expired."""
         now = time.time()
+        # batch_size=1 clears a previous run's size; run_job sets the real one once its batch is full.
         claimed = self.transition(job_id, allowed_from, JobStatus.RUNNING, claimant=worker or "", started_at=now,
                                   stage=Stage.CAPTION, error=None, worker=worker, lease_until=now + lease_seconds,
-                                  batch_size=batch_size)
+                                  batch_size=1)
         self.redis.zrem(self.QUEUED, job_id)  # claimed, or no longer queued anyway
         return claimed
 

@@ -70,14 +70,12 @@ def get_job(job_id: str):
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):
+    services().jobs.cancel(load_job(job_id).id)  # load_job first: an unknown id is a 404
     job = load_job(job_id)
-    store = services().jobs
-    if not store.cancel(job.id):
-        job = load_job(job_id)
-        if job.status != JobStatus.CANCELED:  # canceling twice is harmless; finished is final
-            raise AppError(409, "already_finished", f"The job has already {job.status.value}.")
+    if job.status != JobStatus.CANCELED:  # canceling twice is harmless; finished is final
+        raise AppError(409, "already_finished", f"The job has already {job.status.value}.")
     # The worker sees the canceled status at its next transition and stops there.
-    return jsonify(job_view(load_job(job_id)))
+    return jsonify(job_view(job))
 
 
 @bp.get("/jobs/<job_id>/audio")

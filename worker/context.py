@@ -11,19 +11,13 @@ import redis
 from shared.jobs import JobStore
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
+from worker.once import Once
 
 
 class WorkerContext:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._lock = threading.Lock()  # the threads pool may ask for the same part at once
-        self._parts: dict[str, object] = {}
-
-    def _once(self, name: str, factory):
-        with self._lock:
-            if name not in self._parts:
-                self._parts[name] = factory()
-            return self._parts[name]
+        self._once = Once()
 
     @property
     def store(self) -> JobStore:

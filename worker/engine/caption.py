@@ -11,7 +11,7 @@ import threading
 import torch
 from PIL import Image
 
-from worker.engine.devices import quantization_config, resolve_device, resolve_dtype
+from worker.engine.devices import resolve_device, resolve_dtype
 
 FALLBACK_CAPTION = "A photograph"
 
@@ -46,14 +46,12 @@ class CaptionStage:
         model: str,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
-        quantize: str = "none",
         max_new_tokens: int = 30,
         num_beams: int = 3,
     ):
         self.model_name = str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.quantize = quantize or "none"
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.model = None
@@ -70,16 +68,10 @@ class CaptionStage:
                 return self
             from transformers import BlipForConditionalGeneration, BlipProcessor
 
+            # BLIP is small: quantization (QUANTIZE) is for the story model only.
             processor = BlipProcessor.from_pretrained(self.model_name)
-            kwargs = {"dtype": self.dtype}
-            quant = quantization_config(self.quantize, compute_dtype=self.dtype)
-            if quant is not None:
-                # bitsandbytes places the weights itself; .to() is not allowed on a quantized model.
-                kwargs.update(quantization_config=quant, device_map={"": str(self.device)})
-            model = BlipForConditionalGeneration.from_pretrained(self.model_name, **kwargs)
-            if quant is None:
-                model = model.to(self.device)
-            self.processor, self.model = processor, model.eval()
+            model = BlipForConditionalGeneration.from_pretrained(self.model_name, dtype=self.dtype)
+            self.processor, self.model = processor, model.to(self.device).eval()
         return self
 
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:

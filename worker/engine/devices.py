@@ -6,6 +6,7 @@ machine, a GPU index that does not exist) stops the worker at start-up, not insi
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 
 import torch
 
@@ -49,6 +50,17 @@ def resolve_dtype(setting: str | torch.dtype | None, device: torch.device) -> to
     if value not in DTYPES:
         raise ConfigError(f"DTYPE={setting!r} is not one of auto, {', '.join(DTYPES)}.")
     return DTYPES[value]
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Run the block on torch's RNG seeded with `seed` (CPU and this device's CUDA stream); the
+    caller's RNG state is restored afterwards. With seed None the RNG is left alone."""
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def check_quantize(quantize: str | None, device: torch.device) -> None:

@@ -7,7 +7,6 @@ on this machine (QUANTIZE on a CPU, a missing GPU) fail at construction, before 
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 
 from shared.settings import Settings, get_settings
 from worker.engine.devices import ConfigError, check_quantize, resolve_device, resolve_dtype
+from worker.once import Once
 
 ProgressCallback = Callable[[str, dict], None]
 BatchProgressCallback = Callable[[str, list[dict]], None]
@@ -64,25 +64,14 @@ class Engine:
         check_quantize(self.settings.quantize, self.device)
         for name in ("caption_model", "story_model", "speech_model"):
             _check_local_model(name, getattr(self.settings, name))
-        self._stages: dict[str, object] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> "Engine":
-        return cls(settings)
-
-    def _stage(self, name: str, factory):
-        with self._lock:
-            if name not in self._stages:
-                self._stages[name] = factory()
-            return self._stages[name]
+        self._stages = Once()
 
     @property
     def caption(self):
         from worker.engine.caption import CaptionStage
 
         # Quantization is for the story model, the only one big enough to need it.
-        return self._stage("caption", lambda: CaptionStage(
+        return self._stages("caption", lambda: CaptionStage(
             self.settings.caption_model, device=self.device, dtype=self.dtype))
 
     @property
@@ -90,7 +79,7 @@ class Engine:
         from worker.engine.story import StoryStage
 
         s = self.settings
-        return self._stage("story", lambda: StoryStage(
+        return self._stages("story", lambda: StoryStage(
             s.story_model, adapter=s.story_adapter, device=str(self.device), dtype=self.dtype,
             quantize=s.quantize, cache_dir=s.model_cache_dir))
 
@@ -101,7 +90,7 @@ class Engine:
         # VITS is small and its flow/spline layers are sensitive to half precision: keep it in
         # float32 unless DTYPE was set explicitly.
         dtype = None if self.settings.dtype == "auto" else self.dtype
-        return self._stage("speech", lambda: SpeechStage(
+        return self._stages("speech", lambda: SpeechStage(
             self.settings.speech_model, device=str(self.device), dtype=dtype))
 
     def load(self) -> dict[str, float]:

@@ -97,15 +97,14 @@ class SpeechStage:
         """One waveform per chunk. Chunks are sorted by length so each padded batch wastes little."""
         import torch
 
+        from worker.engine.devices import seeded
+
         self.load()
         seed = self.seed if seed is None else seed
         device = torch.device(self.device)
         waves: list[np.ndarray | None] = [None] * len(batch.chunks)
         order = sorted(range(len(batch.chunks)), key=lambda i: len(batch.chunks[i]))
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        with self._run_lock, torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with self._run_lock, seeded(seed, device):
             for start in range(0, len(order), self.max_batch):
                 ids = order[start:start + self.max_batch]
                 inputs = self.tokenizer([batch.chunks[i] for i in ids], padding=True, return_tensors="pt")

@@ -91,6 +91,8 @@ class StoryStage:
         """Generate and return only the new token ids (the prompt is cut off)."""
         import torch
 
+        from worker.engine.devices import seeded
+
         options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                    "pad_token_id": self.tokenizer.pad_token_id}
         if do_sample:
@@ -99,13 +101,9 @@ class StoryStage:
             options.update(temperature=None, top_p=None, top_k=None)
         if repetition_penalty is not None:
             options["repetition_penalty"] = repetition_penalty
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        # The lock keeps a seeded run's random stream to itself; fork_rng restores the global RNG.
-        with self._generate_lock, torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            with torch.inference_mode():
-                output = self.model.generate(**batch, **options)
+        # The lock keeps a seeded run's random stream to itself.
+        with self._generate_lock, seeded(seed, self.device), torch.inference_mode():
+            output = self.model.generate(**batch, **options)
         return output[:, batch["input_ids"].shape[1]:]
 
     def postprocess(self, new_ids, captions: list[str] | None = None) -> list[str]:
