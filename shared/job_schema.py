@@ -36,7 +36,7 @@ class Stage(str, Enum):
 
 
 _FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds", "lease_until")
-_INTS = ("words", "seed", "batch_size")
+_INTS = ("words", "seed", "batch_size", "attempts")
 
 
 def new_job_id() -> str:
@@ -69,16 +69,13 @@ class Job:
     input_key: Optional[str] = None
     content_type: Optional[str] = None
     filename: Optional[str] = None
-    # Worker bookkeeping (not shown by the API): who runs the job, until when its claim holds,
-    # and how many jobs shared its batch.
+    # How many runs were started; a run that ended with its worker dying counts (MAX_ATTEMPTS).
+    attempts: int = 0
+    # Worker bookkeeping (not shown by the API): the run that holds the job, until when its lease
+    # holds (Redis server time), and how many jobs shared its batch.
     worker: Optional[str] = None
     lease_until: Optional[float] = None
     batch_size: Optional[int] = None
-
-    def leased_elsewhere(self, worker: str, now: float) -> bool:
-        """Running under another worker's claim that has not expired yet."""
-        return (self.status == JobStatus.RUNNING and self.worker not in (None, worker)
-                and (self.lease_until or 0) > now)
 
     def to_dict(self) -> dict:
         """JSON-ready: enum values as strings, timestamps as ISO 8601 UTC."""

@@ -1,8 +1,8 @@
-"""Job records in Redis: one hash per job (`job:<id>`, expiring) plus a sorted-set index by creation time.
+"""Job records in Redis: one hash per job (`job:<id>`, expiring) plus sorted-set indexes.
 
-Status changes go through `transition`, a Lua script that checks the current status and writes in one
-step, so a worker finishing a job and a user canceling it cannot both win. The Job record and its
-encoding live in job_schema.py.
+This is the job lifecycle's single source of truth. Status changes go through Lua scripts that check
+and write in one step, so a worker finishing a job, a user canceling it and the reaper taking it
+back from a dead worker cannot both win. The Job record and its encoding live in job_schema.py.
 """
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ from shared.job_schema import (  # noqa: F401
 )
 
 
-# KEYS[1] the job hash. ARGV: ttl, allowed statuses ("" = any), claimant ("" = none), now, n,
-# n field/value pairs, fields to delete. A claimant may not take a running job whose lease another
-# worker still holds. Returns -1 when the job does not exist, 0 when not allowed, 1 when written.
+# Job hashes are "job:<id>"; the scripts name them from ids, so they assume one Redis (or one
+# Sentinel-managed master), not a cluster. Leases use the Redis server's clock (TIME), so workers
+# on hosts whose clocks disagree still agree on when a lease has lapsed.
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+# KEYS: the job hash, the queued index, the running index. ARGV: ttl, allowed statuses ("" = any),
+# claimant ("" = anyone; else the job's `worker` must be it), job id, n, n field/value pairs, fields
+# to delete. The indexes follow the resulting status. -1: no such job, 0: not allowed, 1: written.
 _APPLY_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local current = redis.call('HGET', KEYS[1], 'status') or ''
@@ -29,32 +34,130 @@ if ARGV[2] ~= '' then
   end
   if not allowed then return 0 end
 end
-if ARGV[3] ~= '' and current == 'running' then
-  local owner = redis.call('HGET', KEYS[1], 'worker')
-  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
-  if owner and owner ~= ARGV[3] and lease > tonumber(ARGV[4]) then return 0 end
-end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3] then return 0 end
 local n = tonumber(ARGV[5])
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
 if #ARGV > 5 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 6 + 2 * n, #ARGV)) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at'), ARGV[4])
+else
+  redis.call('ZREM', KEYS[2], ARGV[4])
+end
+if status ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 1
+"""
+
+# KEYS: queued, running. ARGV: claimant, lease seconds, limit, first id ("" = none), ttl, started_at,
+# how many queued ids to look at. Oldest first, after `first`. A job that ran before (its worker
+# died) runs alone, so a photo that kills workers cannot take its batch-mates down with it.
+_CLAIM_LUA = _NOW + """
+local lease, limit = now + tonumber(ARGV[2]), tonumber(ARGV[3])
+local claimed, solo = {}, false
+local function try(id)
+  local key = 'job:' .. id
+  if redis.call('HGET', key, 'status') ~= 'queued' then redis.call('ZREM', KEYS[1], id) return end
+  local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0') or 0
+  if attempts > 0 then
+    if #claimed > 0 then return end
+    solo = true
+  end
+  redis.call('HSET', key, 'status', 'running', 'stage', 'caption', 'worker', ARGV[1],
+             'lease_until', tostring(lease), 'started_at', ARGV[6], 'attempts', tostring(attempts + 1))
+  redis.call('HDEL', key, 'error')
+  redis.call('EXPIRE', key, tonumber(ARGV[5]))
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], lease, id)
+  table.insert(claimed, id)
+end
+if ARGV[4] ~= '' and redis.call('ZSCORE', KEYS[1], ARGV[4]) then try(ARGV[4]) end
+if not solo and #claimed < limit then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[7]) - 1)) do
+    if solo or #claimed >= limit then break end
+    if id ~= ARGV[4] then try(id) end
+  end
+end
+for _, id in ipairs(claimed) do redis.call('HSET', 'job:' .. id, 'batch_size', tostring(#claimed)) end
+return claimed
+"""
+
+# KEYS: running. ARGV: claimant, lease seconds, ids. Extends the leases the claimant still holds;
+# returns the ids it no longer holds (canceled, finished, or taken back after its lease lapsed).
+_RENEW_LUA = _NOW + """
+local lease = now + tonumber(ARGV[2])
+local lost = {}
+for i = 3, #ARGV do
+  local key = 'job:' .. ARGV[i]
+  if redis.call('HGET', key, 'status') == 'running' and redis.call('HGET', key, 'worker') == ARGV[1] then
+    redis.call('HSET', key, 'lease_until', tostring(lease))
+    redis.call('ZADD', KEYS[1], lease, ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+# KEYS: running, queued. ARGV: max attempts, error for a job out of attempts, ttl, finished_at, cap.
+# Every running job whose lease lapsed goes back to the queue at its old place (or fails once it
+# has used its attempts). Returns {requeued ids, failed ids}.
+_REAP_LUA = _NOW + """
+local requeued, failed = {}, {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))) do
+  local key = 'job:' .. id
+  local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0') or 0
+  if redis.call('HGET', key, 'status') ~= 'running' then
+    redis.call('ZREM', KEYS[1], id)
+  elseif lease > now then
+    redis.call('ZADD', KEYS[1], lease, id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', key, 'worker', 'lease_until', 'stage')
+    if (tonumber(redis.call('HGET', key, 'attempts') or '0') or 0) >= tonumber(ARGV[1]) then
+      redis.call('HSET', key, 'status', 'failed', 'error', ARGV[2], 'finished_at', ARGV[4])
+      table.insert(failed, id)
+    else
+      -- what the lost run published is gone with it
+      redis.call('HDEL', key, 'started_at', 'caption', 'story', 'timings')
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('ZADD', KEYS[2], redis.call('HGET', key, 'created_at') or now, id)
+      table.insert(requeued, id)
+    end
+    redis.call('EXPIRE', key, tonumber(ARGV[3]))
+  end
+end
+return {requeued, failed}
 """
 
 _WRITABLE = {f.name for f in fields(Job)} - {"id", "created_at"}
 
 
+def died_message(attempts: int) -> str:
+    return (f"the worker stopped while running this job, {attempts} times (MAX_ATTEMPTS); "
+            "the photo may be one the models cannot handle")
+
+
 class JobStore:
-    """Job records with an expiry (refreshed on every write), a newest-first index, and the set of
-    queued ids (oldest first) from which a worker fills its batch."""
+    """Job records with an expiry (refreshed on every write), a newest-first index, the queued ids
+    (oldest first) from which workers fill their batches, and the running ids by lease expiry.
+
+    The record is the truth: a worker claims jobs with a short lease that its heartbeat renews, and
+    `reap` puts back every job whose lease lapsed. Every write of a run names its claimant, so a
+    run that lost its job (reaped, canceled) can no longer change it.
+    """
 
     INDEX = "jobs:index"
     QUEUED = "jobs:queued"
+    RUNNING = "jobs:running"
 
     def __init__(self, redis_client, ttl_seconds: int):
         self.redis = redis_client
         self.ttl = max(1, int(ttl_seconds))
         self._apply_script = redis_client.register_script(_APPLY_LUA)
+        self._claim_script = redis_client.register_script(_CLAIM_LUA)
+        self._renew_script = redis_client.register_script(_RENEW_LUA)
+        self._reap_script = redis_client.register_script(_REAP_LUA)
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -80,9 +183,15 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key(job_id))
-        pipe.zrem(self.INDEX, job_id)
-        pipe.zrem(self.QUEUED, job_id)
+        for index in (self.INDEX, self.QUEUED, self.RUNNING):
+            pipe.zrem(index, job_id)
         pipe.execute()
+
+    def queued_count(self) -> int:
+        return int(self.redis.zcard(self.QUEUED))
+
+    def queued_ids(self, limit: int) -> list[str]:
+        return [_text(m) for m in self.redis.zrange(self.QUEUED, 0, limit - 1)]
 
     def update(self, job_id: str, **changes) -> bool:
         """Set fields (None removes one) whatever the status; False if the job does not exist.
@@ -92,11 +201,9 @@ class JobStore:
         return self._apply(job_id, None, changes)
 
     def transition(self, job_id: str, allowed_from: Iterable, to, claimant: Optional[str] = None, **changes) -> bool:
-        """Atomically: if the status is one of `allowed_from`, set it to `to` plus `changes`.
-
-        False when the job is missing or in another status (e.g. canceled meanwhile). Finishing
-        statuses get `finished_at` unless given.
-        """
+        """Atomically: if the status is one of `allowed_from` (and the job is held by `claimant`,
+        when given), set it to `to` plus `changes`. False when the job is missing, in another status
+        (e.g. canceled meanwhile) or held by another run. Finishing statuses get `finished_at`."""
         allowed = set(allowed_from)
         if not allowed:
             return False
@@ -112,42 +219,44 @@ class JobStore:
         encoded = {name: encode(name, value) for name, value in changes.items()}
         sets = [item for name, value in encoded.items() if value is not None for item in (name, value)]
         dels = [name for name, value in encoded.items() if value is None]
-        args = [self.ttl, statuses(allowed) if allowed is not None else "", claimant or "", repr(time.time()),
+        args = [self.ttl, statuses(allowed) if allowed is not None else "", claimant or "", job_id,
                 len(sets) // 2, *sets, *dels]
-        return self._apply_script(keys=[self.key(job_id)], args=args) == 1
+        return self._apply_script(keys=[self.key(job_id), self.QUEUED, self.RUNNING], args=args) == 1
 
-    # The worker's vocabulary: each returns False when the job was canceled (or vanished) meanwhile.
-    def claim(self, job_id: str, allowed_from: Iterable = (JobStatus.QUEUED,), worker: Optional[str] = None,
-              lease_seconds: float = 900) -> bool:
-        """Take the job for `worker`; never from another worker whose lease has not expired."""
-        now = time.time()
-        # batch_size=1 clears a previous run's size; run_job sets the real one once its batch is full.
-        claimed = self.transition(job_id, allowed_from, JobStatus.RUNNING, claimant=worker or "", started_at=now,
-                                  stage=Stage.CAPTION, error=None, worker=worker, lease_until=now + lease_seconds,
-                                  batch_size=1)
-        self.redis.zrem(self.QUEUED, job_id)  # claimed, or no longer queued anyway
-        return claimed
-
-    def claim_queued(self, limit: int, worker: str, lease_seconds: float = 900) -> list[str]:
-        """Claim up to `limit` more queued jobs, oldest first, to share a batch.
-
-        ZPOPMIN hands each candidate to one worker only; a candidate popped by a worker that then
-        dies stays queued, and its own queue message still runs it.
-        """
+    # The worker's vocabulary. A claimant names one run of one worker (see worker.runner).
+    def claim(self, claimant: str, limit: int = 1, lease_seconds: float = 20, first: Optional[str] = None,
+              scan: int = 256) -> list[str]:
+        """Take up to `limit` queued jobs for `claimant` (`first` before the oldest), each leased for
+        `lease_seconds`. A job that already ran once is only ever taken alone."""
         if limit <= 0:
             return []
-        popped = [_text(member) for member, _ in self.redis.zpopmin(self.QUEUED, limit)]
-        return [job_id for job_id in popped if self.claim(job_id, worker=worker, lease_seconds=lease_seconds)]
+        args = [claimant, lease_seconds, limit, first or "", self.ttl, repr(time.time()), max(scan, limit)]
+        return [_text(i) for i in self._claim_script(keys=[self.QUEUED, self.RUNNING], args=args)]
 
-    def release(self, job_id: str, claimant: Optional[str] = None) -> bool:
-        """Hand a claimed job back to the queue (its batch hit a transient error); never one that
-        another worker has taken over meanwhile."""
-        released = self.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED, claimant=claimant, stage=None,
-                                   started_at=None, worker=None, lease_until=None)
-        job = self.get(job_id) if released else None
-        if job:
-            self.redis.zadd(self.QUEUED, {job_id: job.created_at})
-        return released
+    def renew(self, claimant: str, job_ids: Iterable[str], lease_seconds: float) -> set[str]:
+        """Extend the claimant's leases; returns the ids it no longer holds."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        return {_text(i) for i in self._renew_script(keys=[self.RUNNING], args=[claimant, lease_seconds, *ids])}
+
+    def reap(self, max_attempts: int, cap: int = 500) -> tuple[list[str], list[str]]:
+        """Jobs whose lease lapsed: back to the queue, or failed once out of attempts.
+        Returns (requeued, failed); the caller wakes a worker for each requeued job."""
+        requeued, failed = self._reap_script(
+            keys=[self.RUNNING, self.QUEUED],
+            args=[max_attempts, died_message(max_attempts), self.ttl, repr(time.time()), cap])
+        return [_text(i) for i in requeued], [_text(i) for i in failed]
+
+    def release(self, job_id: str, claimant: str) -> bool:
+        """Hand a held job back to the queue (its worker is stopping); this run does not count
+        against the job's attempts."""
+        job = self.get(job_id)
+        if job is None:
+            return False
+        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED, claimant=claimant, stage=None,
+                               started_at=None, worker=None, lease_until=None, caption=None, story=None,
+                               timings={}, attempts=max(0, job.attempts - 1))
 
     def progress(self, job_id: str, stage, claimant: Optional[str] = None, **changes) -> bool:
         return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, claimant=claimant, stage=Stage(stage),
@@ -156,19 +265,18 @@ class JobStore:
     def succeed(self, job_id: str, audio_key: str, audio_seconds: float, claimant: Optional[str] = None,
                 **changes) -> bool:
         return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.SUCCEEDED, claimant=claimant, stage=None,
-                               audio_key=audio_key, audio_seconds=float(audio_seconds), error=None, **changes)
+                               audio_key=audio_key, audio_seconds=float(audio_seconds), error=None,
+                               worker=None, lease_until=None, **changes)
 
     def fail(self, job_id: str, error: str, claimant: Optional[str] = None, **changes) -> bool:
-        """A worker passes itself as claimant, so it cannot fail a job another live worker runs."""
-        failed = self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.FAILED,
-                                 claimant=claimant, error=error, **changes)
-        self.redis.zrem(self.QUEUED, job_id)
-        return failed
+        """A run passes itself as claimant, so it can only fail a job it still holds."""
+        allowed = {JobStatus.RUNNING} if claimant else {JobStatus.QUEUED, JobStatus.RUNNING}
+        return self.transition(job_id, allowed, JobStatus.FAILED, claimant=claimant, error=error,
+                               worker=None, lease_until=None, **changes)
 
     def cancel(self, job_id: str) -> bool:
-        canceled = self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED)
-        self.redis.zrem(self.QUEUED, job_id)
-        return canceled
+        return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED,
+                               worker=None, lease_until=None)
 
     def list(self, limit: int = 20, cursor: Optional[str] = None) -> tuple[list[Job], Optional[str]]:
         """Newest first. The cursor names the last job returned, so inserts made between pages

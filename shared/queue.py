@@ -1,22 +1,26 @@
 """Celery configuration shared by the web front end (which only sends) and the workers.
 
+Messages are wake-ups: each names a job id, and the worker that takes one acknowledges it at once
+and claims queued jobs from the job store (that job first). Nothing depends on a message surviving:
+the job record in Redis is the truth, and the workers' reaper sends a new wake-up for any queued job
+whose message was lost. So there are no late acks, no visibility timeouts to tune, no parked retries.
+
 The web process builds the same Celery app to enqueue by task name, so it never imports the
 worker package (and with it torch).
 """
 from __future__ import annotations
+
+from typing import Iterable, Optional
 
 from celery import Celery
 
 from shared.settings import Settings
 
 NARRATE_TASK = "narrate_job"
-QUEUE = "narrate"
+QUEUE = "narrate"  # also the Redis list kombu keeps the waiting messages in
 
 
 def celery_config(settings: Settings) -> dict:
-    # A job may wait behind others and then run up to its time limit; the visibility timeout must
-    # exceed that, or Redis redelivers a job that is still running to a second worker.
-    visibility = max(3600, settings.job_time_limit * 3)
     return {
         "broker_url": settings.redis_url,
         "result_backend": None,  # job state lives in the job store, not in Celery results
@@ -25,13 +29,12 @@ def celery_config(settings: Settings) -> dict:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_default_queue": QUEUE,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
+        "task_acks_late": False,  # a wake-up is acknowledged when taken (see above)
         "worker_prefetch_multiplier": 1,
-        "task_time_limit": settings.job_time_limit + 60,
-        "task_soft_time_limit": settings.job_time_limit,
-        "broker_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a worker outlives any Redis outage
+        "broker_transport_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
     }
@@ -41,3 +44,10 @@ def make_celery(settings: Settings, name: str = "narrator") -> Celery:
     app = Celery(name)
     app.config_from_object(celery_config(settings))
     return app
+
+
+def wake(celery: Celery, job_ids: Iterable[str], retry_policy: Optional[dict] = None) -> None:
+    """Send one wake-up per job. The web passes each new job's id as the message id too."""
+    for job_id in job_ids:
+        celery.send_task(NARRATE_TASK, args=[job_id], retry=retry_policy is not None,
+                         retry_policy=retry_policy or {})

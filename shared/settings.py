@@ -23,10 +23,22 @@ class Settings(BaseSettings):
     # Queue and job records
     redis_url: str = "redis://127.0.0.1:6379/0"
     job_ttl_hours: float = Field(168, gt=0)
-    job_time_limit: int = Field(600, gt=0, description="seconds one job may run before it is failed")
+    job_time_limit: int = Field(600, gt=0, description="seconds one batch may run before its jobs are failed")
     # A worker fills its batch with up to this many queued jobs: on a GPU, one batched forward
     # pass costs little more than a single one. 1 turns batching off.
     worker_batch_size: int = Field(8, ge=1, le=64)
+
+    # Recovery: a worker renews a short lease on the jobs it runs every HEARTBEAT_SECONDS; a job
+    # whose lease lapses (its worker was killed, or its host vanished) goes back to the queue.
+    heartbeat_seconds: float = Field(5, gt=0, le=60)
+    lease_seconds: float = Field(20, gt=0, le=600)
+    max_attempts: int = Field(3, ge=1, le=20, description="runs that may end with their worker dying")
+    worker_stop_grace: float = Field(60, ge=0, description="seconds a stopping worker may finish its batch")
+    # How long a worker keeps retrying storage during an outage before it fails the job.
+    storage_retry_seconds: float = Field(120, ge=0)
+    # Fault hooks for the fault tests (a photo named __kill_worker__ kills its worker, ...).
+    # Never enable them in production.
+    test_fault_hooks: bool = False
 
     # Storage: s3://bucket/prefix or file:///abs/path
     storage_url: str = Field(default_factory=_default_storage_url)
@@ -72,6 +84,14 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_outlives_heartbeats(cls, value: float, info) -> float:
+        beat = info.data.get("heartbeat_seconds", 5)
+        if value < 2 * beat:  # one late heartbeat must not cost a live worker its jobs
+            raise ValueError(f"LEASE_SECONDS must be at least twice HEARTBEAT_SECONDS ({beat:g})")
+        return value
 
     @property
     def max_upload_bytes(self) -> int:

@@ -1,8 +1,11 @@
-"""Liveness (/healthz: the process answers) and readiness (/readyz: Redis and storage answer)."""
+"""Liveness (/healthz: the process answers) and readiness (/readyz: Redis and storage answer, plus
+what an operator needs to know about the workers: how many are alive, the queue depth and the last
+model-load error)."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from shared import workers
 from web.services import services
 
 bp = Blueprint("health", __name__)
@@ -17,21 +20,30 @@ def healthz():
 def readyz():
     svc = services()
     checks: dict[str, str] = {}
+    body: dict = {}
     try:
         svc.redis.ping()
         checks["redis"] = "ok"
-    except Exception as exc:  # any failure means "not ready", never a 500
-        checks["redis"] = f"unavailable: {exc}"
+        live = workers.live_workers(svc.redis)
+        body["workers"] = {"live": len(live), "ready": sum(w.get("state") in ("ready", "busy") for w in live),
+                           "list": live}
+        body["queue"] = {"queued": svc.jobs.queued_count()}
+        body["last_model_error"] = workers.last_model_error(svc.redis)
+    except Exception as exc:  # any failure means "not ready", never a 500; details stay in the log
+        current_app.logger.warning("readyz: redis: %s", exc)
+        checks["redis"] = "unavailable"
     try:
         svc.ensure_storage()  # creates the bucket if it was missing at start-up
         svc.storage.check()
         checks["storage"] = "ok"
     except Exception as exc:
-        checks["storage"] = f"unavailable: {exc}"
+        current_app.logger.warning("readyz: storage: %s", exc)
+        checks["storage"] = "unavailable"
     failed = [name for name, state in checks.items() if state != "ok"]
     if not failed:
-        return jsonify(status="ready", checks=checks)
-    current_app.logger.warning("not ready: %s", checks)
+        # The web can take jobs; without a ready worker they wait in the queue, which is worth saying.
+        warnings = [] if body["workers"]["ready"] else ["no worker is ready: jobs wait in the queue"]
+        return jsonify(status="ready", checks=checks, warnings=warnings, **body)
     message = " and ".join(failed) + (" is" if len(failed) == 1 else " are") + " unreachable"
-    return jsonify(status="unavailable", checks=checks,
-                   error={"code": "not_ready", "message": message}), 503
+    return jsonify(status="unavailable", checks=checks, error={"code": "not_ready", "message": message},
+                   **body), 503

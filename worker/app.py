@@ -1,20 +1,26 @@
 """The Celery app the workers run: `celery -A worker.app worker --pool solo`.
 
 GPU workers: CUDA does not survive fork, so run one worker process per GPU with the solo pool
-and pin it with CUDA_VISIBLE_DEVICES; never the default prefork pool with CUDA. JOB_TIME_LIMIT, on
-which the job leases rely, is enforced in the solo pool, where jobs run in the main thread.
+and pin it with CUDA_VISIBLE_DEVICES. The job leases need the heartbeat thread to live in the
+process that runs the jobs, so the prefork pool is refused.
+
+Start-up: check the configuration, start the heartbeat, load the three models; only then does the
+worker take messages. A worker whose models cannot load records why in Redis (/readyz shows it)
+and exits with status 2 instead of failing every job it would take.
 """
 from __future__ import annotations
 
 import logging
 import sys
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
+from shared import workers
 from shared.queue import make_celery
 from shared.settings import get_settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="worker")
 app.conf.worker_pool = "solo"  # the default pool for GPU workers; --pool overrides it
@@ -22,15 +28,54 @@ app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 celery = app
 
 
-@worker_init.connect
-def check_configuration(**_) -> None:
-    # A bad DEVICE/QUANTIZE combination stops the worker at start-up, not in the middle of a job.
+def _refuse(message: str) -> None:
     # Celery logs and swallows exceptions from signal handlers, so leave with SystemExit instead.
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+@worker_init.connect
+def start_worker(sender=None, **_) -> None:
     from worker.context import get_context
     from worker.engine.devices import ConfigError
 
+    pool = getattr(sender, "pool_cls", "solo")  # a name or the class (celery.concurrency.<name>)
+    pool = pool if isinstance(pool, str) else getattr(pool, "__module__", "").rsplit(".", 1)[-1]
+    if not any(name in pool.lower() for name in ("solo", "thread")):
+        _refuse(f"--pool {pool} is not supported: run one worker process per GPU with --pool solo")
+    ctx = get_context()
     try:
-        get_context().engine
+        engine = ctx.engine  # a bad DEVICE/QUANTIZE combination stops the worker here
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        _refuse(str(exc))
+    heartbeat = ctx.heartbeat
+    heartbeat.state = "loading"
+    heartbeat.start()
+    try:
+        seconds = engine.load()
+    except Exception as exc:  # ModelLoadError names the model and the fixes; anything else is shown as is
+        message = str(exc) if isinstance(exc, ConfigError) else f"could not load the models ({type(exc).__name__}: {exc})"
+        log.error("%s", message)
+        try:
+            workers.record_model_error(ctx.redis, heartbeat.worker, message)
+        except Exception as redis_exc:
+            log.warning("could not record the model error in Redis: %s", redis_exc)
+        heartbeat.retire()
+        _refuse(message)
+    heartbeat.state = "ready"
+    log.info("models loaded in %.1fs (%s)", sum(seconds.values()),
+             ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()))
+
+
+@worker_shutting_down.connect
+def stop_taking_jobs(**_) -> None:
+    from worker.context import get_context
+
+    get_context().heartbeat.stop()
+
+
+@worker_shutdown.connect
+def leave(**_) -> None:
+    from worker.context import get_context
+
+    get_context().heartbeat.retire()

@@ -1,17 +1,27 @@
-"""What a worker process holds: settings, job store, storage and the engine, each created once.
+"""What a worker process holds: settings, job store, storage, the engine and the heartbeat, each
+created once.
 
-Models load lazily inside the engine on the first job, never at import or in the web process.
+Models load in the engine, at worker start-up (worker/app.py), never in the web process.
 """
 from __future__ import annotations
 
 import threading
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.retry import Retry
 
 from shared.jobs import JobStore
+from shared.queue import QUEUE, make_celery, wake
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 from worker.once import Once
+
+# Ride out a Redis restart (about 10 s of retries) instead of failing the step at hand.
+REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.2), retries=8)
+# A reaper's wake-up goes to a Redis that may just be coming back: a few quick tries.
+WAKE_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1, "interval_max": 2}
 
 
 class WorkerContext:
@@ -20,25 +30,36 @@ class WorkerContext:
         self._once = Once()
 
     @property
+    def redis(self) -> redis.Redis:
+        return self._once("redis", lambda: redis.Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=10,
+            retry=REDIS_RETRY, retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError]))
+
+    @property
     def store(self) -> JobStore:
-        return self._once("store", lambda: JobStore(
-            redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, health_check_interval=30),
-            ttl_seconds=self.settings.job_ttl_seconds))
+        return self._once("store", lambda: JobStore(self.redis, ttl_seconds=self.settings.job_ttl_seconds))
 
     @property
     def storage(self) -> Storage:
-        def build() -> Storage:
-            storage = open_storage(self.settings.storage_url)
-            storage.ensure_ready()  # a StorageUnavailable here leaves nothing cached: the retry tries again
-            return storage
-
-        return self._once("storage", build)
+        # No round trip here: the web creates the bucket, and a job retries storage while it is down.
+        return self._once("storage", lambda: open_storage(self.settings.storage_url))
 
     @property
     def engine(self):
         from worker.engine import Engine  # torch is imported here, in worker processes only
 
         return self._once("engine", lambda: Engine(self.settings))
+
+    @property
+    def heartbeat(self):
+        from worker.heartbeat import Heartbeat
+
+        def build():
+            celery = make_celery(self.settings, name="worker-wake")
+            return Heartbeat(self.store, self.settings, wake=lambda ids: wake(celery, ids, WAKE_RETRY),
+                             queue_length=lambda: self.redis.llen(QUEUE))
+
+        return self._once("heartbeat", build)
 
 
 _lock = threading.Lock()

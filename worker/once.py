@@ -12,7 +12,8 @@ class Once:
     so the next caller tries again (e.g. storage that was down at first)."""
 
     def __init__(self):
-        self._lock = threading.Lock()  # the threads pool may ask for the same part at once
+        # The threads pool may ask for the same part at once; a part may be built from others.
+        self._lock = threading.RLock()
         self._parts: dict[str, object] = {}
 
     def __call__(self, name: str, factory: Callable[[], T]) -> T:

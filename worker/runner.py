@@ -2,129 +2,99 @@
 
 queued -> running (stage caption, story, speech, upload) -> succeeded | failed | canceled.
 
-A message names one job. The worker claims it, then fills its batch with other queued jobs
-(their own messages, arriving later, find them finished or leased and wait), runs the batch and
-publishes each job's caption and story as soon as they exist. Idempotent: a message redelivered
-after a crash runs its job again once the dead worker's lease has expired, overwrites the same
-keys and ends in one result; a job that already ended is left alone.
+A wake-up message names a job. The worker claims queued jobs for one run (that job first, then the
+oldest, up to WORKER_BATCH_SIZE), each with a short lease its heartbeat renews (worker/heartbeat.py),
+runs them as one batch and publishes each job's caption and story as soon as they exist. Every
+write names the run (its claimant), so a run that lost its jobs (canceled, or reaped after its
+worker stopped beating) changes nothing, and each run writes its MP3 under its own key, so a late
+run can never overwrite a newer result.
 """
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
+import re
+import signal
 import time
-from dataclasses import dataclass
+from typing import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from shared.images import ImageError, load_image
-from shared.jobs import JobStatus, JobStore, Stage
+from shared.jobs import Job, JobStatus, JobStore, Stage
 from shared.storage import Storage, StorageError, StorageNotFound, StorageUnavailable
+from worker.limits import time_limit
 
 log = logging.getLogger(__name__)
 TIME_LIMIT_MESSAGE = "the job took longer than its time limit (JOB_TIME_LIMIT)"
+STORAGE_DOWN_MESSAGE = "storage stayed unreachable; please try again later"
 
 
 class JobCanceled(Exception):
-    """Raised at a stage boundary when every job of the batch was canceled."""
+    """Raised at a stage boundary when no job of the batch is still held by this run."""
 
 
 class JobFailed(Exception):
     """A failure the user can act on; its message becomes the job's `error`."""
 
 
-@dataclass
-class Outcome:
-    job_id: str
-    status: str  # a JobStatus value, "missing", or "leased" (another worker holds it)
-    retry_in: float = 0.0
+def audio_key(job_id: str, claimant: str) -> str:
+    return f"audio/{job_id}-{claimant.rsplit(':', 1)[-1]}.mp3"
 
 
-def audio_key(job_id: str) -> str:
-    return f"audio/{job_id}.mp3"
+def run_wakeup(job_id: str | None, *, store: JobStore, storage: Storage, engine, heartbeat, settings) -> dict[str, str]:
+    """Claim a batch (`job_id` first when it is still queued) and run it; {job id: final status}."""
+    if heartbeat.stopping:
+        return {}  # a stopping worker takes no new jobs
+    claimant = heartbeat.new_claimant()
+    batch = store.claim(claimant, settings.worker_batch_size, settings.lease_seconds, first=job_id)
+    if not batch:
+        return {}  # already run, running elsewhere or canceled: the message was only a wake-up
+    if len(batch) > 1:
+        log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
+    with heartbeat.holding(claimant, batch):
+        try:
+            with time_limit(settings.job_time_limit):
+                return run_batch(batch, claimant, store=store, storage=storage, engine=engine, settings=settings)
+        except SoftTimeLimitExceeded:  # fired outside the stages
+            return {job_id: fail_job(store, job_id, TIME_LIMIT_MESSAGE, claimant) for job_id in batch}
+        except RedisError as exc:
+            # Nothing can be recorded now; the leases lapse and the reaper puts the jobs back.
+            log.warning("lost Redis while running %s (%s); they are requeued when their leases lapse",
+                        ", ".join(batch), exc)
+            return {job_id: "abandoned" for job_id in batch}
 
 
-def worker_id() -> str:
-    # Per thread: two threads of one process must not take each other's claims for their own.
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def run_job(job_id: str, *, store: JobStore, storage: Storage, engine, max_pixels: int | None = None,
-            batch_size: int = 1, lease_seconds: float = 900) -> Outcome:
-    me, now = worker_id(), time.time()
-    job = store.get(job_id)
-    if job is None:
-        log.warning("job %s not found (expired or never created); dropping the message", job_id)
-        return Outcome(job_id, "missing")
-    if job.status.finished:
-        return Outcome(job_id, job.status.value)
-    if job.leased_elsewhere(me, now):  # a live worker has it in a batch: look again later
-        return Outcome(job_id, "leased", retry_in=job.lease_until - now)
-    # queued -> running, or running -> running when a dead worker's lease has expired.
-    if not store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker=me, lease_seconds=lease_seconds):
-        return _not_claimed(store, job_id)
-    batch = [job_id]
-    try:
-        batch += store.claim_queued(batch_size - 1, worker=me, lease_seconds=lease_seconds)
-        if len(batch) > 1:
-            log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
-            for other in batch:
-                store.update(other, batch_size=len(batch))
-        outcomes = run_batch(batch, store=store, storage=storage, engine=engine, max_pixels=max_pixels,
-                             lease_seconds=lease_seconds, worker=me)
-    except (StorageUnavailable, RedisError):
-        for claimed in batch:  # back to the queue: each job's own message (retried) runs it again
-            _quietly(store.release, claimed, me)
-        raise
-    except Exception as exc:  # whatever else broke (the time limit too), no claimed job is left running
-        log.exception("batch %s failed", ", ".join(batch))
-        message = (TIME_LIMIT_MESSAGE if isinstance(exc, SoftTimeLimitExceeded)
-                   else f"the job failed ({type(exc).__name__}: {exc})")
-        for claimed in batch:
-            _quietly(fail_job, store, claimed, message, me)
-        return Outcome(job_id, JobStatus.FAILED.value)
-    return outcomes[job_id]
-
-
-def _not_claimed(store: JobStore, job_id: str) -> Outcome:
-    # Lost a race: another worker claimed it (or released it again) between our read and claim.
-    # Unless it has ended, keep the message alive so a crash of that worker cannot lose the job.
-    current = store.get(job_id)
-    if current is None or current.status.finished:
-        return Outcome(job_id, current.status.value if current else "missing")
-    return Outcome(job_id, "leased", retry_in=max(1.0, (current.lease_until or 0) - time.time()))
-
-
-def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, max_pixels: int | None,
-              lease_seconds: float, worker: str) -> dict[str, Outcome]:
-    """Run claimed jobs through the engine as one batch; every job ends in its own outcome."""
-    outcomes: dict[str, Outcome] = {}
+def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: Storage, engine,
+              settings) -> dict[str, str]:
+    """Run claimed jobs through the engine as one batch; every job ends with its own status."""
+    outcomes: dict[str, str] = {}
+    retry = storage_retry(settings.storage_retry_seconds)
     jobs, images = [], []
     for job_id in job_ids:
         job = store.get(job_id)
         if job is None:  # expired between claim and now
-            outcomes[job_id] = Outcome(job_id, "missing")
+            outcomes[job_id] = "missing"
             continue
         try:
-            images.append(read_image(storage, job.input_key, max_pixels))
+            images.append(read_image(storage, job.input_key, settings.max_image_pixels, retry))
             jobs.append(job)
         except JobFailed as exc:
-            outcomes[job_id] = fail_job(store, job_id, str(exc), worker)
+            outcomes[job_id] = fail_job(store, job_id, str(exc), claimant)
+    if settings.test_fault_hooks:
+        run_fault_hooks(jobs)
     active = {job.id for job in jobs}
     stage_now = Stage.CAPTION
 
     def publish(stage: str, fields: list[dict]) -> None:
-        # Each stage boundary shows what exists so far (caption, story) and notices cancels.
+        # Each stage boundary shows what exists so far (caption, story) and notices lost jobs.
         nonlocal stage_now
         stage_now = Stage(stage)
         for job, changes in zip(jobs, fields):
-            if job.id in active and not store.progress(job.id, stage_now, claimant=worker,
-                                                       lease_until=time.time() + lease_seconds, **changes):
-                active.discard(job.id)  # canceled, or taken over by a worker that found our lease expired
-                outcomes[job.id] = Outcome(job.id, JobStatus.CANCELED.value)
+            if job.id in active and not store.progress(job.id, stage_now, claimant=claimant, **changes):
+                active.discard(job.id)  # canceled, or taken back after this worker's lease lapsed
+                outcomes[job.id] = "lost"
         if not active:
             raise JobCanceled()
 
@@ -135,44 +105,63 @@ def run_batch(job_ids: list[str], *, store: JobStore, storage: Storage, engine, 
             publish(Stage.UPLOAD.value, [{} for _ in jobs])
             for job, narration in zip(jobs, narrations):
                 if job.id in active:
-                    outcomes[job.id] = finish_job(store, storage, job.id, narration, worker)
+                    outcomes[job.id] = finish_job(store, storage, job.id, narration, claimant, retry)
     except JobCanceled:
         pass
-    except (StorageUnavailable, RedisError):
-        raise  # transient: the task retries with backoff
+    except RedisError:
+        raise
     except SoftTimeLimitExceeded:
         for job_id in active - set(outcomes):
-            outcomes[job_id] = fail_job(store, job_id, TIME_LIMIT_MESSAGE, worker)
+            outcomes[job_id] = fail_job(store, job_id, TIME_LIMIT_MESSAGE, claimant)
     except Exception as exc:  # a model error ends these jobs, not the worker
         log.exception("jobs %s failed in stage %s", ", ".join(active), stage_now.value)
+        message = (STORAGE_DOWN_MESSAGE if isinstance(exc, StorageUnavailable)
+                   else f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})")
         for job_id in active - set(outcomes):
-            outcomes[job_id] = fail_job(store, job_id,
-                                        f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})", worker)
+            outcomes[job_id] = fail_job(store, job_id, message, claimant)
     return outcomes
 
 
-def finish_job(store: JobStore, storage: Storage, job_id: str, narration, worker: str) -> Outcome:
-    key = audio_key(job_id)
-    storage.put(key, narration.mp3, content_type="audio/mpeg")
+def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claimant: str,
+               retry: Callable) -> str:
+    key = audio_key(job_id, claimant)
+    retry(lambda: storage.put(key, narration.mp3, content_type="audio/mpeg"))
     timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
-    if store.succeed(job_id, key, round(narration.audio_seconds, 3), claimant=worker, caption=narration.caption,
-                     story=narration.story, timings=timings, lease_until=None):
-        return Outcome(job_id, JobStatus.SUCCEEDED.value)
-    current = store.get(job_id)
-    if current is not None and current.status == JobStatus.CANCELED:
-        storage.delete(key)  # canceled while the MP3 was uploading: leave no orphan audio behind
-        return Outcome(job_id, JobStatus.CANCELED.value)
-    # Another run of the same job owns it now (and writes the same key): leave its audio alone.
-    return Outcome(job_id, current.status.value if current else "missing")
+    if store.succeed(job_id, key, round(narration.audio_seconds, 3), claimant=claimant, caption=narration.caption,
+                     story=narration.story, timings=timings):
+        return JobStatus.SUCCEEDED.value
+    # Canceled meanwhile, or another run holds the job now: this run's audio belongs to no one.
+    retry(lambda: storage.delete(key))
+    return "lost"
 
 
-def read_image(storage: Storage, key: str, max_pixels: int | None):
+def storage_retry(seconds: float) -> Callable:
+    """Run a storage call, retrying StorageUnavailable with backoff for up to `seconds` in all (the
+    heartbeat keeps the jobs' leases alive meanwhile); then the last error is raised."""
+    deadline = time.monotonic() + seconds
+
+    def call(action):
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except StorageUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("storage unavailable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    return call
+
+
+def read_image(storage: Storage, key: str, max_pixels: int | None, retry: Callable):
     try:
-        data = storage.get(key)
+        data = retry(lambda: storage.get(key))
     except StorageNotFound:
         raise JobFailed("the uploaded image is no longer in storage; please upload it again")
     except StorageUnavailable:
-        raise  # transient: retried
+        raise JobFailed(STORAGE_DOWN_MESSAGE)
     except StorageError as exc:  # e.g. access denied: retrying will not help
         raise JobFailed(f"storage refused the uploaded image ({exc})")
     try:
@@ -181,13 +170,18 @@ def read_image(storage: Storage, key: str, max_pixels: int | None):
         raise JobFailed(exc.message)
 
 
-def fail_job(store: JobStore, job_id: str, message: str, worker: str | None = None) -> Outcome:
-    store.fail(job_id, message, claimant=worker, lease_until=None)
-    return Outcome(job_id, JobStatus.FAILED.value)
+def fail_job(store: JobStore, job_id: str, message: str, claimant: str) -> str:
+    return JobStatus.FAILED.value if store.fail(job_id, message, claimant=claimant) else "lost"
 
 
-def _quietly(action, *args) -> None:
-    try:
-        action(*args)
-    except (StorageUnavailable, RedisError):
-        pass
+def run_fault_hooks(jobs: list[Job]) -> None:
+    """TEST_FAULT_HOOKS only: a photo uploaded as `__kill_worker__...` kills its worker (a poison
+    job), one named `__sleep_<seconds>__...` makes its batch take that much longer."""
+    for job in jobs:
+        name = job.filename or ""
+        if name.startswith("__kill_worker__"):
+            log.warning("fault hook: killing this worker for job %s", job.id)
+            os.kill(os.getpid(), signal.SIGKILL)
+        match = re.match(r"__sleep_(\d+(?:\.\d+)?)__", name)
+        if match:
+            time.sleep(float(match.group(1)))

@@ -43,7 +43,7 @@ def test_create_and_get_round_trip(store, client):
 
 def test_to_dict_is_json_ready(store):
     job = make(store, seed=3)
-    store.claim(job.id)
+    store.claim("w1", first=job.id)
     store.progress(job.id, Stage.STORY, caption="a cat", timings={"caption": 0.25})
     data = store.get(job.id).to_dict()
     assert data["status"] == "running" and data["stage"] == "story"
@@ -54,8 +54,8 @@ def test_to_dict_is_json_ready(store):
 
 def test_worker_lifecycle(store):
     job = make(store)
-    assert store.claim(job.id)
-    assert not store.claim(job.id)  # a second worker cannot claim it again
+    assert store.claim("w1", first=job.id)
+    assert not store.claim("w2", first=job.id)  # a second worker cannot claim it again
     assert store.progress(job.id, "speech", story="Once upon a time.")
     assert store.succeed(job.id, "audio/x.mp3", 3.5, timings={"caption": 1.0, "story": 2.0})
     done = store.get(job.id)
@@ -69,7 +69,7 @@ def test_worker_lifecycle(store):
 
 def test_canceled_job_never_succeeds(store):
     job = make(store)
-    assert store.claim(job.id)
+    assert store.claim("w1", first=job.id)
     assert store.cancel(job.id)
     assert not store.progress(job.id, "story", caption="too late")
     assert not store.succeed(job.id, "audio/x.mp3", 1.0)
@@ -82,12 +82,12 @@ def test_queued_job_can_fail_or_cancel(store):
     assert store.fail(a.id, "The image could not be read.")
     assert store.get(a.id).error == "The image could not be read."
     assert store.cancel(b.id)
-    assert not store.claim(b.id)
+    assert not store.claim("w1", first=b.id)
 
 
 def test_transition_is_atomic_under_a_race(store):
     job = make(store)
-    store.claim(job.id)
+    store.claim("w1", first=job.id)
     results = []
     barrier = threading.Barrier(2)
 
@@ -163,3 +163,90 @@ def test_bad_cursor(store, cursor):
         decode_cursor(cursor)
     with pytest.raises(ValueError):
         store.list(cursor=cursor)
+
+
+# The lifecycle's one recovery mechanism: leases that a heartbeat renews, and a reaper.
+
+def test_claim_fills_a_batch_oldest_first_after_the_named_job(store):
+    now = time.time()
+    jobs = [store.create(Job(id=f"j{i}", created_at=now + i, input_key="inputs/x")) for i in range(5)]
+    assert store.claim("w1", limit=3, first="j3") == ["j3", "j0", "j1"]
+    assert store.claim("w2", limit=3) == ["j2", "j4"]
+    assert store.claim("w3", limit=3) == []
+    got = store.get("j0")
+    assert got.status is JobStatus.RUNNING and got.worker == "w1" and got.attempts == 1 and got.batch_size == 3
+    assert store.queued_count() == 0 and len(jobs) == 5
+
+
+def test_only_the_claimant_writes_a_running_job(store):
+    job = make(store)
+    assert store.claim("w1", first=job.id) == [job.id]
+    assert not store.progress(job.id, "story", claimant="w2", caption="not mine")
+    assert not store.succeed(job.id, "audio/x.mp3", 1.0, claimant="w2")
+    assert not store.fail(job.id, "not mine", claimant="w2")
+    assert store.progress(job.id, "story", claimant="w1", caption="mine")
+    assert store.succeed(job.id, "audio/x.mp3", 1.0, claimant="w1")
+    done = store.get(job.id)
+    assert done.caption == "mine" and done.worker is None and done.lease_until is None
+
+
+def test_a_lapsed_lease_goes_back_to_the_queue_and_its_old_run_is_locked_out(store, client):
+    job = make(store)
+    store.claim("dead", first=job.id, lease_seconds=0.2)
+    assert store.reap(max_attempts=3) == ([], [])  # still leased
+    time.sleep(0.3)
+    assert store.reap(max_attempts=3) == ([job.id], [])
+    back = store.get(job.id)
+    assert back.status is JobStatus.QUEUED and back.worker is None and back.started_at is None
+    assert back.attempts == 1 and store.queued_count() == 1 and client.zcard(JobStore.RUNNING) == 0
+    assert store.claim("live", first=job.id) == [job.id]
+    assert not store.succeed(job.id, "audio/old.mp3", 1.0, claimant="dead")  # a late write of the dead run
+    assert store.succeed(job.id, "audio/new.mp3", 1.0, claimant="live")
+    assert store.get(job.id).audio_key == "audio/new.mp3" and store.get(job.id).attempts == 2
+
+
+def test_renewed_leases_are_not_reaped(store):
+    job = make(store)
+    store.claim("w1", first=job.id, lease_seconds=0.3)
+    for _ in range(4):
+        time.sleep(0.15)
+        assert store.renew("w1", [job.id], 0.3) == set()
+        assert store.reap(max_attempts=3) == ([], [])
+    assert store.renew("w2", [job.id], 0.3) == {job.id}  # not w2's
+    store.cancel(job.id)
+    assert store.renew("w1", [job.id], 0.3) == {job.id}
+
+
+def test_a_job_out_of_attempts_fails_with_a_clear_error(store):
+    job = make(store)
+    for attempt in range(1, 4):
+        assert store.claim(f"w{attempt}", first=job.id, lease_seconds=0.05) == [job.id]
+        time.sleep(0.1)
+        requeued, failed = store.reap(max_attempts=3)
+        assert (requeued, failed) == (([job.id], []) if attempt < 3 else ([], [job.id]))
+    got = store.get(job.id)
+    assert got.status is JobStatus.FAILED and got.attempts == 3 and "worker stopped" in got.error
+    assert got.finished_at and store.queued_count() == 0
+
+
+def test_a_job_that_ran_before_runs_alone(store):
+    now = time.time()
+    for i in range(3):
+        store.create(Job(id=f"j{i}", created_at=now + i))
+    store.claim("dead", first="j1", lease_seconds=0.05)
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3) == (["j1"], [])
+    assert store.claim("w1", limit=8) == ["j0", "j2"]  # the rerun is left for a batch of its own
+    assert store.claim("w2", limit=8) == ["j1"]
+    assert store.get("j1").batch_size == 1
+
+
+def test_release_hands_a_job_back_without_counting_the_attempt(store):
+    job = make(store)
+    store.claim("w1", first=job.id)
+    store.progress(job.id, "story", claimant="w1", caption="half done")
+    assert not store.release(job.id, "w2")
+    assert store.release(job.id, "w1")
+    back = store.get(job.id)
+    assert back.status is JobStatus.QUEUED and back.attempts == 0 and back.caption is None
+    assert store.queued_ids(10) == [job.id]

@@ -103,7 +103,7 @@ def assert_nothing_created(app, r):
 def finish(app, job_id, audio=True):
     """Play the worker's part through the job store, as the real worker does."""
     svc = app.extensions["narrator"]
-    assert svc.jobs.claim(job_id)
+    assert svc.jobs.claim("test-worker", first=job_id)
     assert svc.jobs.progress(job_id, "story", caption="A teal square.")
     assert svc.jobs.progress(job_id, "speech", story="Once there was a teal square.")
     if audio:
@@ -272,7 +272,7 @@ def test_cancel(app, client):
     assert response.status_code == 200 and response.get_json()["status"] == "canceled"
     assert response.get_json()["finished_at"]
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200  # idempotent
-    assert not app.extensions["narrator"].jobs.claim(job_id)  # the worker will skip it
+    assert not app.extensions["narrator"].jobs.claim("test-worker", first=job_id)  # the worker will skip it
     done = submit(client).get_json()["id"]
     finish(app, done)
     assert_error(client.post(f"/api/v1/jobs/{done}/cancel"), 409, "already_finished")
@@ -281,7 +281,7 @@ def test_cancel(app, client):
 
 def test_cancel_running_job(app, client):
     job_id = submit(client).get_json()["id"]
-    app.extensions["narrator"].jobs.claim(job_id)
+    app.extensions["narrator"].jobs.claim("test-worker", first=job_id)
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").get_json()["status"] == "canceled"
     assert not app.extensions["narrator"].jobs.succeed(job_id, "audio/x.mp3", 1.0)
 

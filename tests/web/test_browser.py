@@ -75,7 +75,7 @@ def test_upload_and_watch_the_job_finish(browser, served, photo):
     assert page.locator("img[alt^='The photo you uploaded']").evaluate("img => img.naturalWidth") == 120
     page.evaluate("window.sameDocument = true")  # survives only if the page never reloads
 
-    assert store.claim(job_id)
+    assert store.claim("test-worker", first=job_id)
     expect(page.locator("#status")).to_have_text("Working: describing the photo…")
     expect(page.locator('[data-step="caption"]')).to_have_class("step current")
 
@@ -129,7 +129,7 @@ def test_without_javascript_the_page_refreshes(browser, served, photo):
     page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{22}$"))
     job_id = page.url.rsplit("/", 1)[1]
     store = app.extensions["narrator"].jobs
-    store.claim(job_id)
+    store.claim("test-worker", first=job_id)
     store.progress(job_id, "story", caption="Seen after a refresh.")
     expect(page.locator("#caption")).to_have_text("Seen after a refresh.", timeout=10_000)
     context.close()

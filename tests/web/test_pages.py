@@ -108,7 +108,7 @@ def test_form_errors_rerender_the_form(app, client, redis_url, send, status, mes
 def test_finished_job_page(app, client):
     job_id = upload(client).headers["Location"].rsplit("/", 1)[1]
     store = app.extensions["narrator"].jobs
-    store.claim(job_id)
+    store.claim("test-worker", first=job_id)
     store.progress(job_id, "speech", caption="An orange card.", story="The card glowed at dusk.")
     running = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert "Working: reading it aloud" in running

@@ -1,4 +1,4 @@
-"""The worker's job lifecycle as a plain function: real Redis, real storage, the tiny models."""
+"""The worker's job lifecycle as plain functions: real Redis, real storage, the tiny models."""
 from __future__ import annotations
 
 import io
@@ -13,8 +13,9 @@ from pydub import AudioSegment
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
 from shared.settings import Settings
 from shared.storage import StorageUnavailable, open_storage
+from worker.heartbeat import Heartbeat
 from worker.limits import time_limit
-from worker.runner import audio_key, run_job
+from worker.runner import run_wakeup
 
 
 def jpeg(color="orange") -> bytes:
@@ -60,14 +61,34 @@ def storage(tmp_path):
 def submit(store, storage, data: bytes, **fields) -> str:
     job_id = new_job_id()
     storage.put(f"inputs/{job_id}", data)
-    store.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=fields.get("words", 12), seed=fields.get("seed")))
+    store.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=fields.get("words", 12), seed=fields.get("seed"),
+                     filename=fields.get("filename")))
     return job_id
+
+
+def heartbeat_for(store, settings) -> Heartbeat:
+    woken = []
+    beat = Heartbeat(store, settings, wake=woken.extend, queue_length=lambda: 0)
+    beat.woken = woken
+    return beat
+
+
+def run_job(job_id, *, store, storage, engine, batch_size=1, **overrides) -> str:
+    """One wake-up for `job_id`, as the Celery task runs it; returns the job's status afterwards."""
+    settings = Settings(**{"worker_batch_size": batch_size, "storage_retry_seconds": 0, **overrides})
+    run_wakeup(job_id, store=store, storage=storage, engine=engine,
+                          heartbeat=heartbeat_for(store, settings), settings=settings)
+    job = store.get(job_id)
+    return job.status.value if job else "missing"
+
+
+def audio_of(store, job_id) -> str:
+    return store.get(job_id).audio_key
 
 
 def test_a_job_runs_stage_by_stage_to_an_mp3(store, storage, engine):
     job_id = submit(store, storage, jpeg(), seed=3)
-    outcome = run_job(job_id, store=store, storage=storage, engine=engine)
-    assert outcome.status == "succeeded"
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "succeeded"
 
     assert [stage for stage, *_ in store.published] == ["caption", "story", "speech", "upload"]
     assert all(status == "running" for _, status, *_ in store.published)
@@ -78,31 +99,28 @@ def test_a_job_runs_stage_by_stage_to_an_mp3(store, storage, engine):
     job = store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED and job.stage is None
     assert job.caption == caption_at_story and job.story == story_at_speech
-    assert job.audio_key == audio_key(job_id) and job.audio_seconds > 0
+    assert job.audio_key.startswith(f"audio/{job_id}-") and job.audio_seconds > 0 and job.attempts == 1
     assert set(job.timings) >= {"caption", "story", "speech"}
     assert job.started_at <= job.finished_at
     audio = AudioSegment.from_file(io.BytesIO(storage.get(job.audio_key)), format="mp3")
     assert audio.duration_seconds > 0
 
 
-def test_rerun_after_a_crash_ends_in_one_result(store, storage, engine):
+def test_a_message_for_a_finished_job_changes_nothing(store, storage, engine):
     job_id = submit(store, storage, jpeg("navy"), seed=5)
-    store.claim(job_id)  # a worker took it, then died before finishing
-    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "succeeded"
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "succeeded"
     first = store.get(job_id)
-    assert storage.list("audio/") == [audio_key(job_id)]
-
-    # A redelivered message for a finished job changes nothing.
-    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "succeeded"
+    assert storage.list("audio/") == [first.audio_key]
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "succeeded"
     assert store.get(job_id).finished_at == first.finished_at
-    assert storage.list("audio/") == [audio_key(job_id)]
+    assert storage.list("audio/") == [first.audio_key]
 
 
 def test_a_canceled_job_is_not_run(store, storage, engine):
     job_id = submit(store, storage, jpeg())
     assert store.cancel(job_id)
-    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "canceled"
-    assert store.published == [] and not storage.exists(audio_key(job_id))
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "canceled"
+    assert store.published == [] and storage.list("audio/") == []
 
 
 def test_cancel_while_running_stops_at_the_next_stage(store, storage, engine):
@@ -116,10 +134,10 @@ def test_cancel_while_running_stops_at_the_next_stage(store, storage, engine):
         return original(jid, stage, **changes)
 
     store.progress = progress
-    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "canceled"
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "canceled"
     job = store.get(job_id)
     assert job.status is JobStatus.CANCELED and job.story is None
-    assert not storage.exists(audio_key(job_id))
+    assert storage.list("audio/") == []
 
 
 @pytest.mark.parametrize("data, message", [
@@ -128,7 +146,7 @@ def test_cancel_while_running_stops_at_the_next_stage(store, storage, engine):
 ])
 def test_a_bad_image_fails_the_job_with_a_clear_error(store, storage, engine, data, message):
     job_id = submit(store, storage, data)
-    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "failed"
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "failed"
     job = store.get(job_id)
     assert job.status is JobStatus.FAILED and message in job.error.lower()
     assert "Traceback" not in job.error and job.finished_at
@@ -152,21 +170,41 @@ class BrokenStory:
 
 def test_a_model_error_fails_the_job_and_names_the_stage(store, storage):
     job_id = submit(store, storage, jpeg())
-    assert run_job(job_id, store=store, storage=storage, engine=BrokenStory()).status == "failed"
+    assert run_job(job_id, store=store, storage=storage, engine=BrokenStory()) == "failed"
     job = store.get(job_id)
     assert job.error == "the story stage failed (RuntimeError: CUDA out of memory)"
     assert job.caption == "A cat"
 
 
-def test_transient_storage_errors_propagate_for_a_retry(store, storage, engine):
+def test_a_storage_outage_is_retried_until_storage_answers(store, storage, engine):
+    class Flaky:
+        """Storage that is down for its first three calls, as in a short outage."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                self.calls += 1
+                if self.calls <= 3:
+                    raise StorageUnavailable("connection refused")
+                return getattr(storage, name)(*args, **kwargs)
+            return call
+
+    job_id = submit(store, storage, jpeg())
+    flaky = Flaky()
+    assert run_job(job_id, store=store, storage=flaky, engine=engine, storage_retry_seconds=30) == "succeeded"
+    assert flaky.calls >= 5 and storage.exists(store.get(job_id).audio_key)
+
+
+def test_storage_down_for_too_long_fails_the_job_clearly(store, storage, engine):
     class Down:
         def get(self, key):
             raise StorageUnavailable("connection refused")
 
     job_id = submit(store, storage, jpeg())
-    with pytest.raises(StorageUnavailable):
-        run_job(job_id, store=store, storage=Down(), engine=engine)
-    assert store.get(job_id).status is JobStatus.QUEUED  # a retry picks it up again
+    assert run_job(job_id, store=store, storage=Down(), engine=engine) == "failed"
+    assert store.get(job_id).error == "storage stayed unreachable; please try again later"
 
 
 def test_time_limit_fails_the_job(store, storage):
@@ -177,10 +215,9 @@ def test_time_limit_fails_the_job(store, storage):
 
     job_id = submit(store, storage, jpeg())
     start = time.monotonic()
-    with time_limit(0.3):
-        outcome = run_job(job_id, store=store, storage=storage, engine=Slow())
-    assert time.monotonic() - start < 3
-    assert outcome.status == "failed" and "time limit" in store.get(job_id).error
+    assert run_job(job_id, store=store, storage=storage, engine=Slow(), job_time_limit=1) == "failed"
+    assert time.monotonic() - start < 4
+    assert "time limit" in store.get(job_id).error
 
 
 def test_time_limit_raises_soft_time_limit():
@@ -209,15 +246,15 @@ class Spy:
 def test_queued_jobs_share_one_batch(store, storage, engine):
     ids = [submit(store, storage, jpeg(color), seed=None) for color in ("red", "green", "blue", "gray", "pink")]
     spy = Spy(engine)
-    assert run_job(ids[2], store=store, storage=storage, engine=spy, batch_size=8).status == "succeeded"
+    assert run_job(ids[2], store=store, storage=storage, engine=spy, batch_size=8) == "succeeded"
     assert spy.batches == [5]
     jobs = [store.get(job_id) for job_id in ids]
     assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 5
     assert {job.batch_size for job in jobs} == {5}
-    assert sorted(storage.list("audio/")) == sorted(audio_key(job_id) for job_id in ids)
+    assert sorted(storage.list("audio/")) == sorted(job.audio_key for job in jobs)
     # Their own messages arrive later and find nothing left to do.
-    assert run_job(ids[0], store=store, storage=storage, engine=spy, batch_size=8).status == "succeeded"
-    assert spy.batches == [5]
+    assert run_job(ids[0], store=store, storage=storage, engine=spy, batch_size=8) == "succeeded"
+    assert spy.batches == [5]  # no second batch, no parking: the wake-up is simply done
 
 
 def test_the_batch_takes_the_oldest_queued_jobs_up_to_its_size(store, storage, engine):
@@ -230,76 +267,14 @@ def test_the_batch_takes_the_oldest_queued_jobs_up_to_its_size(store, storage, e
                         JobStatus.SUCCEEDED]
 
 
-def test_a_job_leased_by_a_live_worker_is_left_to_it(store, storage, engine):
-    job_id = submit(store, storage, jpeg())
-    assert store.claim(job_id, worker="gpu-7:1:1", lease_seconds=300)
-    outcome = run_job(job_id, store=store, storage=storage, engine=engine)
-    assert outcome.status == "leased" and 290 < outcome.retry_in <= 300
-    assert store.get(job_id).worker == "gpu-7:1:1"
-
-    store.update(job_id, lease_until=time.time() - 1)  # that worker died: its lease ran out
-    assert run_job(job_id, store=store, storage=storage, engine=engine).status == "succeeded"
-
-
 def test_canceling_one_job_of_a_batch_spares_the_others(store, storage, engine):
     ids = [submit(store, storage, jpeg(color)) for color in ("red", "green", "blue")]
     spy = Spy(engine, before_story=lambda: store.cancel(ids[1]))
     run_job(ids[0], store=store, storage=storage, engine=spy, batch_size=4)
     assert [store.get(job_id).status for job_id in ids] == [JobStatus.SUCCEEDED, JobStatus.CANCELED,
                                                            JobStatus.SUCCEEDED]
-    assert not storage.exists(audio_key(ids[1])) and storage.exists(audio_key(ids[2]))
-
-
-def test_a_transient_error_hands_the_batch_back_to_the_queue(store, storage, engine):
-    ids = [submit(store, storage, jpeg()) for _ in range(3)]
-
-    class Flaky:
-        def narrate_batch(self, images, words, seeds, on_progress):
-            on_progress("caption", [{} for _ in images])
-            raise StorageUnavailable("connection reset")
-
-    with pytest.raises(StorageUnavailable):
-        run_job(ids[0], store=store, storage=storage, engine=Flaky(), batch_size=4)
-    # All go back to the queue, so whichever worker gets each retried message may run it at once.
-    assert [store.get(job_id).status for job_id in ids] == [JobStatus.QUEUED] * 3
-    assert store.get(ids[0]).worker is None
-    assert run_job(ids[1], store=store, storage=storage, engine=engine, batch_size=1).status == "succeeded"
-
-
-def test_a_claim_never_takes_a_live_lease_even_when_racing(store, storage):
-    job_id = submit(store, storage, jpeg())
-    assert store.claim(job_id, worker="w2", lease_seconds=300)
-    # The check and the write are one step in Redis: a stale read elsewhere cannot win.
-    assert not store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker="w1")
-    assert store.get(job_id).worker == "w2"
-    store.update(job_id, lease_until=time.time() - 1)
-    assert store.claim(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), worker="w1")
-    assert store.get(job_id).worker == "w1"
-
-
-def test_a_run_whose_job_was_taken_over_stops_publishing(store, storage, engine):
-    job_id = submit(store, storage, jpeg())
-
-    def take_over():  # our lease looked expired to another worker, which claimed the job
-        store.update(job_id, lease_until=time.time() - 1)
-        assert store.claim(job_id, (JobStatus.RUNNING,), worker="other", lease_seconds=300)
-
-    run_job(job_id, store=store, storage=storage, engine=Spy(engine, before_story=take_over))
-    job = store.get(job_id)
-    assert job.status is JobStatus.RUNNING and job.worker == "other" and job.caption is None
-    assert not storage.exists(audio_key(job_id))
-
-
-def test_finishing_a_job_another_run_finished_keeps_its_audio(store, storage, engine):
-    from worker.runner import finish_job
-
-    job_id = submit(store, storage, jpeg())
-    assert store.claim(job_id, worker="other")
-    storage.put(audio_key(job_id), b"the other run's mp3")
-    assert store.succeed(job_id, audio_key(job_id), 1.0, claimant="other")
-    narration = engine.narrate(Image.open(io.BytesIO(jpeg())), words=12)
-    assert finish_job(store, storage, job_id, narration, worker="late").status == "succeeded"
-    assert storage.exists(audio_key(job_id))
+    assert store.get(ids[1]).audio_key is None and storage.exists(store.get(ids[2]).audio_key)
+    assert len(storage.list("audio/")) == 2
 
 
 def test_storage_refusing_the_image_fails_the_batch_clearly(store, storage, engine):
@@ -311,41 +286,78 @@ def test_storage_refusing_the_image_fails_the_batch_clearly(store, storage, engi
         def get(self, key):
             raise StorageError("AccessDenied")
 
-    assert run_job(ids[0], store=store, storage=Denied(), engine=engine, batch_size=4).status == "failed"
+    assert run_job(ids[0], store=store, storage=Denied(), engine=engine, batch_size=4) == "failed"
     jobs = [store.get(job_id) for job_id in ids]
     assert [job.status for job in jobs] == [JobStatus.FAILED] * 2
     assert all("storage refused the uploaded image" in job.error for job in jobs)
 
 
-def test_losing_the_claim_race_keeps_the_message_alive(redis_url, storage, engine):
-    class RivalFirst(JobStore):
-        def claim(self, job_id, *args, **kwargs):
-            super().claim(job_id, worker="rival", lease_seconds=300)  # gets in between our read and claim
-            return super().claim(job_id, *args, **kwargs)
-
-    store = RivalFirst(redis.Redis.from_url(redis_url), ttl_seconds=3600)
+def test_a_run_that_lost_its_jobs_changes_nothing_and_leaves_no_audio(store, storage, engine):
     job_id = submit(store, storage, jpeg())
-    outcome = run_job(job_id, store=store, storage=storage, engine=engine)
-    assert outcome.status == "leased" and outcome.retry_in > 250
-    assert store.get(job_id).worker == "rival"
+
+    def taken_back():  # this worker stopped beating: the reaper took the job back, another run has it
+        store.update(job_id, lease_until=time.time() - 1)
+        store.redis.zadd(JobStore.RUNNING, {job_id: 0})
+        assert store.reap(max_attempts=3) == ([job_id], [])
+        assert store.claim("other", first=job_id) == [job_id]
+
+    assert run_job(job_id, store=store, storage=storage, engine=Spy(engine, before_story=taken_back)) == "running"
+    job = store.get(job_id)
+    assert job.status is JobStatus.RUNNING and job.worker == "other" and job.caption is None
+    assert storage.list("audio/") == []
 
 
-def test_a_worker_cannot_release_or_fail_a_job_another_live_worker_runs(store, storage):
+def test_a_late_finish_cannot_overwrite_the_newer_result(store, storage, engine):
+    from worker.runner import audio_key, finish_job, storage_retry
+
     job_id = submit(store, storage, jpeg())
-    assert store.claim(job_id, worker="w2", lease_seconds=300)
-    assert not store.release(job_id, claimant="w1")
-    assert not store.fail(job_id, "boom", claimant="w1")
-    assert store.get(job_id).status is JobStatus.RUNNING
-    assert store.release(job_id, claimant="w2")
+    store.claim("host-a:1:old", first=job_id, lease_seconds=0.05)
+    time.sleep(0.1)
+    store.reap(max_attempts=3)
+    store.claim("host-b:2:new", first=job_id)
+    newer = audio_key(job_id, "host-b:2:new")
+    storage.put(newer, b"the newer run's mp3")
+    assert store.succeed(job_id, newer, 1.0, claimant="host-b:2:new")
+    narration = engine.narrate(Image.open(io.BytesIO(jpeg())), words=12)
+    assert finish_job(store, storage, job_id, narration, "host-a:1:old", storage_retry(0)) == "lost"
+    assert store.get(job_id).audio_key == newer and storage.get(newer) == b"the newer run's mp3"
+    assert storage.list("audio/") == [newer]
+
+
+def test_a_heartbeat_keeps_a_long_batch_leased(store, storage, engine):
+    settings = Settings(heartbeat_seconds=0.1, lease_seconds=0.3, storage_retry_seconds=0)
+    beat = heartbeat_for(store, settings)
+    beat.start()
+
+    class Slow:
+        def narrate_batch(self, images, words, seeds, on_progress):
+            on_progress("caption", [{} for _ in images])
+            for _ in range(12):  # four leases long, with a reaper looking all the while
+                time.sleep(0.1)
+                assert store.reap(max_attempts=3) == ([], [])
+            return engine.narrate_batch(images, words=words, seeds=seeds, on_progress=on_progress)
+
+    job_id = submit(store, storage, jpeg())
+    outcomes = run_wakeup(job_id, store=store, storage=storage, engine=Slow(), heartbeat=beat, settings=settings)
+    beat.retire()
+    assert outcomes == {job_id: "succeeded"} and store.get(job_id).attempts == 1
+
+
+def test_a_stopping_worker_takes_no_new_jobs(store, storage, engine):
+    settings = Settings(storage_retry_seconds=0)
+    beat = heartbeat_for(store, settings)
+    beat.stopping = True
+    job_id = submit(store, storage, jpeg())
+    assert run_wakeup(job_id, store=store, storage=storage, engine=engine, heartbeat=beat, settings=settings) == {}
     assert store.get(job_id).status is JobStatus.QUEUED
 
 
-def test_an_unexpected_error_while_forming_the_batch_leaves_no_job_running(store, storage, engine):
-    ids = [submit(store, storage, jpeg()) for _ in range(2)]
-
-    def broken_update(job_id, **changes):
-        raise RuntimeError("bookkeeping broke")
-
-    store.update = broken_update
-    assert run_job(ids[0], store=store, storage=storage, engine=engine, batch_size=4).status == "failed"
-    assert [store.get(job_id).status for job_id in ids] == [JobStatus.FAILED] * 2
+def test_the_reaper_wakes_queued_jobs_whose_message_was_lost(store):
+    settings = Settings()
+    job = store.create(Job(id=new_job_id()))
+    beat = Heartbeat(store, settings, wake=(woken := []).extend, queue_length=lambda: 3)
+    beat.reap()
+    assert woken == []  # the broker still holds wake-ups
+    beat.queue_length = lambda: 0
+    beat.reap()
+    assert woken == [job.id]

@@ -1,0 +1,141 @@
+"""The one recovery mechanism: a heartbeat thread per worker process.
+
+Every HEARTBEAT_SECONDS it
+- renews the lease (LEASE_SECONDS) of every job this process is running,
+- announces the worker as alive, with its state (what /readyz shows),
+- and, one worker at a time, reaps: every job whose lease lapsed (its worker was killed, or its host
+  vanished from the network) goes back to the queue with a fresh wake-up, or fails once it has used
+  MAX_ATTEMPTS; every queued job whose wake-up was lost (Redis restarted, a worker died holding
+  it) gets a new one.
+
+On SIGTERM (`stop`) the worker takes no new jobs; a batch still running after WORKER_STOP_GRACE is
+handed back to the queue at once and the process exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+from redis.exceptions import RedisError
+
+from shared import workers
+from shared.jobs import JobStore
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+REAPER_LOCK = "jobs:reaper"
+WAKE_BATCH = 64  # wake-ups the reaper sends for lost messages per round, at most
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    def __init__(self, store: JobStore, settings: Settings, wake: Callable[[Iterable[str]], None],
+                 queue_length: Callable[[], int]):
+        self.store, self.settings, self.wake, self.queue_length = store, settings, wake, queue_length
+        self.worker = worker_id()
+        self.state = "starting"
+        self.stopping = False
+        self._held: dict[str, list[str]] = {}  # claimant -> job ids
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def new_claimant(self) -> str:
+        # One per batch: a late write of an earlier run of this worker cannot pass for this one.
+        return f"{self.worker}:{uuid.uuid4().hex[:8]}"
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+            self._thread.start()
+
+    @contextmanager
+    def holding(self, claimant: str, job_ids: list[str]):
+        """Keep the leases of a running batch alive while the block runs."""
+        with self._lock:
+            self._held[claimant] = list(job_ids)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(claimant, None)
+
+    def beat(self) -> None:
+        """One round; the thread calls it every HEARTBEAT_SECONDS (tests may call it directly)."""
+        with self._lock:
+            held = {claimant: list(ids) for claimant, ids in self._held.items()}
+        for claimant, ids in held.items():
+            lost = self.store.renew(claimant, ids, self.settings.lease_seconds)
+            if lost:
+                log.info("no longer holding %s (canceled, or taken back)", ", ".join(sorted(lost)))
+        busy = sum(len(ids) for ids in held.values())
+        workers.announce(self.store.redis, self.worker, {"state": "busy" if busy else self.state, "jobs": busy},
+                         ttl=self.settings.lease_seconds)
+        if self.store.redis.set(REAPER_LOCK, self.worker, nx=True, px=int(self.settings.heartbeat_seconds * 900)):
+            self.reap()
+
+    def reap(self) -> None:
+        requeued, failed = self.store.reap(self.settings.max_attempts)
+        for job_id in failed:
+            log.error("job %s failed: its worker died on each of its %d attempts", job_id, self.settings.max_attempts)
+        if requeued:
+            log.warning("requeued %d job(s) whose worker stopped beating: %s", len(requeued), ", ".join(requeued))
+        # Queued jobs with no wake-up left in the broker lost it: send new ones (spares are harmless).
+        lost = [] if self.queue_length() else self.store.queued_ids(WAKE_BATCH)
+        self.wake([*requeued, *(i for i in lost if i not in requeued)])
+
+    def stop(self) -> None:
+        """SIGTERM: take no new jobs; hand back what is still running after the grace period."""
+        if self.stopping:
+            return
+        self.stopping = True
+        threading.Thread(target=self._hand_back_after_grace, name="stop-grace", daemon=True).start()
+
+    def _hand_back_after_grace(self) -> None:
+        deadline = time.monotonic() + self.settings.worker_stop_grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._held:
+                    return  # the batch finished: Celery exits once the task returns
+            time.sleep(0.1)
+        with self._lock:
+            held = {claimant: list(ids) for claimant, ids in self._held.items()}
+        handed = [job_id for claimant, ids in held.items() for job_id in ids
+                  if self._quietly(self.store.release, job_id, claimant)]
+        self._quietly(self.wake, handed)
+        self._quietly(workers.retire, self.store.redis, self.worker)
+        log.warning("stopping: handed %d job(s) back to the queue after %gs: %s", len(handed),
+                    self.settings.worker_stop_grace, ", ".join(handed))
+        logging.shutdown()
+        os._exit(0)  # the batch cannot be interrupted safely mid-forward pass; its jobs are queued again
+
+    def retire(self) -> None:
+        self.state = "stopped"  # the thread stops announcing this worker
+        self._quietly(workers.retire, self.store.redis, self.worker)
+
+    def _run(self) -> None:
+        while self.state != "stopped":
+            started = time.monotonic()
+            try:
+                self.beat()
+            except RedisError as exc:  # Redis restarting: the next beat tries again
+                log.warning("heartbeat: Redis unavailable (%s)", exc)
+            except Exception:  # never let the heartbeat die: leases would lapse under a live worker
+                log.exception("heartbeat failed")
+            time.sleep(max(0.0, self.settings.heartbeat_seconds - (time.monotonic() - started)))
+
+    @staticmethod
+    def _quietly(action, *args):
+        try:
+            return action(*args)
+        except Exception as exc:
+            log.warning("%s failed: %s", getattr(action, "__name__", action), exc)
+            return None
