@@ -72,7 +72,9 @@ class LocalStorage(Storage):
         if not self.root.is_dir():
             return []
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        # Walk only the folder the prefix names ("audio/<id>/" looks at one folder, not all of them).
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        for dirpath, _dirs, files in os.walk(start):
             for name in files:
                 if name.startswith(".tmp-"):  # an unfinished write
                     continue

@@ -40,7 +40,7 @@ class JobFailed(Exception):
 
 
 def audio_key(job_id: str, claimant: str) -> str:
-    return f"audio/{job_id}-{claimant.rsplit(':', 1)[-1]}.mp3"
+    return f"audio/{job_id}/{claimant.rsplit(':', 1)[-1]}.mp3"
 
 
 def run_wakeup(job_id: str | None, *, store: JobStore, storage: Storage, engine, heartbeat, settings) -> dict[str, str]:
@@ -129,10 +129,21 @@ def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claima
     timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
     if store.succeed(job_id, key, round(narration.audio_seconds, 3), claimant=claimant, caption=narration.caption,
                      story=narration.story, timings=timings):
+        _remove_other_runs_audio(storage, job_id, key)
         return JobStatus.SUCCEEDED.value
     # Canceled meanwhile, or another run holds the job now: this run's audio belongs to no one.
     retry(lambda: storage.delete(key))
     return "lost"
+
+
+def _remove_other_runs_audio(storage: Storage, job_id: str, keep: str) -> None:
+    # A run whose worker died after uploading left its MP3 behind; the job has one result.
+    try:
+        for key in storage.list(f"audio/{job_id}/"):
+            if key != keep:
+                storage.delete(key)
+    except StorageError as exc:
+        log.warning("could not tidy the audio of job %s: %s", job_id, exc)
 
 
 def storage_retry(seconds: float) -> Callable:

@@ -99,7 +99,7 @@ def test_a_job_runs_stage_by_stage_to_an_mp3(store, storage, engine):
     job = store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED and job.stage is None
     assert job.caption == caption_at_story and job.story == story_at_speech
-    assert job.audio_key.startswith(f"audio/{job_id}-") and job.audio_seconds > 0 and job.attempts == 1
+    assert job.audio_key.startswith(f"audio/{job_id}/") and job.audio_seconds > 0 and job.attempts == 1
     assert set(job.timings) >= {"caption", "story", "speech"}
     assert job.started_at <= job.finished_at
     audio = AudioSegment.from_file(io.BytesIO(storage.get(job.audio_key)), format="mp3")
@@ -361,3 +361,15 @@ def test_the_reaper_wakes_queued_jobs_whose_message_was_lost(store):
     beat.queue_length = lambda: 0
     beat.reap()
     assert woken == [job.id]
+
+
+def test_the_audio_of_a_run_that_died_after_uploading_is_removed(store, storage, engine):
+    from worker.runner import audio_key
+
+    job_id = submit(store, storage, jpeg())
+    store.claim("host-a:1:dead", first=job_id, lease_seconds=0.05)
+    storage.put(audio_key(job_id, "host-a:1:dead"), b"uploaded, then the worker was killed")
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3) == ([job_id], [])
+    assert run_job(job_id, store=store, storage=storage, engine=engine) == "succeeded"
+    assert storage.list("audio/") == [store.get(job_id).audio_key]
