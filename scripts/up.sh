@@ -3,6 +3,9 @@
 set -euo pipefail
 VENV="${VENV:-.venv}"
 PORT="${PORT:-8000}"
+# The address the web app listens on: this machine only unless BIND says otherwise (0.0.0.0).
+BIND="${BIND:-127.0.0.1}"
+export BIND PORT
 if [ "${MODELS:-hub}" = "tiny" ]; then
   dir="${TINY_MODELS_DIR:-.cache/tiny-models}"
   [ -f "$dir/speech/config.json" ] || HF_HUB_OFFLINE=1 "$VENV/bin/python" -m worker.tiny_models --out "$dir"
@@ -14,7 +17,10 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 # One worker process per GPU: CUDA does not survive fork, so the solo pool runs jobs in the main process.
 "$VENV/bin/celery" -A worker.app worker --pool solo --loglevel INFO &
 pids+=($!)
-"$VENV/bin/gunicorn" --bind "0.0.0.0:$PORT" --workers 2 --threads 4 --access-logfile - "web.app:create_app()" &
+# Every gunicorn setting lives in web/gunicorn_conf.py (it reads BIND, PORT, WEB_CONCURRENCY).
+"$VENV/bin/gunicorn" -c web/gunicorn_conf.py "web.app:create_app()" &
 pids+=($!)
-echo "web: http://127.0.0.1:$PORT  (Ctrl-C stops web and worker)"
+case "$BIND" in 0.0.0.0|::|"[::]") host=127.0.0.1 ;; *) host="$BIND" ;; esac
+case "$host" in *:*) host="[${host#[}" host="${host%]}]" ;; esac
+echo "web: http://$host:$PORT  (Ctrl-C stops web and worker)"
 wait -n "${pids[@]}"

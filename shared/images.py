@@ -6,6 +6,7 @@ and the worker decodes with the same function, so both agree on what is an accep
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -86,16 +87,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Fully decode the first frame, apply EXIF orientation, return a detached RGB image."""
-    data = _read(source)
+def _open(data: bytes) -> Image.Image:
+    """Parse the header only (nothing is decoded); map Pillow's failures to ImageError."""
     if not data:
         raise ImageError("empty_file", "The file is empty.", 400)
     try:
         with warnings.catch_warnings():
             # Our own limit below is the one that counts; Pillow's warning is just noise here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", f"The image has too many pixels: {exc}", 413) from None
     except UnidentifiedImageError:  # no decoder recognised the bytes at all
@@ -104,16 +104,60 @@ def load_image(source: bytes | str | Path, max_pixels: int | None = None) -> Ima
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # recognised, but the header is cut off
         raise _truncated(exc) from None
+
+
+def _check_header(img: Image.Image, max_pixels: int | None) -> None:
+    if img.format not in ACCEPTED_FORMATS:
+        raise ImageError(
+            "unsupported_format",
+            f"{img.format} images are not accepted (accepted: {ACCEPTED_LABEL}).",
+            415,
+        )
+    width, height = img.size  # from the header: nothing is decoded yet
+    if max_pixels is not None and width * height > max_pixels:
+        raise _too_many(width, height, max_pixels)
+
+
+def check_image(source: bytes | str | Path, max_pixels: int | None = None) -> str:
+    """Validate an upload without holding a decoded copy of it; return its Pillow format name.
+
+    Refuses exactly what load_image refuses by the same codes, but in bounded memory, so that
+    many concurrent uploads of large (or bomb-like) images cannot exhaust a web process:
+    format and pixel count come from the header; a PNG is checked chunk by chunk (every CRC up
+    to IEND: a cut-off or damaged file fails, nothing is inflated); a JPEG is decoded by libjpeg
+    at 1/8 scale (all of its entropy-coded data is still read, so truncation is caught); other
+    formats are decoded once and dropped at once. A PNG whose compressed pixel data is broken
+    while every CRC is right passes here and fails in the worker's load_image.
+    Callers that run several checks at a time should bound how many decode at once (the web
+    process does): a full decode of MAX_IMAGE_PIXELS can take up to 4 bytes per pixel.
+    """
+    data = _read(source)
+    img = _open(data)
     with img:
-        if img.format not in ACCEPTED_FORMATS:
-            raise ImageError(
-                "unsupported_format",
-                f"{img.format} images are not accepted (accepted: {ACCEPTED_LABEL}).",
-                415,
-            )
-        width, height = img.size  # from the header: nothing is decoded yet
-        if max_pixels is not None and width * height > max_pixels:
-            raise _too_many(width, height, max_pixels)
+        _check_header(img, max_pixels)
+        fmt = img.format
+        try:
+            if fmt == "PNG":
+                img.verify()
+            else:
+                if fmt in ("JPEG", "MPO"):
+                    width, height = img.size
+                    img.draft(None, (max(1, width // 8), max(1, height // 8)))
+                img.seek(0)
+                img.load()  # LOAD_TRUNCATED_IMAGES stays off: a cut-off upload must fail here
+        except Image.DecompressionBombError as exc:
+            raise ImageError("too_many_pixels", f"The image has too many pixels: {exc}", 413) from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+            raise _truncated(exc) from None
+    return fmt
+
+
+def load_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode the first frame, apply EXIF orientation, return a detached RGB image."""
+    data = _read(source)
+    img = _open(data)
+    with img:
+        _check_header(img, max_pixels)
         try:
             img.seek(0)
             img.load()  # LOAD_TRUNCATED_IMAGES stays off: a cut-off upload must fail here

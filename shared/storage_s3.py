@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Optional
 
@@ -9,6 +10,46 @@ from shared.storage_base import Storage, StorageError, StorageNotFound, StorageU
 
 # Server-side conditions worth retrying later rather than reporting as a broken request.
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
+
+# Every call fails fast when storage hangs (a blackholed address, a wedged server): a web request
+# must get its 503 within seconds, and the worker's own retries (STORAGE_RETRY_SECONDS) ride out
+# longer outages. The read timeout bounds each wait for the next bytes, not a whole transfer, so
+# large objects still move. Worst case per call: 2 attempts x (3 s connect, or a PUT's 1 s wait
+# for "100 Continue" plus a 5 s read) + at most 1 s backoff, about 13 s. Override with
+# S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT, S3_MAX_ATTEMPTS.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 5.0
+MAX_ATTEMPTS = 2
+# Readiness probes (/readyz, the bucket check at start-up) answer faster still: one attempt.
+PROBE_CONNECT_TIMEOUT = 2.0
+PROBE_READ_TIMEOUT = 3.0
+# After ensure_ready() found storage unreachable, it fails at once for this long instead of
+# probing again: the web app's callers wait for it one at a time (a lock), and during an outage
+# each would otherwise sit out its own probe timeout behind the others.
+UNREACHABLE_HOLD = 2.0
+
+
+def _env_number(name: str, default: float, cast=float):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise StorageError(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise StorageError(f"{name} must be positive, not {raw!r}")
+    return value
+
+
+def client_timeouts() -> dict:
+    """botocore Config arguments of every S3 call of this process (the readiness probe aside)."""
+    return {
+        "connect_timeout": _env_number("S3_CONNECT_TIMEOUT", CONNECT_TIMEOUT),
+        "read_timeout": _env_number("S3_READ_TIMEOUT", READ_TIMEOUT),
+        # total_max_attempts counts the first try: 2 = one retry.
+        "retries": {"mode": "standard", "total_max_attempts": _env_number("S3_MAX_ATTEMPTS", MAX_ATTEMPTS, int)},
+    }
 
 
 class S3Storage(Storage):
@@ -23,6 +64,7 @@ class S3Storage(Storage):
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix
+        self._unreachable: tuple[Optional[float], str] = (None, "")  # when ensure_ready last failed
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # Custom endpoints (a "minio" host in compose) rarely resolve bucket.host names: use paths.
@@ -30,17 +72,18 @@ class S3Storage(Storage):
         # SigV4 everywhere: newer regions and MinIO refuse the legacy presigned-URL signature.
         signing = {"signature_version": "s3v4"}
         session = boto3.session.Session()
-        self._client = session.client("s3", config=Config(
-            connect_timeout=5, read_timeout=30, s3=s3_opts, **signing,
-            retries={"mode": "standard", "max_attempts": 3}))  # callers retry on top
+        timeouts = client_timeouts()
+        self._client = session.client("s3", config=Config(s3=s3_opts, **signing, **timeouts))  # callers retry on top
         # Browsers may reach the server under another name than the services do (compose's
         # "minio:9000" vs localhost:9000): presigned URLs are signed for the public name.
         public = public_endpoint_url or os.environ.get("PUBLIC_S3_ENDPOINT_URL")
         self._signer = session.client("s3", endpoint_url=public, config=Config(
-            s3={"addressing_style": "path"}, **signing)) if public else self._client
-        # Readiness probes must answer quickly, so they get one attempt and short timeouts.
+            s3={"addressing_style": "path"}, **signing, **timeouts)) if public else self._client
+        # Readiness probes must answer quickly, so they get one attempt and shorter timeouts.
         self._probe = session.client("s3", config=Config(
-            connect_timeout=2, read_timeout=5, s3=s3_opts, retries={"total_max_attempts": 1}, **signing))
+            connect_timeout=min(PROBE_CONNECT_TIMEOUT, timeouts["connect_timeout"]),
+            read_timeout=min(PROBE_READ_TIMEOUT, timeouts["read_timeout"]),
+            s3=s3_opts, retries={"mode": "standard", "total_max_attempts": 1}, **signing))
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -105,12 +148,18 @@ class S3Storage(Storage):
             return self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=int(expires))
 
     def ensure_ready(self):
+        failed_at, failure = self._unreachable
+        if failed_at is not None and time.monotonic() - failed_at < UNREACHABLE_HOLD:
+            raise StorageUnavailable(f"{failure} (as of {time.monotonic() - failed_at:.1f} s ago)")
         try:
             with self._errors(f"bucket {self.bucket}"):
                 self._probe.head_bucket(Bucket=self.bucket)  # fail fast: start-up retries later
             return
         except StorageNotFound:
             pass
+        except StorageUnavailable as exc:
+            self._unreachable = (time.monotonic(), str(exc))
+            raise
         region = self._client.meta.region_name
         kwargs = {}
         if region and region not in ("us-east-1", "aws-global"):

@@ -8,7 +8,8 @@ from flask import Blueprint, Response, jsonify, redirect, request, send_file, ur
 
 from shared.jobs import Job, JobStatus
 from shared.storage import StorageNotFound
-from web.errors import AppError
+from web.errors import AppError, error_response
+from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
 from web.services import services
 from web.uploads import create_job_from_request, parse_int
 
@@ -17,7 +18,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 # Ids come from secrets.token_urlsafe; anything else cannot be a job, so Redis is not even asked.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PUBLIC_FIELDS = ("id", "status", "stage", "created_at", "started_at", "finished_at", "caption", "story",
-                 "audio_url", "audio_seconds", "error", "timings", "words", "seed", "filename")
+                 "audio_url", "audio_seconds", "error", "timings", "words", "seed", "filename", "attempts")
 
 
 def load_job(job_id: str) -> Job:
@@ -43,9 +44,19 @@ def job_view(job: Job) -> dict:
 
 @bp.post("/jobs")
 def submit():
-    job = create_job_from_request()
+    # Checked before the body is read; a replay answers 200 with the job's current state.
+    idempotency = IdempotentSubmit.from_headers(request.headers)
+    try:
+        job = create_job_from_request(idempotency)
+    except AppError as exc:
+        if exc.code != "idempotency_key_in_use":
+            raise
+        return error_response(exc.status, exc.code, exc.message, {"Retry-After": "1"})
     response = jsonify(job_view(job))
     response.status_code = 202
+    if idempotency is not None and idempotency.replayed:
+        response.status_code = 200
+        response.headers[REPLAYED_HEADER] = "true"
     response.headers["Location"] = url_for("api.get_job", job_id=job.id)
     return response
 

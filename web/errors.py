@@ -18,6 +18,13 @@ try:  # the broker client's connection errors, raised by send_task
 except ImportError:  # pragma: no cover - kombu comes with celery
     BrokerError = ConnectionError
 
+try:  # gunicorn raises its parser's errors (a bad chunk size, a body cut short) from wsgi.input.read()
+    from gunicorn.http.errors import NoMoreData, ParseException
+
+    FRAMING_ERRORS: tuple = (ParseException, NoMoreData)
+except ImportError:  # pragma: no cover - another WSGI server
+    FRAMING_ERRORS = ()
+
 
 class AppError(Exception):
     def __init__(self, status: int, code: str, message: str):
@@ -58,6 +65,15 @@ def register_error_handlers(app: Flask) -> None:
             limit = app.config.get("MAX_UPLOAD_MB")
             message = f"The upload is larger than the {limit:g} MB limit."
         return error_response(exc.code or 500, code, message, headers)
+
+    def _bad_framing(exc):
+        # The request's HTTP framing is broken: the client's fault, never a 500 (usually the
+        # uploads' RequestBody has already turned this into a ClientDisconnected, also a 400).
+        app.logger.info("malformed request body on %s %s: %s", request.method, request.path, exc)
+        return error_response(400, "bad_request", "The request body is malformed or incomplete.")
+
+    for framing_error in FRAMING_ERRORS:
+        app.register_error_handler(framing_error, _bad_framing)
 
     @app.errorhandler(redis.exceptions.RedisError)  # refused, timeout, loading, MISCONF, read-only
     def _redis_down(exc):

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import io
 import re
+import sys
+import threading
 import unicodedata
 from typing import Optional
 
 from flask import current_app, request
 from PIL import Image
+from werkzeug.exceptions import ClientDisconnected
 
-from shared.images import ImageError, load_image
+from shared.images import ImageError, check_image
 from shared.jobs import Job, new_job_id
 from web.errors import AppError
 from web.services import services
@@ -21,6 +24,12 @@ from web.services import services
 WORDS_MIN, WORDS_MAX = 10, 200
 SEED_MAX = 2**32 - 1  # what torch/numpy seeding accepts everywhere
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "")
+
+# At most this many uploads of one web process are being decoded at any moment: a full decode of
+# a MAX_IMAGE_PIXELS image takes up to 4 bytes a pixel (160 MB at 40 MP). Created when the app is
+# imported, which gunicorn's gevent worker does after monkey-patching (so this is a gevent
+# semaphore there, and a thread semaphore under threads); never preload the app.
+DECODE_SLOTS = threading.BoundedSemaphore(1)
 
 
 def parse_int(raw: Optional[str], name: str, low: int, high: int) -> Optional[int]:
@@ -50,7 +59,53 @@ def check_request_size() -> None:
         raise AppError(413, "too_large", f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']:g} MB limit.")
 
 
+class RequestBody(io.RawIOBase):
+    """The request body as the form parser reads it, held to its framing.
+
+    A body that ends before its Content-Length (the client gave up or lied), a broken chunked
+    encoding, or a socket error or timeout while reading is the client's fault and ends the
+    request with a 400: it must never turn into a 500, and never into a job whose id nobody
+    receives. (gunicorn hands the application a short body as an early end of file, and raises
+    its own parser errors from inside wsgi.input.read().)
+    """
+
+    def __init__(self, stream, length: Optional[int]):
+        super().__init__()
+        self._stream, self._left = stream, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        want = len(buffer) if self._left is None else min(len(buffer), self._left)
+        if want <= 0:
+            return 0
+        try:
+            data = self._stream.read(want)
+        except Exception as exc:  # gunicorn's NoMoreData/InvalidChunkSize/..., OSError, timeouts
+            raise ClientDisconnected(f"The request body could not be read: {type(exc).__name__}.") from None
+        if not data:
+            if self._left:
+                raise ClientDisconnected("The request body ended before its Content-Length.")
+            return 0
+        size = len(data)
+        buffer[:size] = data
+        if self._left is not None:
+            self._left -= size
+        return size
+
+
+def guard_request_body() -> None:
+    """Put RequestBody between the form parser and the server's wsgi.input, once per request."""
+    environ = request.environ
+    if "stream" in request.__dict__ or "form" in request.__dict__:
+        return  # already read: nothing left to guard
+    if not isinstance(environ.get("wsgi.input"), RequestBody):
+        environ["wsgi.input"] = RequestBody(environ["wsgi.input"], request.content_length)
+
+
 def read_image_field(limit: int) -> tuple[bytes, Optional[str]]:
+    guard_request_body()
     if request.mimetype not in FORM_TYPES:
         raise AppError(415, "unsupported_media_type",
                        "Send the photo as multipart/form-data in the field 'image'.")
@@ -64,19 +119,36 @@ def read_image_field(limit: int) -> tuple[bytes, Optional[str]]:
     return data, clean_filename(upload.filename)
 
 
+def _off_the_event_loop(func, *args):
+    """Under gunicorn's gevent worker, run CPU-bound decoding in a native thread of gevent's pool:
+    Pillow releases the GIL while it decodes, so the event loop goes on serving other requests
+    (a 40 MP WebP takes over a second). Elsewhere (threads, tests) call it directly."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(func, args)
+    return func(*args)
+
+
 def validate_image(data: bytes, max_pixels: int) -> str:
-    """Raise AppError for anything that is not a usable photo; return its MIME type."""
+    """Raise AppError for anything that is not a usable photo; return its MIME type.
+
+    Bounded memory: shared.images.check_image never keeps a decoded copy (PNG chunks are
+    verified, JPEG decoded at 1/8 scale) and DECODE_SLOTS bounds concurrent decodes."""
     try:
-        load_image(data, max_pixels)
+        with DECODE_SLOTS:
+            fmt = _off_the_event_loop(check_image, data, max_pixels)
     except ImageError as exc:
         raise AppError(exc.http_status, exc.code, exc.message) from None
     except Exception as exc:  # a decoder choking on hostile bytes is still the client's input
         raise AppError(415, "not_an_image", f"The file could not be decoded as an image ({type(exc).__name__}).") from None
-    with Image.open(io.BytesIO(data)) as img:  # header only: the format was accepted above
-        return Image.MIME.get(img.format or "", "application/octet-stream")
+    return Image.MIME.get(fmt or "", "application/octet-stream")
 
 
-def create_job_from_request() -> Job:
+def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSubmit"] = None) -> Job:
+    """Validate, store, record and enqueue. With `idempotency` (the API's Idempotency-Key), a
+    request repeating an earlier one gets that request's job back (and `idempotency.replayed`)."""
     svc = services()
     settings = svc.settings
     check_request_size()
@@ -86,20 +158,31 @@ def create_job_from_request() -> Job:
     content_type = validate_image(data, settings.max_image_pixels)
 
     job = Job(id=new_job_id(), words=words, seed=seed, content_type=content_type, filename=filename)
+    if idempotency is not None:  # only a valid request reserves the key
+        earlier = idempotency.reserve(svc.redis, svc.jobs, data, words, seed, job.id)
+        if earlier is not None:
+            return earlier
     job.input_key = f"inputs/{job.id}"
-    svc.ensure_storage()
-    svc.storage.put(job.input_key, data, content_type)
     try:
-        svc.jobs.create(job)
-    except Exception:
-        _discard(svc, job, job_created=False)
+        svc.ensure_storage()
+        svc.storage.put(job.input_key, data, content_type)
+        try:
+            svc.jobs.create(job)
+        except Exception:
+            _discard(svc, job, job_created=False)
+            raise
+        try:
+            svc.enqueue(job.id)
+        except Exception as exc:
+            current_app.logger.warning("enqueue of %s failed: %s", job.id, exc)
+            _discard(svc, job, job_created=True)
+            raise AppError(503, "queue_unavailable", "The job queue is unavailable; try again shortly.") from None
+    except BaseException:
+        if idempotency is not None:  # a failed request must not burn the key
+            idempotency.release(svc.redis)
         raise
-    try:
-        svc.enqueue(job.id)
-    except Exception as exc:
-        current_app.logger.warning("enqueue of %s failed: %s", job.id, exc)
-        _discard(svc, job, job_created=True)
-        raise AppError(503, "queue_unavailable", "The job queue is unavailable; try again shortly.") from None
+    if idempotency is not None:
+        idempotency.confirm(svc.redis, svc.jobs.ttl)
     return job
 
 

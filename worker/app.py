@@ -63,6 +63,7 @@ def start_worker(sender=None, **_) -> None:
         heartbeat.retire()
         _refuse(message)
     heartbeat.state = "ready"
+    heartbeat._quietly(heartbeat.announce)  # /readyz shows it at once, not at the next beat
     log.info("models loaded in %.1fs (%s)", sum(seconds.values()),
              ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()))
 

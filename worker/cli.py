@@ -69,7 +69,9 @@ def narrate(args: argparse.Namespace) -> int:
     try:
         engine = Engine(settings)
         narration = engine.narrate(image, words=args.words, seed=args.seed, sample=not args.greedy)
-    except (ConfigError, AdapterError) as exc:  # a bad DEVICE/QUANTIZE/model folder, or STORY_ADAPTER
+    # A bad DEVICE/QUANTIZE/model folder or STORY_ADAPTER; a hub id that is neither cached nor
+    # reachable (worker.engine.hub.ModelLoadError, a ConfigError).
+    except (ConfigError, AdapterError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:  # a model folder or hub id that cannot be loaded (offline, typo)
         raise UsageError(f"could not load a model: {str(exc).splitlines()[0]}") from None

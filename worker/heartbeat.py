@@ -76,11 +76,13 @@ class Heartbeat:
             lost = self.store.renew(claimant, ids, self.settings.lease_seconds)
             if lost:
                 log.info("no longer holding %s (canceled, or taken back)", ", ".join(sorted(lost)))
-        busy = sum(len(ids) for ids in held.values())
-        workers.announce(self.store.redis, self.worker, {"state": "busy" if busy else self.state, "jobs": busy},
-                         ttl=self.settings.lease_seconds)
+        self.announce(sum(len(ids) for ids in held.values()))
         if self.store.redis.set(REAPER_LOCK, self.worker, nx=True, px=int(self.settings.heartbeat_seconds * 900)):
             self.reap()
+
+    def announce(self, busy: int = 0) -> None:
+        workers.announce(self.store.redis, self.worker, {"state": "busy" if busy else self.state, "jobs": busy},
+                         ttl=self.settings.lease_seconds)
 
     def reap(self) -> None:
         requeued, failed = self.store.reap(self.settings.max_attempts)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shared.images import ACCEPTED_FORMATS, ImageError, load_image
+from shared.images import ACCEPTED_FORMATS, ImageError, check_image, load_image
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -182,3 +182,83 @@ def test_decompression_bomb_maps_to_too_many_pixels(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     err = error_of(encode(Image.new("L", (100, 100)), "PNG"))
     assert err.code == "too_many_pixels"
+
+
+# --- check_image: the web process's validation, in bounded memory ------------------------------
+
+@pytest.mark.parametrize("name", sorted(sample_images()))
+def test_check_image_accepts_what_load_image_accepts(name):
+    data = sample_images()[name]
+    with Image.open(io.BytesIO(data)) as img:
+        assert check_image(data) == img.format
+
+
+def check_error_of(source, **kwargs) -> ImageError:
+    with pytest.raises(ImageError) as info:
+        check_image(source, **kwargs)
+    return info.value
+
+
+@pytest.mark.parametrize("data, code, status", [
+    (b"", "empty_file", 400),
+    (b"hello, this is text\n" * 20, "not_an_image", 415),
+    (encode(gradient(), "PCX"), "unsupported_format", 415),
+    (sample_images()["rgb.jpg"][:300], "truncated_image", 415),
+])
+def test_check_image_refuses_with_load_images_codes(data, code, status):
+    err = check_error_of(data)
+    assert (err.code, err.http_status) == (code, status)
+    assert (error_of(data).code, error_of(data).http_status) == (code, status)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "PNG", "TIFF", "WEBP", "GIF"])
+def test_check_image_finds_truncated_images(fmt):
+    data = encode(gradient(size=(300, 200)), fmt)
+    err = check_error_of(data[: len(data) // 2])
+    assert (err.code, err.http_status) == ("truncated_image", 415)
+
+
+def test_check_image_finds_a_png_cut_at_a_chunk_boundary_and_bad_crcs():
+    data = encode(gradient(size=(300, 200)), "PNG")
+    assert data.endswith(b"IEND\xaeB`\x82")
+    assert check_error_of(data[:-12]).code == "truncated_image"  # everything but IEND
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    assert check_error_of(bytes(damaged)).code == "truncated_image"
+
+
+def test_check_image_pixel_limit_comes_from_the_header():
+    data = encode(Image.new("L", (400, 300)), "PNG")
+    err = check_error_of(data, max_pixels=100_000)
+    assert (err.code, err.http_status) == ("too_many_pixels", 413) and "400x300" in err.message
+    assert check_image(data, max_pixels=120_000) == "PNG"
+
+
+def test_check_image_of_40_megapixels_stays_small(tmp_path):
+    """A 40 MP 1-bit PNG (a few KiB) and a 40 MP JPEG are checked without decoding them whole:
+    load_image holds 120 MB (RGB) for either; the peak here grows by a few MB. Measured in a
+    fresh process, whose peak RSS is not that of earlier tests."""
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8000, 5000)).save(bomb, "PNG")
+    photo = tmp_path / "photo.jpg"
+    Image.new("L", (8000, 5000), 128).save(photo, "JPEG", quality=50)
+    code = (
+        "import resource, sys\n"
+        "from shared.images import check_image\n"
+        "data = [open(p, 'rb').read() for p in sys.argv[1:]]\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "formats = [check_image(d, 40_000_000) for d in data]\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(' '.join(formats), grown // 1024)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code, str(bomb), str(photo)], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    formats_png, formats_jpeg, grown_mb = result.stdout.split()
+    print(f"check_image of 40 MP PNG + JPEG: peak RSS grew by {grown_mb} MB")
+    assert (formats_png, formats_jpeg) == ("PNG", "JPEG")
+    assert int(grown_mb) < 30

@@ -35,3 +35,32 @@ def test_a_pool_that_runs_jobs_in_other_processes_or_greenlets_is_refused(redis_
     result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "gevent"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--pool solo" in result.stderr
+
+
+def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_path):
+    """The hub unreachable (a listener that never answers): the worker names the model and the fixes
+    within 30 s, records the error for /readyz, and exits instead of failing every job."""
+    import socket
+    import time
+
+    import redis
+
+    from shared.workers import last_model_error
+
+    blackhole = socket.create_server(("127.0.0.1", 0))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CAPTION_MODEL", "STORY_MODEL", "SPEECH_MODEL")}
+    env.update(REDIS_URL=redis_url, DEVICE="cpu", HF_HOME=str(tmp_path / "hf"),
+               HF_ENDPOINT=f"http://127.0.0.1:{blackhole.getsockname()[1]}", HF_HUB_DISABLE_TELEMETRY="1")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    took = time.monotonic() - started
+    blackhole.close()
+    print(f"\nmodels unreachable: the worker stopped after {took:.1f}s (process start included)")
+    assert result.returncode == 2 and took < 30
+    assert "CAPTION_MODEL=Salesforce/blip-image-captioning-base" in result.stderr
+    assert "MODELS=tiny" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr
+    assert "ready." not in result.stderr + result.stdout
+    recorded = last_model_error(redis.Redis.from_url(redis_url))
+    assert recorded and "CAPTION_MODEL=" in recorded["message"] and "MODELS=tiny" in recorded["message"]

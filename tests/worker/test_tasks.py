@@ -136,3 +136,20 @@ def test_fifty_concurrent_submissions_all_succeed(celery_worker_process, web_ser
     # ended exactly once, with its own story and audio.
     sizes = [app.extensions["narrator"].jobs.get(job_id).batch_size for job_id in ids]
     assert max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_readyz_reports_live_workers_the_queue_and_model_errors(celery_worker_process, web_server):
+    from shared.workers import record_model_error
+
+    app, base = web_server
+    ready = get_json(f"{base}/readyz")
+    assert ready["status"] == "ready" and ready["warnings"] == []
+    assert ready["workers"]["ready"] == 1 and ready["workers"]["list"][0]["state"] == "ready"
+    assert ready["queue"] == {"queued": 0} and ready["last_model_error"] is None
+    record_model_error(app.extensions["narrator"].redis, "gpu-3:42", "STORY_MODEL=x cannot be reached")
+    assert get_json(f"{base}/readyz")["last_model_error"]["message"] == "STORY_MODEL=x cannot be reached"
+
+    celery_worker_process.terminate()  # a worker that stops cleanly leaves the list at once
+    celery_worker_process.wait(timeout=30)
+    gone = get_json(f"{base}/readyz")
+    assert gone["workers"]["live"] == 0 and gone["warnings"] == ["no worker is ready: jobs wait in the queue"]

@@ -12,12 +12,23 @@ import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
+from worker.engine.hub import ModelLoadError
+
 CONFIG_FILE = "adapter_config.json"
 _download_lock = threading.Lock()
+# An S3 endpoint that does not answer must fail the load in seconds, not after botocore's default
+# 60 s timeouts times its retries (minutes).
+S3_CONNECT_TIMEOUT = 5
+S3_READ_TIMEOUT = 5
+S3_MAX_ATTEMPTS = 2
 
 
 class AdapterError(ValueError):
     """The adapter setting points at nothing usable; the message says what was found."""
+
+
+class AdapterFetchError(AdapterError, ModelLoadError):
+    """The adapter's S3 endpoint cannot be reached: a ModelLoadError (so a ConfigError) too."""
 
 
 def resolve_adapter(spec: str, cache_dir: str | Path) -> Path:
@@ -60,9 +71,14 @@ def _from_s3(spec: str, cache_dir: Path) -> Path:
 
 def _download(bucket: str, prefix: str, dest: Path, spec: str) -> None:
     import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as EndpointError
 
-    client = boto3.client("s3")
+    client = boto3.client("s3", config=Config(connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
+                                              retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}))
+    transfer = TransferConfig(num_download_attempts=S3_MAX_ATTEMPTS)  # s3transfer retries read timeouts itself
     listing_prefix = f"{prefix}/" if prefix else ""  # "runs/a" must not pick up "runs/ab/..."
     count = 0
     root = dest.resolve()
@@ -77,8 +93,14 @@ def _download(bucket: str, prefix: str, dest: Path, spec: str) -> None:
                 if not local.resolve().is_relative_to(root):
                     continue
                 local.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, item["Key"], str(local))
+                client.download_file(bucket, item["Key"], str(local), Config=transfer)
                 count += 1
+    except (EndpointError, HTTPClientError) as exc:  # refused, timed out, DNS, TLS, connection dropped
+        raise AdapterFetchError(
+            f"STORY_ADAPTER {spec!r}: the S3 endpoint cannot be reached ({type(exc).__name__}: {exc}). "
+            "Fixes: check the network and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; or set STORY_ADAPTER to a "
+            "local adapter folder (a copy of the S3 prefix); or unset STORY_ADAPTER to serve the base model."
+        ) from exc
     except (BotoCoreError, ClientError) as exc:
         raise AdapterError(f"STORY_ADAPTER {spec!r}: could not download from S3: {exc}") from exc
     if not (dest / CONFIG_FILE).is_file():

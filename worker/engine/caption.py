@@ -48,8 +48,10 @@ class CaptionStage:
         dtype: str | torch.dtype | None = None,
         max_new_tokens: int = 30,
         num_beams: int = 3,
+        setting: str = "CAPTION_MODEL",
     ):
         self.model_name = str(model)
+        self.setting = setting  # named in the error when the model cannot be loaded
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_new_tokens = max_new_tokens
@@ -68,9 +70,16 @@ class CaptionStage:
                 return self
             from transformers import BlipForConditionalGeneration, BlipProcessor
 
-            # BLIP is small: quantization (QUANTIZE) is for the story model only.
-            processor = BlipProcessor.from_pretrained(self.model_name)
-            model = BlipForConditionalGeneration.from_pretrained(self.model_name, dtype=self.dtype)
+            from worker.engine.hub import load_pretrained
+
+            def from_pretrained(local_files_only: bool):
+                # BLIP is small: quantization (QUANTIZE) is for the story model only.
+                processor = BlipProcessor.from_pretrained(self.model_name, local_files_only=local_files_only)
+                model = BlipForConditionalGeneration.from_pretrained(
+                    self.model_name, dtype=self.dtype, local_files_only=local_files_only)
+                return processor, model
+
+            processor, model = load_pretrained(self.setting, self.model_name, from_pretrained)
             self.processor, self.model = processor, model.to(self.device).eval()
         return self
 

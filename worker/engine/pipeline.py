@@ -94,7 +94,12 @@ class Engine:
             self.settings.speech_model, device=str(self.device), dtype=dtype))
 
     def load(self) -> dict[str, float]:
-        """Warm all three models; returns the seconds each took to load."""
+        """Warm all three models; returns the seconds each took to load.
+
+        A model that cannot be loaded here (a hub id while the hub is unreachable or HF_HUB_OFFLINE=1
+        and it is not in the Hugging Face cache, or an unreachable STORY_ADAPTER) raises
+        worker.engine.hub.ModelLoadError, a ConfigError naming the setting and the fixes, within
+        seconds (see worker/engine/hub.py)."""
         seconds = {}
         for name in ("caption", "story", "speech"):
             start = time.perf_counter()

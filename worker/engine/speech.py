@@ -42,8 +42,9 @@ class SpeechStage:
 
     def __init__(self, model: str, device="cpu", dtype=None, max_chars: int = 200,
                  max_batch: int = 32, pause_seconds: float = 0.25, empty_seconds: float = 0.5,
-                 seed: int | None = None):
+                 seed: int | None = None, setting: str = "SPEECH_MODEL"):
         self.model_name = str(model)
+        self.setting = setting  # named in the error when the model cannot be loaded
         self.device = device
         self.dtype = dtype
         self.max_chars = max_chars
@@ -71,8 +72,15 @@ class SpeechStage:
                 import torch
                 from transformers import AutoTokenizer, VitsModel
 
-                tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-                model = VitsModel.from_pretrained(self.model_name, dtype=self.dtype or torch.float32)
+                from worker.engine.hub import load_pretrained
+
+                def from_pretrained(local_files_only: bool):
+                    tokenizer = AutoTokenizer.from_pretrained(self.model_name, local_files_only=local_files_only)
+                    model = VitsModel.from_pretrained(self.model_name, dtype=self.dtype or torch.float32,
+                                                      local_files_only=local_files_only)
+                    return tokenizer, model
+
+                tokenizer, model = load_pretrained(self.setting, self.model_name, from_pretrained)
                 model.to(torch.device(self.device)).eval()
                 # Speak only what this checkpoint's vocabulary holds (letters, space, ' and -);
                 # digits and odd symbols in the MMS vocab are spelled out instead.

@@ -17,8 +17,9 @@ class StoryStage:
     caption's story depends on its batch companions (one random stream is shared by the batch)."""
 
     def __init__(self, model: str, adapter: str | None = None, device="cpu", dtype=None,
-                 quantize: str = "none", cache_dir: str | None = None):
+                 quantize: str = "none", cache_dir: str | None = None, setting: str = "STORY_MODEL"):
         self.model_name, self.adapter, self.quantize = str(model), adapter, quantize or "none"
+        self.setting = setting  # named in the error when the model cannot be loaded
         self.device_setting, self.dtype_setting, self.cache_dir = device, dtype, cache_dir
         self.model = self.tokenizer = self.device = None
         self._load_lock, self._generate_lock = threading.Lock(), threading.Lock()
@@ -48,17 +49,30 @@ class StoryStage:
             from worker.engine.adapters import resolve_adapter
 
             adapter_path = resolve_adapter(self.adapter, self.cache_dir or ".cache/adapters")
-        # Left padding: a batch's prompts must all end where generation starts.
-        tokenizer = AutoTokenizer.from_pretrained(self.model_name, padding_side="left")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        from worker.engine.hub import load_pretrained
+
         quantization = devices.quantization_config(self.quantize, compute_dtype=dtype)
         kwargs = {"dtype": dtype}
         if quantization is not None or device.type == "cuda":
             kwargs["device_map"] = {"": str(device)}  # load straight onto the GPU
         if quantization is not None:
             kwargs["quantization_config"] = quantization
-        model = AutoModelForCausalLM.from_pretrained(self.model_name, **kwargs)
+
+        def from_pretrained(local_files_only: bool):
+            # Left padding: a batch's prompts must all end where generation starts.
+            tokenizer = AutoTokenizer.from_pretrained(self.model_name, padding_side="left",
+                                                      local_files_only=local_files_only)
+            # The Auto class looks for a PEFT adapter_config.json in the repo without passing
+            # local_files_only on (transformers 5.24): name it in adapter_kwargs, or a cached model
+            # still asks the hub, and waits out its retries when the hub does not answer.
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_name, local_files_only=local_files_only,
+                adapter_kwargs={"local_files_only": local_files_only}, **kwargs)
+            return tokenizer, model
+
+        tokenizer, model = load_pretrained(self.setting, self.model_name, from_pretrained)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
         if adapter_path is not None:
             from peft import PeftModel
 

@@ -1,0 +1,174 @@
+"""Real processes to break on purpose: a Redis with AOF that can be restarted, a TCP proxy that can
+cut a connection, and Celery workers that can be killed and are replaced like a supervisor would."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import ROOT, free_port, wait_for_port
+
+
+class RedisServer:
+    """A private redis-server with an append-only file, so a restart keeps every write."""
+
+    def __init__(self, workdir: Path):
+        self.port, self.workdir = free_port(), workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): Redis flushes its AOF first."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+class TcpProxy:
+    """Forwards a local port to another; `cut()` drops every connection and refuses new ones
+    until `restore()`, as a storage outage would."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.port = target_port, free_port()
+        self.up = True
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self.up = False
+        with self._lock:
+            for conn in list(self._conns):
+                _close(conn)
+            self._conns.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        _close(self._server)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                _close(client)  # a reset, at once
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                _close(sock)
+                with self._lock:
+                    self._conns.discard(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class Worker:
+    """`celery -A worker.app worker --pool solo` as a separate process, logging to a file."""
+
+    def __init__(self, env: dict, logdir: Path, name: str):
+        self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "--loglevel", "INFO",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{name}@%h"],
+                cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 90) -> "Worker":
+        deadline = time.monotonic() + timeout
+        while b"ready." not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("worker did not start:\n" + self.log.read_text()[-3000:])
+            time.sleep(0.2)
+        return self
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Supervisor:
+    """Keeps `count` workers running, starting a new one whenever one dies (as Docker's restart
+    policy would); remembers how many died."""
+
+    def __init__(self, env: dict, logdir: Path, count: int):
+        self.env, self.logdir = env, logdir
+        self.workers = [Worker(env, logdir, f"w{i}") for i in range(count)]
+        for worker in self.workers:
+            worker.wait_ready()
+        self.deaths = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            for i, worker in enumerate(self.workers):
+                if not worker.alive():
+                    self.deaths += 1
+                    self.workers[i] = Worker(self.env, self.logdir, f"w{i}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for worker in self.workers:
+            worker.kill()

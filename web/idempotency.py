@@ -1,0 +1,174 @@
+"""`Idempotency-Key` on POST /api/v1/jobs: a retried submission returns the job the first one made.
+
+The key (1-255 printable ASCII characters, compared as sent) is reserved in Redis before anything
+is stored, with one atomic SET NX, so of any number of concurrent requests with one key exactly
+one creates the job. The reservation, `idempotency:<sha256 of the key>`, holds the request's
+fingerprint and the id the job will get, and goes through two states:
+
+- pending: the job is being created. The reservation lives PENDING_TTL seconds, so one left
+  behind by a process that died mid-request frees the key by itself. Requests that find it wait
+  up to WAIT_SECONDS for it to be settled (409 `idempotency_key_in_use` if it is not).
+- done: the job was created and queued; the reservation now lives 24 hours (never longer than
+  job records live) and every later request with the key gets that job back.
+
+A request that fails (bad input, storage, Redis or the queue down) deletes its pending reservation,
+so the key is not burned: a waiting duplicate or a later retry creates the job instead. Waiters
+wait for `done`, not for the job record, because a record can still be removed when enqueueing
+fails. The same key with another photo, `words` or `seed` is a 422 `idempotency_key_reused`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Mapping, Optional
+
+from flask import current_app
+
+from shared.jobs import Job
+from web.errors import AppError
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, space included
+TTL_SECONDS = 24 * 3600  # how long a key names its job
+PENDING_TTL = 120  # longer than creating a job can take (an S3 upload's retries included)
+WAIT_SECONDS = 5.0  # how long a duplicate waits for the first request to settle
+POLL_FIRST, POLL_MAX = 0.02, 0.2
+
+# KEYS[1] the reservation. ARGV[1] the value it must still hold. Deletes it only then, so a
+# request never frees a reservation that has passed to another request meanwhile.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] the reservation. ARGV: the pending value, the done value, the TTL. Settles our own
+# pending reservation; also takes the key back if that expired meanwhile (nobody else holds it).
+# Returns 1 when the key now names our job, 0 when another request holds it.
+_CONFIRM_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] or not current then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+
+
+def redis_key(idempotency_key: str) -> str:
+    """Where a key's reservation lives: the one place that decides a key's scope.
+
+    Keys are global for now. Once requests carry an owner (an API key), mix the owner's id into
+    the hash here, so that two clients choosing the same key never see each other's jobs.
+    """
+    return "idempotency:" + hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()
+
+
+def fingerprint(image: bytes, words: int, seed: Optional[int]) -> str:
+    """What makes two submissions the same request: the photo's bytes and the parameters as the
+    job gets them (`words` after the default is applied). The file name is display only."""
+    params = json.dumps({"v": 1, "words": words, "seed": seed}, sort_keys=True).encode()
+    return hashlib.sha256(params + b"\0" + image).hexdigest()
+
+
+class IdempotentSubmit:
+    """One submission's key, from the header to the reservation's end.
+
+    `from_headers` returns None when the header is absent (no idempotency). The job creator calls
+    `reserve` once it has a valid request and a job id; None means "create it", a Job means
+    "another request with this key made it" (and `replayed` is set). After creating it calls
+    `confirm`, or `release` when creating failed.
+    """
+
+    def __init__(self, key: str):
+        self.key = key
+        self.redis_key = redis_key(key)
+        self.replayed = False
+        self._pending: Optional[str] = None  # our reservation's value while we hold it
+        self._done: Optional[str] = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> Optional["IdempotentSubmit"]:
+        value = headers.get(HEADER)
+        if value is None:
+            return None
+        value = value.strip(" \t")  # not part of a field value (RFC 9110); servers differ in trimming it
+        if not KEY_PATTERN.fullmatch(value):
+            raise AppError(400, "invalid_idempotency_key",
+                           f"'{HEADER}' must be 1 to 255 printable ASCII characters.")
+        return cls(value)
+
+    def reserve(self, redis_client, jobs, image: bytes, words: int, seed: Optional[int],
+                job_id: str) -> Optional[Job]:
+        """Reserve the key for `job_id`, or return the job another request made with it."""
+        fp = fingerprint(image, words, seed)
+        pending = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "pending"})
+        deadline = time.monotonic() + WAIT_SECONDS
+        pause = POLL_FIRST
+        while True:
+            if time.monotonic() > deadline:
+                raise self._in_use()
+            if redis_client.set(self.redis_key, pending, nx=True, ex=PENDING_TTL):
+                self._pending = pending
+                self._done = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "done"})
+                return None
+            raw = redis_client.get(self.redis_key)
+            if raw is None:
+                continue  # released or expired between the two calls: try to take it
+            try:
+                held = json.loads(raw)
+                held_fp, held_job, state = held["fingerprint"], held["job_id"], held["state"]
+            except (ValueError, KeyError, TypeError):  # not a reservation this module wrote
+                self._free(redis_client, raw)
+                continue
+            if held_fp != fp:
+                raise AppError(422, "idempotency_key_reused",
+                               f"This {HEADER} was used with a different photo or parameters.")
+            if state == "done":
+                job = jobs.get(held_job)
+                if job is not None:
+                    self.replayed = True
+                    return job
+                # The job no longer exists: the key names nothing, so it may make a new one.
+                self._free(redis_client, raw)
+                continue
+            if time.monotonic() + pause > deadline:
+                raise self._in_use()
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_MAX)
+
+    def confirm(self, redis_client, ttl_seconds: int) -> None:
+        """The job exists and is queued: the key names it from now on. Best effort, since the job
+        is made: should Redis fail here, the pending reservation just expires."""
+        if self._pending is None:
+            return
+        try:
+            held = redis_client.register_script(_CONFIRM_LUA)(
+                keys=[self.redis_key], args=[self._pending, self._done, max(1, min(TTL_SECONDS, ttl_seconds))])
+            if held != 1:
+                current_app.logger.warning("idempotency key %s passed to another request while its job was made",
+                                           self.redis_key)
+        except Exception as exc:
+            current_app.logger.warning("could not settle idempotency key %s: %s", self.redis_key, exc)
+        self._pending = None
+
+    def release(self, redis_client) -> None:
+        """Creating the job failed: free the key for a retry. Best effort (the original error is the
+        one to report); a reservation that cannot be deleted expires after PENDING_TTL."""
+        if self._pending is None:
+            return
+        try:
+            self._free(redis_client, self._pending)
+        except Exception as exc:
+            current_app.logger.warning("could not release idempotency key %s: %s", self.redis_key, exc)
+        self._pending = None
+
+    @staticmethod
+    def _in_use() -> AppError:
+        return AppError(409, "idempotency_key_in_use",
+                        f"A request with this {HEADER} is still being processed; retry shortly.")
+
+    def _free(self, redis_client, value) -> None:
+        redis_client.register_script(_RELEASE_LUA)(keys=[self.redis_key], args=[value])
