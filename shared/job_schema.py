@@ -69,6 +69,10 @@ class Job:
     input_key: Optional[str] = None
     content_type: Optional[str] = None
     filename: Optional[str] = None
+    # Who may see the job: "key:<name>" (an API key), "session:<id>" (a browser session), or None
+    # (an anonymous API call: reachable by its id only, never listed).
+    owner: Optional[str] = None
+    webhook: Optional[str] = None  # POSTed (signed) when the job ends
     # How many runs were started; a run that ended with its worker dying counts (MAX_ATTEMPTS).
     attempts: int = 0
     # Worker bookkeeping (not shown by the API): the run that holds the job, until when its lease

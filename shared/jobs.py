@@ -21,10 +21,31 @@ from shared.job_schema import (  # noqa: F401
 # on hosts whose clocks disagree still agree on when a lease has lapsed.
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
+# Queued ids live in one index per owner ("-" for ownerless jobs) plus the global one; `jobs:owners`
+# holds the owners with queued jobs by turn (the lowest goes next; newcomers get 0, the front).
+_QUEUES = """
+local function owner_of(key)
+  local o = redis.call('HGET', key, 'owner')
+  if not o or o == '' then return '-' end
+  return o
+end
+local function enqueue(id, key)
+  local o, score = owner_of(key), redis.call('HGET', key, 'created_at')
+  redis.call('ZADD', 'jobs:queued', score, id)
+  redis.call('ZADD', 'jobs:queued:' .. o, score, id)
+  redis.call('ZADD', 'jobs:owners', 'NX', 0, o)
+end
+local function dequeue(id, o)
+  redis.call('ZREM', 'jobs:queued', id)
+  redis.call('ZREM', 'jobs:queued:' .. o, id)
+  if redis.call('ZCARD', 'jobs:queued:' .. o) == 0 then redis.call('ZREM', 'jobs:owners', o) end
+end
+"""
+
 # KEYS: the job hash, the queued index, the running index. ARGV: ttl, allowed statuses ("" = any),
 # claimant ("" = anyone; else the job's `worker` must be it), job id, n, n field/value pairs, fields
 # to delete. The indexes follow the resulting status. -1: no such job, 0: not allowed, 1: written.
-_APPLY_LUA = """
+_APPLY_LUA = _QUEUES + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local current = redis.call('HGET', KEYS[1], 'status') or ''
 if ARGV[2] ~= '' then
@@ -40,42 +61,55 @@ if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
 if #ARGV > 5 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 6 + 2 * n, #ARGV)) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' then
-  redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at'), ARGV[4])
-else
-  redis.call('ZREM', KEYS[2], ARGV[4])
-end
+if status == 'queued' then enqueue(ARGV[4], KEYS[1]) else dequeue(ARGV[4], owner_of(KEYS[1])) end
 if status ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 1
 """
 
-# KEYS: queued, running. ARGV: claimant, lease seconds, limit, first id ("" = none), ttl, started_at,
-# how many queued ids to look at. Oldest first, after `first`. A job that ran before (its worker
-# died) runs alone, so a photo that kills workers cannot take its batch-mates down with it.
-_CLAIM_LUA = _NOW + """
+# KEYS: queued, running. ARGV: claimant, lease seconds, limit, first id ("" = none), ttl, started_at.
+# Fair: after `first`, the batch is filled round-robin across owners with queued jobs, each owner's
+# oldest first, so one owner's backlog delays another owner's job by about one batch at most. A job
+# that ran before (its worker died) runs alone, so a photo that kills workers cannot take its
+# batch-mates down with it.
+_CLAIM_LUA = _NOW + _QUEUES + """
 local lease, limit = now + tonumber(ARGV[2]), tonumber(ARGV[3])
 local claimed, solo = {}, false
-local function try(id)
+local function try(id, o)
   local key = 'job:' .. id
-  if redis.call('HGET', key, 'status') ~= 'queued' then redis.call('ZREM', KEYS[1], id) return end
+  if redis.call('HGET', key, 'status') ~= 'queued' then  -- gone (expired), or changed meanwhile
+    dequeue(id, o or owner_of(key))
+    return 'gone'
+  end
+  o = owner_of(key)
   local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0') or 0
   if attempts > 0 then
-    if #claimed > 0 then return end
+    if #claimed > 0 then return 'later' end
     solo = true
   end
   redis.call('HSET', key, 'status', 'running', 'stage', 'caption', 'worker', ARGV[1],
              'lease_until', tostring(lease), 'started_at', ARGV[6], 'attempts', tostring(attempts + 1))
   redis.call('HDEL', key, 'error')
   redis.call('EXPIRE', key, tonumber(ARGV[5]))
-  redis.call('ZREM', KEYS[1], id)
+  dequeue(id, o)
+  redis.call('ZADD', 'jobs:owners', 'XX', redis.call('INCR', 'jobs:turn'), o)  -- to the back of the line
   redis.call('ZADD', KEYS[2], lease, id)
   table.insert(claimed, id)
+  return 'claimed'
 end
-if ARGV[4] ~= '' and redis.call('ZSCORE', KEYS[1], ARGV[4]) then try(ARGV[4]) end
-if not solo and #claimed < limit then
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[7]) - 1)) do
+if ARGV[4] ~= '' and redis.call('ZSCORE', KEYS[1], ARGV[4]) then try(ARGV[4], nil) end
+local progress = true
+while progress and not solo and #claimed < limit do
+  progress = false
+  for _, o in ipairs(redis.call('ZRANGE', 'jobs:owners', 0, limit - 1)) do
     if solo or #claimed >= limit then break end
-    if id ~= ARGV[4] then try(id) end
+    -- this owner's oldest job that may join the batch (a rerun waits for a batch of its own)
+    local queued = redis.call('ZRANGE', 'jobs:queued:' .. o, 0, limit)
+    if #queued == 0 then redis.call('ZREM', 'jobs:owners', o) end
+    for _, id in ipairs(queued) do
+      local result = try(id, o)
+      if result ~= 'later' then progress = true end
+      if result == 'claimed' then break end
+    end
   end
 end
 for _, id in ipairs(claimed) do redis.call('HSET', 'job:' .. id, 'batch_size', tostring(#claimed)) end
@@ -102,7 +136,7 @@ return lost
 # KEYS: running, queued. ARGV: max attempts, error for a job out of attempts, ttl, finished_at, cap.
 # Every running job whose lease lapsed goes back to the queue at its old place (or fails once it
 # has used its attempts). Returns {requeued ids, failed ids}.
-_REAP_LUA = _NOW + """
+_REAP_LUA = _NOW + _QUEUES + """
 local requeued, failed = {}, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))) do
   local key = 'job:' .. id
@@ -121,7 +155,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0
       -- what the lost run published is gone with it
       redis.call('HDEL', key, 'started_at', 'caption', 'story', 'timings')
       redis.call('HSET', key, 'status', 'queued')
-      redis.call('ZADD', KEYS[2], redis.call('HGET', key, 'created_at') or now, id)
+      enqueue(id, key)
       table.insert(requeued, id)
     end
     redis.call('EXPIRE', key, tonumber(ARGV[3]))
@@ -150,6 +184,15 @@ class JobStore:
     INDEX = "jobs:index"
     QUEUED = "jobs:queued"
     RUNNING = "jobs:running"
+    OWNERS = "jobs:owners"
+
+    @staticmethod
+    def owner_index(owner: str) -> str:
+        return f"jobs:index:{owner}"
+
+    @staticmethod
+    def owner_queue(owner: Optional[str]) -> str:
+        return f"jobs:queued:{owner or '-'}"
 
     def __init__(self, redis_client, ttl_seconds: int):
         self.redis = redis_client
@@ -167,11 +210,15 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key(job.id), mapping=job.to_redis())
         pipe.expire(self.key(job.id), self.ttl)
-        pipe.zadd(self.INDEX, {job.id: job.created_at})
+        indexes = [self.INDEX]
+        if job.owner:
+            indexes.append(self.owner_index(job.owner))
         if job.status == JobStatus.QUEUED:
-            pipe.zadd(self.QUEUED, {job.id: job.created_at})
-        # Bound the indexes: a hash this old has expired even if it was updated late in its life.
-        for index in (self.INDEX, self.QUEUED):
+            indexes += [self.QUEUED, self.owner_queue(job.owner)]
+            pipe.zadd(self.OWNERS, {job.owner or "-": 0}, nx=True)
+        for index in indexes:
+            pipe.zadd(index, {job.id: job.created_at})
+            # Bound the indexes: a hash this old has expired even if it was updated late in its life.
             pipe.zremrangebyscore(index, "-inf", f"({time.time() - 2 * self.ttl!r}")
         pipe.execute()
         return job
@@ -181,14 +228,21 @@ class JobStore:
         return Job.from_redis(raw) if raw else None
 
     def delete(self, job_id: str) -> None:
+        job = self.get(job_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key(job_id))
-        for index in (self.INDEX, self.QUEUED, self.RUNNING):
+        indexes = [self.INDEX, self.QUEUED, self.RUNNING]
+        if job is not None:
+            indexes.append(self.owner_queue(job.owner))
+            if job.owner:
+                indexes.append(self.owner_index(job.owner))
+        for index in indexes:
             pipe.zrem(index, job_id)
         pipe.execute()
 
-    def queued_count(self) -> int:
-        return int(self.redis.zcard(self.QUEUED))
+    def queued_count(self, owner: Optional[str] = None) -> int:
+        """All queued jobs, or one owner's."""
+        return int(self.redis.zcard(self.owner_queue(owner) if owner else self.QUEUED))
 
     def queued_ids(self, limit: int) -> list[str]:
         return [_text(m) for m in self.redis.zrange(self.QUEUED, 0, limit - 1)]
@@ -224,13 +278,12 @@ class JobStore:
         return self._apply_script(keys=[self.key(job_id), self.QUEUED, self.RUNNING], args=args) == 1
 
     # The worker's vocabulary. A claimant names one run of one worker (see worker.runner).
-    def claim(self, claimant: str, limit: int = 1, lease_seconds: float = 20, first: Optional[str] = None,
-              scan: int = 256) -> list[str]:
-        """Take up to `limit` queued jobs for `claimant` (`first` before the oldest), each leased for
-        `lease_seconds`. A job that already ran once is only ever taken alone."""
+    def claim(self, claimant: str, limit: int = 1, lease_seconds: float = 20, first: Optional[str] = None) -> list[str]:
+        """Take up to `limit` queued jobs for `claimant` (`first`, then round-robin across owners), each
+        leased for `lease_seconds`. A job that already ran once is only ever taken alone."""
         if limit <= 0:
             return []
-        args = [claimant, lease_seconds, limit, first or "", self.ttl, repr(time.time()), max(scan, limit)]
+        args = [claimant, lease_seconds, limit, first or "", self.ttl, repr(time.time())]
         return [_text(i) for i in self._claim_script(keys=[self.QUEUED, self.RUNNING], args=args)]
 
     def renew(self, claimant: str, job_ids: Iterable[str], lease_seconds: float) -> set[str]:
@@ -278,13 +331,16 @@ class JobStore:
         return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED,
                                worker=None, lease_until=None)
 
-    def list(self, limit: int = 20, cursor: Optional[str] = None) -> tuple[list[Job], Optional[str]]:
-        """Newest first. The cursor names the last job returned, so inserts made between pages
-        (always newer) neither repeat nor skip entries. Ids whose record expired are pruned."""
+    def list(self, limit: int = 20, cursor: Optional[str] = None,
+             owner: Optional[str] = None) -> tuple[list[Job], Optional[str]]:
+        """Newest first: one owner's jobs, or (owner None) everyone's. The cursor names the last job
+        returned, so inserts made between pages (always newer) neither repeat nor skip entries. Ids
+        whose record expired are pruned."""
+        index = self.owner_index(owner) if owner else self.INDEX
         pos = decode_cursor(cursor) if cursor else None
         found: list[tuple[Job, float]] = []
         while len(found) <= limit:
-            rows = self._after(pos, limit + 1)
+            rows = self._after(index, pos, limit + 1)
             if not rows:
                 break
             pipe = self.redis.pipeline(transaction=False)
@@ -297,19 +353,19 @@ class JobStore:
                 else:
                     expired.append(job_id)
             if expired:
-                self.redis.zrem(self.INDEX, *expired)
+                self.redis.zrem(index, *expired)
             pos = rows[-1][1], rows[-1][0]
         page = found[:limit]
         next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(found) > limit and page else None
         return [job for job, _ in page], next_cursor
 
-    def _after(self, pos: Optional[tuple[float, str]], count: int) -> list[tuple[str, float]]:
+    def _after(self, index: str, pos: Optional[tuple[float, str]], count: int) -> list[tuple[str, float]]:
         """Index entries strictly after `pos` in newest-first order (equal scores: id descending)."""
         if pos is None:
-            rows = self.redis.zrevrangebyscore(self.INDEX, "+inf", "-inf", start=0, num=count, withscores=True)
+            rows = self.redis.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
             return [(_text(m), s) for m, s in rows]
         score, last_id = pos
-        ties = self.redis.zcount(self.INDEX, score, score)  # entries sharing the score come first
-        rows = self.redis.zrevrangebyscore(self.INDEX, score, "-inf", start=0, num=count + ties, withscores=True)
+        ties = self.redis.zcount(index, score, score)  # entries sharing the score come first
+        rows = self.redis.zrevrangebyscore(index, score, "-inf", start=0, num=count + ties, withscores=True)
         rows = [(_text(m), s) for m, s in rows]
         return [(m, s) for m, s in rows if s < score or m < last_id][:count]

@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     # headers to trust, so absolute URLs (audio_url, Location) use the client's scheme and host.
     proxy_hops: int = Field(0, ge=0, le=5)
 
+    # Owners (web): API keys, browser sessions, limits per owner
+    require_api_key: bool = False  # true: API calls without `Authorization: Bearer KEY` are 401
+    # Signs the browser-session cookie. Required in production (`make up` writes one to .env).
+    secret_key: Optional[str] = None
+    submit_rate_limit: str = "2/second;60/minute"  # per key, else per session, else per client address
+    read_rate_limit: str = "20/second"
+    max_queued_per_owner: int = Field(1000, ge=1)
+    # Absolute URLs (audio_url, Location) come from here, or from a trusted proxy (PROXY_HOPS), never
+    # from a raw Host header.
+    public_base_url: Optional[str] = None
+
+    # Webhooks: POSTed when a job ends, signed per Standard Webhooks
+    webhook_secret: Optional[str] = None  # whsec_...: signs the webhooks of ownerless jobs
+    webhook_allow_private: bool = False  # allow http:// and private/loopback addresses (tests, intranets)
+
     # Uploads
     max_upload_mb: float = Field(10, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="larger images are refused (decompression bombs)")
@@ -72,7 +87,7 @@ class Settings(BaseSettings):
     story_temperature: float = Field(0.8, gt=0, le=2)
     story_top_p: float = Field(0.9, gt=0, le=1)
 
-    @field_validator("story_adapter", mode="before")
+    @field_validator("story_adapter", "secret_key", "public_base_url", "webhook_secret", mode="before")
     @classmethod
     def _empty_adapter_is_none(cls, value):
         return value or None

@@ -250,3 +250,41 @@ def test_release_hands_a_job_back_without_counting_the_attempt(store):
     back = store.get(job.id)
     assert back.status is JobStatus.QUEUED and back.attempts == 0 and back.caption is None
     assert store.queued_ids(10) == [job.id]
+
+
+def test_batches_are_filled_round_robin_across_owners(store):
+    now = time.time()
+    a = [store.create(Job(id=f"a{i:03d}", owner="key:a", created_at=now + i)).id for i in range(100)]
+    b = [store.create(Job(id=f"b{i}", owner="session:b", created_at=now + 200 + i)).id for i in range(2)]
+    assert store.queued_count() == 102 and store.queued_count("key:a") == 100 and store.queued_count("session:b") == 2
+    first = store.claim("w1", limit=8)
+    assert set(b) <= set(first) and len(first) == 8  # B waits one batch at most, not 100 jobs
+    assert [i for i in first if i.startswith("a")] == a[:6]  # each owner's own jobs stay in order
+    assert store.claim("w1", limit=8) == a[6:14]
+    c = store.create(Job(id="c0", owner=None, created_at=now + 300)).id  # an anonymous caller
+    assert c in store.claim("w1", limit=8)
+
+
+def test_a_rerun_does_not_hold_back_its_owner_s_other_jobs(store):
+    now = time.time()
+    for i in range(3):
+        store.create(Job(id=f"j{i}", owner="key:a", created_at=now + i))
+    store.claim("dead", first="j1", lease_seconds=0.05)
+    time.sleep(0.1)
+    store.reap(max_attempts=3)
+    assert store.claim("w1", limit=8) == ["j0", "j2"]
+    assert store.claim("w1", limit=8) == ["j1"]
+
+
+def test_each_owner_lists_only_its_own_jobs(store):
+    now = time.time()
+    mine = [store.create(Job(id=f"m{i}", owner="key:me", created_at=now + i)).id for i in range(3)]
+    store.create(Job(id="t0", owner="key:them", created_at=now))
+    store.create(Job(id="n0", created_at=now))  # ownerless: never listed
+    page, cursor = store.list(limit=2, owner="key:me")
+    assert [j.id for j in page] == mine[::-1][:2] and cursor
+    assert [j.id for j in store.list(limit=2, owner="key:me", cursor=cursor)[0]] == mine[:1]
+    assert [j.id for j in store.list(owner="key:them")[0]] == ["t0"]
+    store.delete("m0")
+    assert [j.id for j in store.list(owner="key:me")[0]] == mine[:0:-1]
+    assert store.queued_count("key:me") == 2

@@ -153,3 +153,28 @@ def test_readyz_reports_live_workers_the_queue_and_model_errors(celery_worker_pr
     celery_worker_process.wait(timeout=30)
     gone = get_json(f"{base}/readyz")
     assert gone["workers"]["live"] == 0 and gone["warnings"] == ["no worker is ready: jobs wait in the queue"]
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_one_owner_s_backlog_delays_another_owner_by_about_one_batch(celery_worker_process, web_server):
+    """Owner A queues 100 jobs, then owner B queues 2: B's jobs finish within A's first two batches
+    after them (WORKER_BATCH_SIZE 8), not after all 100."""
+    app, base = web_server
+    services = app.extensions["narrator"]
+    data = photo(7)
+
+    def queue(owner: str) -> str:
+        job_id = new_job_id()
+        services.storage.put(f"inputs/{job_id}", data)
+        services.jobs.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=10, owner=owner))
+        services.enqueue(job_id)
+        return job_id
+
+    a = [queue("key:a") for _ in range(100)]
+    b = [queue("key:b") for _ in range(2)]
+    done_b = [wait_until_finished(base, job_id, timeout=300)[0] for job_id in b]
+    assert [job["status"] for job in done_b] == ["succeeded"] * 2
+    b_done_at = max(services.jobs.get(job_id).finished_at for job_id in b)
+    a_before = sum(1 for job_id in a if (job := services.jobs.get(job_id)).finished_at and job.finished_at <= b_done_at)
+    print(f"\nfair scheduling: {a_before} of owner A's 100 jobs finished before owner B's 2")
+    assert a_before <= 16
