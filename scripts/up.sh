@@ -12,6 +12,14 @@ if [ "${MODELS:-hub}" = "tiny" ]; then
   export CAPTION_MODEL="$PWD/$dir/caption" STORY_MODEL="$PWD/$dir/story" SPEECH_MODEL="$PWD/$dir/speech"
   export HF_HUB_OFFLINE=1
 fi
+# The web app signs its browser-session cookies with SECRET_KEY and will not start without one:
+# make one the first time, in .env (which the settings read), unless the environment has one.
+if [ -z "${SECRET_KEY:-}" ] && ! grep -qs '^SECRET_KEY=.' .env; then
+  [ -s .env ] && [ -n "$(tail -c1 .env)" ] && echo >> .env  # end the last line first
+  [ -e .env ] || (umask 077 && : > .env)
+  echo "SECRET_KEY=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env
+  echo "up: wrote a new SECRET_KEY to .env"
+fi
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 # One worker process per GPU: CUDA does not survive fork, so the solo pool runs jobs in the main process.

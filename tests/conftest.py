@@ -24,6 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
+TEST_SECRET_KEY = "test-secret-key-" + "x" * 32  # signs session cookies (SECRET_KEY is required)
+GENEROUS_RATE_LIMIT = "10000/second"
 
 
 def requires_tool(found: bool, name: str):
@@ -147,6 +149,11 @@ def service_env(redis_url, storage_url, tiny_models_dir, tmp_path) -> dict:
         "DEVICE": "cpu",
         "STORY_WORDS": "16",
         "JOB_TIME_LIMIT": "120",
+        "SECRET_KEY": TEST_SECRET_KEY,
+        # Generous: these tests submit and poll fast from one address (tests/web/test_rate_limits.py
+        # checks the defaults).
+        "SUBMIT_RATE_LIMIT": GENEROUS_RATE_LIMIT,
+        "READ_RATE_LIMIT": GENEROUS_RATE_LIMIT,
     }
 
 
@@ -176,9 +183,19 @@ def celery_worker_process(service_env, tmp_path):
         proc.kill()
 
 
+def create_api_key(env: dict, name: str) -> str:
+    """A key made the way an operator makes one, `flask --app web.app keys create NAME` (with the
+    test's REDIS_URL and SECRET_KEY): the key is the command's last line of output."""
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "web.app", "keys", "create", name],
+                            cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def web_server(service_env):
-    """The Flask app on a real threaded HTTP server; yields (app, base_url)."""
+    """The Flask app on a real threaded HTTP server; yields (app, base_url). Its PUBLIC_BASE_URL is
+    the server's address, so the absolute URLs it gives (audio_url) can be fetched as they are."""
     import threading
 
     from werkzeug.serving import make_server
@@ -186,10 +203,12 @@ def web_server(service_env):
     from shared.settings import Settings
     from web.app import create_app
 
-    app = create_app(Settings(**{k.lower(): v for k, v in service_env.items()}))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, None, threaded=True)  # the app comes once the port is known
+    base = f"http://127.0.0.1:{server.server_port}"
+    app = create_app(Settings(**{k.lower(): v for k, v in service_env.items()}, public_base_url=base))
+    server.app = app
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield app, f"http://127.0.0.1:{server.server_port}"
+    yield app, base
     server.shutdown()
     thread.join(timeout=10)

@@ -2,9 +2,11 @@
 the nginx proxy's config and the gunicorn config they run."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,22 +19,41 @@ COMPOSE = shutil.which("docker-compose")
 needs_compose = requires_tool(COMPOSE is not None, "docker-compose")
 
 
+# MinIO's administrator (create-bucket only) and the app's own user (web, worker, webhooks).
+SECRETS = {"MINIO_ROOT_USER": "admin", "MINIO_ROOT_PASSWORD": "root-password",
+           "S3_ACCESS_KEY": "story-app", "S3_SECRET_KEY": "app-password", "SECRET_KEY": "session-signing-key"}
+APP_SERVICES = ("web", "worker", "webhooks")
+
+
 def compose_config(**env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "PORT", "BIND"))}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("MINIO_", "PORT", "BIND", "S3_", "BUCKET", "PUBLIC_", "SECRET_KEY", "WEBHOOK_",
+                                  "REQUIRE_API_KEY"))}
     return subprocess.run([COMPOSE, "config"], cwd=ROOT, env={**clean, **env},
                           capture_output=True, text=True, timeout=60)
 
 
-@needs_compose
-def test_compose_file_is_valid_with_its_secrets():
+def compose_services(**env: str) -> dict:
     import yaml
 
-    result = compose_config(MINIO_ROOT_USER="admin", MINIO_ROOT_PASSWORD="secret-password")
+    result = compose_config(**{**SECRETS, **env})
     assert result.returncode == 0, result.stderr
-    config = yaml.safe_load(result.stdout)
-    services = config["services"]
-    assert {"redis", "minio", "create-bucket", "web", "worker"} <= set(services)
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def _unescape(text: str) -> str:
+    """A string as the container gets it: `docker-compose config` writes a literal $ as $$."""
+    return text.replace("$$", "$")
+
+
+@needs_compose
+def test_compose_file_is_valid_with_its_secrets():
+    services = compose_services()
+    assert {"redis", "minio", "create-bucket", "web", "worker", "webhooks", "proxy"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
+    # Docker Hub no longer has MinIO's images: they come from quay.io, pinned.
+    for name in ("minio", "create-bucket"):
+        assert re.fullmatch(r"quay\.io/minio/(minio|mc):RELEASE\.[\dTZ-]+", services[name]["image"]), name
     assert services["web"]["build"]["dockerfile"] == "Dockerfile.web"
     assert services["worker"]["build"]["dockerfile"] == "Dockerfile.worker"
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
@@ -41,7 +62,7 @@ def test_compose_file_is_valid_with_its_secrets():
     assert any((":/models" in v if isinstance(v, str) else v.get("target") == "/models") for v in volumes)
     for name in ("redis", "minio", "web"):
         assert "healthcheck" in services[name], name
-    assert services["worker"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "secret-password"
+    assert services["worker"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "app-password"
     assert "ports" not in services["worker"], "workers scale with --scale, so they publish no ports"
 
 
@@ -50,6 +71,148 @@ def test_compose_refuses_to_start_without_secrets():
     result = compose_config()
     assert result.returncode != 0
     assert "MINIO_ROOT_USER" in result.stderr
+    for name in SECRETS:  # each one is required on its own
+        result = compose_config(**{k: v for k, v in SECRETS.items() if k != name})
+        assert result.returncode != 0 and name in result.stderr, (name, result.stderr)
+
+
+@needs_compose
+def test_compose_publishes_only_the_proxy_port():
+    services = compose_services()
+    published = {name: _ports(service) for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy": [("127.0.0.1", "8000", "8000")]}, "only the proxy, on this machine by default"
+    assert "ports" not in services["minio"], "MinIO's API and console are reached through the proxy or not at all"
+    # BIND and PORT move the proxy and nothing else.
+    wide = compose_services(BIND="0.0.0.0", PORT="8123")
+    assert {name for name, service in wide.items() if service.get("ports")} == {"proxy"}
+    assert _ports(wide["proxy"]) == [("0.0.0.0", "8123", "8000")]
+    # Browsers get presigned URLs on the proxy's own address, by default the published one.
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["PUBLIC_S3_ENDPOINT_URL"] == "http://localhost:8000", name
+    public = compose_services(PUBLIC_S3_ENDPOINT_URL="https://stories.example.com")
+    assert public["web"]["environment"]["PUBLIC_S3_ENDPOINT_URL"] == "https://stories.example.com"
+
+
+@needs_compose
+def test_app_services_use_their_own_minio_user_not_root():
+    services = compose_services()
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["AWS_ACCESS_KEY_ID"] == "story-app" and env["AWS_SECRET_ACCESS_KEY"] == "app-password", name
+        assert not any(key.startswith("MINIO_ROOT") for key in env), name
+        assert not {"admin", "root-password"} & {str(value) for value in env.values()}, name
+        assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000" and env["STORAGE_URL"] == "s3://narrator/jobs", name
+    # Root's credentials go to MinIO itself and to the one-shot that sets it up, nowhere else.
+    holders = {name for name, service in services.items()
+               if "root-password" in {str(value) for value in (service.get("environment") or {}).values()}}
+    assert holders == {"minio", "create-bucket"}
+
+
+@needs_compose
+def test_webhooks_service_runs_the_webhooks_queue_on_the_light_image():
+    services = compose_services()
+    webhooks = services["webhooks"]
+    assert webhooks["build"]["dockerfile"] == "Dockerfile.web", "no torch: the web image"
+    assert webhooks["command"] == ["celery", "-A", "web.tasks", "worker", "-Q", "webhooks", "--pool", "threads",
+                                   "--concurrency", "8", "--loglevel", "INFO"]
+    assert "redis" in webhooks["depends_on"] and webhooks["restart"] == "unless-stopped"
+    assert not webhooks.get("ports") and not webhooks.get("expose")
+    assert "deploy" not in webhooks, "no GPU"
+    # The app environment (x-app-env) plus what signing webhooks needs, all as web has them; the
+    # session key stays with web, and GPU workers get neither secret.
+    env, web_env = webhooks["environment"], services["web"]["environment"]
+    assert all(env[k] == web_env[k] for k in env), "the same settings as web's"
+    assert {"REDIS_URL", "STORAGE_URL", "AWS_ACCESS_KEY_ID", "PUBLIC_BASE_URL", "WEBHOOK_SECRET"} <= set(env)
+    assert "SECRET_KEY" not in env and web_env["SECRET_KEY"] == "session-signing-key"
+    assert not {"SECRET_KEY", "WEBHOOK_SECRET"} & set(services["worker"]["environment"])
+    hooks = compose_services(WEBHOOK_SECRET="whsec_abc", PUBLIC_BASE_URL="https://stories.example.com")
+    assert hooks["webhooks"]["environment"]["WEBHOOK_SECRET"] == hooks["web"]["environment"]["WEBHOOK_SECRET"] == "whsec_abc"
+    assert hooks["webhooks"]["environment"]["PUBLIC_BASE_URL"] == "https://stories.example.com"
+    # The web image's own health check asks gunicorn on :8000, which does not run in this container.
+    check = " ".join(webhooks["healthcheck"]["test"])
+    assert ":8000" not in check and "REDIS_URL" in check
+
+
+# --- create-bucket: the app's MinIO user and its policy, run with a stand-in `mc` -------------------
+
+FAKE_MC = r"""#!/bin/sh
+# A stand-in for MinIO's client: records each call, keeps a little state like the server would.
+state="$FAKE_MC_STATE"
+echo "$*" >> "$state/calls"
+case "$*" in
+  "ilm rule ls "*) [ -f "$state/ilm" ] && { echo "ID | Expiration"; exit 0; }; echo "no lifecycle" >&2; exit 1 ;;
+  "ilm rule add "*) touch "$state/ilm" ;;
+  "admin policy create "*) cp "$6" "$state/policy-$5.json" ;;
+  "admin policy attach "*)
+    [ -n "${FAKE_MC_ATTACH_FAILS:-}" ] && { echo "mc: <ERROR> Unable to make user/group policy association. $FAKE_MC_ATTACH_FAILS" >&2; exit 1; }
+    [ -f "$state/attached" ] && { echo "mc: <ERROR> Unable to make user/group policy association. The specified policy change is already in effect." >&2; exit 1; }
+    touch "$state/attached" ;;
+esac
+exit 0
+"""
+
+
+def _run_create_bucket(tmp_path: Path, env: dict, state: Path) -> subprocess.CompletedProcess:
+    services = compose_services()
+    service = services["create-bucket"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"] and "/minio/mc:" in service["image"]
+    script = _unescape(service["command"][0]).replace("/tmp/app-policy.json", str(tmp_path / "policy.json"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "mc").write_text(FAKE_MC)
+    (bin_dir / "mc").chmod(stat.S_IRWXU)
+    state.mkdir(exist_ok=True)
+    # Only the service's own environment, and a PATH without grep or sed (the mc image has neither).
+    run_env = {**{k: str(v) for k, v in service["environment"].items()}, **env,
+               "PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_MC_STATE": str(state)}
+    return subprocess.run(["/bin/sh", "-c", script], env=run_env, capture_output=True, text=True, timeout=30)
+
+
+@needs_compose
+def test_create_bucket_makes_the_app_user_with_a_policy_on_its_bucket_alone(tmp_path):
+    state = tmp_path / "state"
+    first = _run_create_bucket(tmp_path, {}, state)
+    assert first.returncode == 0, first.stderr
+    calls = (state / "calls").read_text().splitlines()
+    assert "alias set local http://minio:9000 admin root-password" in calls
+    assert "mb --ignore-existing local/narrator" in calls
+    assert "ilm rule add --expire-days 8 local/narrator" in calls
+    assert "admin user add local story-app app-password" in calls
+    assert "admin policy attach local narrator-app --user story-app" in calls
+    created = [c for c in calls if c.startswith("admin policy create local narrator-app ")]
+    assert len(created) == 1
+    assert calls.index(created[0]) < calls.index("admin policy attach local narrator-app --user story-app")
+    policy = json.loads((state / "policy-narrator-app.json").read_text())
+    allowed = {(action, resource) for statement in policy["Statement"] if statement["Effect"] == "Allow"
+               for action in statement["Action"] for resource in statement["Resource"]}
+    assert allowed == {
+        ("s3:GetBucketLocation", "arn:aws:s3:::narrator"), ("s3:ListBucket", "arn:aws:s3:::narrator"),
+        ("s3:GetObject", "arn:aws:s3:::narrator/*"), ("s3:PutObject", "arn:aws:s3:::narrator/*"),
+        ("s3:DeleteObject", "arn:aws:s3:::narrator/*"),
+    }
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+
+    # Every `up` runs it again: the rule is not added twice, an attachment already in effect is fine.
+    second = _run_create_bucket(tmp_path, {}, state)
+    assert second.returncode == 0, second.stderr
+    calls = (state / "calls").read_text().splitlines()
+    assert calls.count("ilm rule add --expire-days 8 local/narrator") == 1
+    assert calls.count("admin user add local story-app app-password") == 2, "the secret is set again"
+    assert calls.count("admin policy attach local narrator-app --user story-app") == 2
+
+
+@needs_compose
+def test_create_bucket_fails_on_real_errors(tmp_path):
+    broken = _run_create_bucket(tmp_path, {"FAKE_MC_ATTACH_FAILS": "The specified user does not exist."},
+                                tmp_path / "a")
+    assert broken.returncode != 0 and "does not exist" in broken.stderr
+    # Refused before MinIO is touched: the app as root, or a bucket path that hides the app's own.
+    same_as_root = _run_create_bucket(tmp_path, {"S3_ACCESS_KEY": "admin"}, tmp_path / "b")
+    assert same_as_root.returncode != 0 and "MINIO_ROOT_USER" in same_as_root.stderr
+    assert not (tmp_path / "b" / "calls").exists()
+    hides_app = _run_create_bucket(tmp_path, {"BUCKET": "api"}, tmp_path / "c")
+    assert hides_app.returncode != 0 and "BUCKET=api" in hides_app.stderr
+    assert not (tmp_path / "c" / "calls").exists()
 
 
 def test_web_image_has_no_torch():
@@ -95,35 +258,86 @@ def _mounts(service: dict) -> list[tuple[str, str, bool]]:
 
 @needs_compose
 def test_web_is_reached_only_through_a_buffering_proxy():
-    import yaml
-
-    result = compose_config(MINIO_ROOT_USER="admin", MINIO_ROOT_PASSWORD="secret-password")
-    assert result.returncode == 0, result.stderr
-    services = yaml.safe_load(result.stdout)["services"]
+    services = compose_services()
     proxy, web = services["proxy"], services["web"]
     assert proxy["image"].startswith("nginx:")
     assert not web.get("ports"), "web publishes no port: clients go through the proxy"
     assert str(web["environment"]["PROXY_HOPS"]) == "1"
     # By default everything listens on this machine only.
     assert _ports(proxy) == [("127.0.0.1", "8000", "8000")]
-    assert all(host == "127.0.0.1" for host, _, _ in _ports(services["minio"]))
-    assert any(Path(source) == ROOT / "deploy" / "nginx.conf" and target == "/etc/nginx/nginx.conf" and ro
+    assert not services["minio"].get("ports")
+    # The nginx image's entrypoint writes /etc/nginx/nginx.conf from the template, filling in BUCKET only.
+    assert any(Path(source) == ROOT / "deploy" / "nginx.conf"
+               and target == "/etc/nginx/templates/nginx.conf.template" and ro
                for source, target, ro in _mounts(proxy))
-    assert "web" in proxy["depends_on"] and "healthcheck" in proxy
+    env = proxy["environment"]
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+    assert _unescape(env["NGINX_ENVSUBST_FILTER"]) == "^BUCKET$"
+    assert env["BUCKET"] == services["create-bucket"]["environment"]["BUCKET"] == "narrator"
+    assert {"web", "minio"} <= set(proxy["depends_on"]) and "healthcheck" in proxy
+    # Another bucket moves all three together.
+    other = compose_services(BUCKET="stories")
+    assert other["proxy"]["environment"]["BUCKET"] == other["create-bucket"]["environment"]["BUCKET"] == "stories"
+    assert other["web"]["environment"]["STORAGE_URL"] == "s3://stories/jobs"
 
-    wide = compose_config(MINIO_ROOT_USER="admin", MINIO_ROOT_PASSWORD="secret-password",
-                          BIND="0.0.0.0", PORT="8123")
-    assert wide.returncode == 0, wide.stderr
-    assert _ports(yaml.safe_load(wide.stdout)["services"]["proxy"]) == [("0.0.0.0", "8123", "8000")]
+
+def _nginx_text(bucket: str = "narrator") -> str:
+    """deploy/nginx.conf as the nginx image's entrypoint renders it (envsubst of BUCKET alone),
+    without comments."""
+    text = re.sub(r"#[^\n]*", "", (ROOT / "deploy" / "nginx.conf").read_text())
+    return re.sub(r"\$(BUCKET\b|\{BUCKET\})", bucket, text)
 
 
-def _nginx_directives() -> dict[str, list[str]]:
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    text = re.sub(r"#[^\n]*", "", text)
+def _directives(text: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for statement in re.findall(r"([a-z_0-9]+)\s+([^;{}]*);", text):
         found.setdefault(statement[0], []).append(statement[1].strip())
     return found
+
+
+def _nginx_directives() -> dict[str, list[str]]:
+    return _directives(_nginx_text())
+
+
+def _nginx_locations(text: str) -> dict[str, str]:
+    """Each location's argument -> its body, nested blocks included."""
+    found = {}
+    for match in re.finditer(r"\blocation\s+([^{;]+?)\s*\{", text):
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        found[match.group(1)] = text[match.end():i - 1]
+    return found
+
+
+def test_nginx_passes_only_presigned_reads_of_the_bucket_to_minio():
+    raw = re.sub(r"#[^\n]*", "", (ROOT / "deploy" / "nginx.conf").read_text())
+    # The template names no environment variable but BUCKET (nginx's own variables are lowercase).
+    assert set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", raw)) == {"BUCKET"}
+    text = _nginx_text()
+    locations = _nginx_locations(text)
+    bucket = locations["^~ /narrator/"]
+    # MinIO is one upstream, used by that location alone; no other of its ports or paths is proxied.
+    assert re.findall(r"\bserver\s+(minio:\d+)", text) == ["minio:9000"]
+    assert [name for name, body in locations.items() if "minio" in body] == ["^~ /narrator/"]
+    assert _directives(bucket)["proxy_pass"] == ["http://minio"], "no URI part: the request line passes unchanged"
+    assert not re.search(r":9001\b", text), "never the console"
+    # GET (and so HEAD) only; anything else is refused at the proxy.
+    limit = re.search(r"limit_except\s+([A-Z ]+?)\s*\{([^}]*)\}", bucket)
+    assert limit and limit.group(1).split() == ["GET"] and _directives(limit.group(2)) == {"deny": ["all"]}
+    # Only query-string-signed (presigned) requests, checked for before anything is proxied.
+    signed = re.search(r'if\s*\(\$args\s*!~\*?\s*"([^"]+)"\s*\)\s*\{\s*return\s+403;\s*\}', bucket)
+    assert signed and re.search(signed.group(1), "response-content-type=audio&X-Amz-Signature=ab", re.I)
+    assert not re.search(signed.group(1), "list-type=2&prefix=jobs", re.I)
+    # The signature was made for the Host the browser sends: it must reach MinIO as it is.
+    headers = {v.split(None, 1)[0].lower(): v.split(None, 1)[1] for v in _directives(bucket)["proxy_set_header"]}
+    assert headers["host"] == "$http_host"
+    assert headers["authorization"] == '""' and headers["cookie"] == '""', "no other credentials pass"
+    # Everything else goes to the web app.
+    assert _directives(locations["/"])["proxy_pass"] == ["http://web"]
+    assert set(locations) == {"/", "^~ /narrator/", "@too_large"}
+    assert "^~ /stories/" in _nginx_locations(_nginx_text("stories"))
 
 
 def _size_bytes(value: str) -> int:
@@ -149,8 +363,9 @@ def test_nginx_config_buffers_bounds_and_forwards():
         assert name in d, name
     # nginx gives up on gunicorn later than a submit can take (S3 timeouts: about 15 s).
     assert int(d["proxy_read_timeout"][0].rstrip("s")) >= 30
-    assert d["server"] == ["web:8000"] and d["proxy_pass"] == ["http://web"]
-    headers = {value.split(None, 1)[0]: value.split(None, 1)[1] for value in d["proxy_set_header"]}
+    assert d["server"] == ["web:8000", "minio:9000"] and d["proxy_pass"] == ["http://web", "http://minio"]
+    app = _directives(_nginx_locations(_nginx_text())["/"])
+    headers = {value.split(None, 1)[0]: value.split(None, 1)[1] for value in app["proxy_set_header"]}
     assert headers["X-Forwarded-Proto"] == "$scheme" and headers["X-Forwarded-For"] == "$remote_addr"
     assert headers["X-Forwarded-Prefix"] == '""', "a client's own X-Forwarded-Prefix must not pass"
     # The upstream keeps connections no longer than gunicorn does.

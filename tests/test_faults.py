@@ -19,7 +19,7 @@ from PIL import Image
 
 from shared.jobs import JobStatus, JobStore
 from shared.storage import open_storage
-from tests.conftest import requires_tool
+from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
 from tests.fault_harness import RedisServer, Supervisor, TcpProxy, Worker
 
 pytestmark = requires_tool(bool(__import__("shutil").which("redis-server")), "redis-server")
@@ -97,7 +97,8 @@ def stack(tmp_path, s3_env, s3_endpoint, tiny_models_dir, monkeypatch):
         "SPEECH_MODEL": str(tiny_models_dir / "speech"), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
         "DEVICE": "cpu", "TEST_FAULT_HOOKS": "1",
     }
-    app = create_app(Settings(redis_url=redis_server.url, storage_url=s3_env))
+    app = create_app(Settings(redis_url=redis_server.url, storage_url=s3_env, secret_key=TEST_SECRET_KEY,
+                              submit_rate_limit=GENEROUS_RATE_LIMIT, read_rate_limit=GENEROUS_RATE_LIMIT))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield Stack(redis_server, proxy, s3_env, f"http://127.0.0.1:{server.server_port}", env, tmp_path)

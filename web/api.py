@@ -8,6 +8,8 @@ from flask import Blueprint, Response, jsonify, redirect, request, send_file, ur
 
 from shared.jobs import Job, JobStatus
 from shared.storage import StorageNotFound
+from shared.webhooks import PUBLIC_FIELDS, notify_finished, public_job  # noqa: F401 (PUBLIC_FIELDS: re-exported)
+from web.auth import current_owner, may_see, require_owner
 from web.errors import AppError, error_response
 from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
 from web.services import services
@@ -17,29 +19,39 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 # Ids come from secrets.token_urlsafe; anything else cannot be a job, so Redis is not even asked.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-PUBLIC_FIELDS = ("id", "status", "stage", "created_at", "started_at", "finished_at", "caption", "story",
-                 "audio_url", "audio_seconds", "error", "timings", "words", "seed", "filename", "attempts")
 
 
 def load_job(job_id: str) -> Job:
+    """The job, if it exists and the caller may see it: someone else's job is as unknown as a
+    job that never existed (404 either way, so ids cannot be probed)."""
     job = services().jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None:
+    if job is None or not may_see(job.owner):
         raise AppError(404, "not_found", "No such job (it may have expired).")
     return job
 
 
+def public_url(endpoint: str, **values) -> str:
+    """A URL for clients: absolute under PUBLIC_BASE_URL, or from what a trusted proxy says
+    (PROXY_HOPS, applied by ProxyFix), else relative. Never from a raw Host header, which any
+    client can set."""
+    settings = services().settings
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + url_for(endpoint, **values)
+    return url_for(endpoint, **values, _external=bool(settings.proxy_hops))
+
+
 def audio_url(job: Job) -> Optional[str]:
-    """Absolute URL of the audio endpoint: it never expires, and it redirects to a fresh presigned
-    URL on S3, so the value stays fetchable with a plain GET for as long as the job exists."""
+    """URL of the audio endpoint: it never expires, and it redirects to a fresh presigned URL on
+    S3, so the value stays fetchable with a plain GET for as long as the job exists."""
     if job.status != JobStatus.SUCCEEDED or not job.audio_key:
         return None
-    return url_for("api.job_audio", job_id=job.id, _external=True)
+    return public_url("api.job_audio", job_id=job.id)
 
 
 def job_view(job: Job) -> dict:
-    data = job.to_dict()
-    data["audio_url"] = audio_url(job)
-    return {name: data.get(name) for name in PUBLIC_FIELDS}
+    view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks.py)
+    view["audio_url"] = audio_url(job)
+    return view
 
 
 @bp.post("/jobs")
@@ -47,7 +59,7 @@ def submit():
     # Checked before the body is read; a replay answers 200 with the job's current state.
     idempotency = IdempotentSubmit.from_headers(request.headers)
     try:
-        job = create_job_from_request(idempotency)
+        job = create_job_from_request(idempotency, owner=current_owner())
     except AppError as exc:
         if exc.code != "idempotency_key_in_use":
             raise
@@ -63,12 +75,14 @@ def submit():
 
 @bp.get("/jobs")
 def list_jobs():
+    """The caller's own jobs, newest first (ownerless jobs are never listed)."""
+    owner = require_owner()
     limit = parse_int(request.args.get("limit"), "limit", 1, 100) or 20
     cursor = request.args.get("cursor") or None
     try:
         if cursor is not None and len(cursor) > 200:
             raise ValueError(cursor)
-        jobs, next_cursor = services().jobs.list(limit=limit, cursor=cursor)
+        jobs, next_cursor = services().jobs.list(limit=limit, cursor=cursor, owner=owner)
     except ValueError:
         raise AppError(400, "invalid_cursor", "The cursor is not one this API returned.") from None
     return jsonify(jobs=[job_view(job) for job in jobs], next_cursor=next_cursor)
@@ -85,6 +99,7 @@ def cancel(job_id: str):
     job = load_job(job_id)
     if job.status != JobStatus.CANCELED:  # canceling twice is harmless; finished is final
         raise AppError(409, "already_finished", f"The job has already {job.status.value}.")
+    notify_finished(services().celery, services().jobs, [job.id])  # its webhook, once (never raises)
     # The worker sees the canceled status at its next transition and stops there.
     return jsonify(job_view(job))
 
@@ -102,8 +117,11 @@ def job_audio(job_id: str):
     path = svc.storage.local_path(job.audio_key)
     if path is None or not path.is_file():
         raise AppError(404, "audio_missing", "The audio file is missing from storage.")
-    return send_file(path, mimetype="audio/mpeg", download_name=name, conditional=True,
-                     as_attachment=request.args.get("download") == "1", max_age=3600)
+    response = send_file(path, mimetype="audio/mpeg", download_name=name, conditional=True,
+                         as_attachment=request.args.get("download") == "1", max_age=3600)
+    response.cache_control.public = False  # an owner's audio: browsers may keep it, shared caches not
+    response.cache_control.private = True
+    return response
 
 
 @bp.get("/jobs/<job_id>/image")

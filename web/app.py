@@ -5,19 +5,47 @@ worker package or torch; the models live only in the GPU workers.
 """
 from __future__ import annotations
 
+import secrets
+from datetime import timedelta
 from typing import Optional
 
 from flask import Flask
+from flask.helpers import get_debug_flag
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
-from web import api, health, pages
+from web import api, auth, health, pages
+from web import webhooks_api
 from web.errors import register_error_handlers
+from web.keys_cli import keys
+from web.limits import init_limits
 from web.services import Services
 
 # Room for multipart framing and the small form fields next to a photo of exactly MAX_UPLOAD_MB.
 FORM_OVERHEAD = 64 * 1024
+SESSION_DAYS = 30  # a browser keeps its session (and so its list of stories) this long after its last visit
+
+NO_SECRET_KEY = (
+    "SECRET_KEY is not set: it signs the browser-session cookies that own the web form's jobs. "
+    "Set it in the environment or in .env to a long random value, e.g. "
+    "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') "
+    "(`make up` writes one to .env when it is missing). "
+    "For local development only, `flask --app web.app run --debug` makes up a temporary one.")
+
+
+def secret_key(settings: Settings, app: Flask) -> str:
+    """SECRET_KEY is required; the one exception is Flask's debug mode (FLASK_DEBUG=1, as
+    `flask run --debug` sets), which gets a random key per process and a warning."""
+    if settings.secret_key:
+        if len(settings.secret_key) < 16:
+            app.logger.warning("SECRET_KEY is short (%d characters): use 32 or more random characters",
+                               len(settings.secret_key))
+        return settings.secret_key
+    if get_debug_flag():
+        app.logger.warning("SECRET_KEY is not set: debug mode uses a random one; sessions end with the process")
+        return secrets.token_urlsafe(32)
+    raise RuntimeError(NO_SECRET_KEY)
 
 
 def create_app(settings: Optional[Settings] = None) -> Flask:
@@ -31,6 +59,12 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         # photo gets a 413. The non-file fields are tiny either way.
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=16,
+        SECRET_KEY=secret_key(settings, app),
+        SESSION_COOKIE_NAME="narrator_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",  # not sent with other sites' POSTs (the pages check Origin too)
+        SESSION_COOKIE_SECURE=(settings.public_base_url or "").lower().startswith("https:"),
+        PERMANENT_SESSION_LIFETIME=timedelta(days=SESSION_DAYS),
     )
     app.json.sort_keys = False  # keep the job's fields in their documented order
     if settings.proxy_hops:
@@ -48,6 +82,11 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
+    app.cli.add_command(keys)
+    # Who is asking comes first (a bad key is a 401 before anything else), then the rate limits.
+    app.before_request(auth.authenticate)
+    app.extensions["narrator_limiter"] = init_limits(app, settings, services.redis)
+    app.register_blueprint(webhooks_api.bp)  # GET /api/v1/webhooks/secret
 
     @app.after_request
     def _security_headers(response):

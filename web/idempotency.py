@@ -66,10 +66,12 @@ def redis_key(idempotency_key: str) -> str:
     return "idempotency:" + hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()
 
 
-def fingerprint(image: bytes, words: int, seed: Optional[int]) -> str:
+def fingerprint(image: bytes, words: int, seed: Optional[int], webhook: Optional[str] = None) -> str:
     """What makes two submissions the same request: the photo's bytes and the parameters as the
-    job gets them (`words` after the default is applied). The file name is display only."""
-    params = json.dumps({"v": 1, "words": words, "seed": seed}, sort_keys=True).encode()
+    job gets them (`words` after the default is applied, the checked `webhook` URL). The file name
+    is display only. Without a webhook the fingerprint is what it was before webhooks existed."""
+    fields = {"v": 1, "words": words, "seed": seed, **({"webhook": webhook} if webhook else {})}
+    params = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(params + b"\0" + image).hexdigest()
 
 
@@ -101,9 +103,9 @@ class IdempotentSubmit:
         return cls(value)
 
     def reserve(self, redis_client, jobs, image: bytes, words: int, seed: Optional[int],
-                job_id: str) -> Optional[Job]:
+                job_id: str, webhook: Optional[str] = None) -> Optional[Job]:
         """Reserve the key for `job_id`, or return the job another request made with it."""
-        fp = fingerprint(image, words, seed)
+        fp = fingerprint(image, words, seed, webhook)
         pending = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "pending"})
         deadline = time.monotonic() + WAIT_SECONDS
         pause = POLL_FIRST
@@ -125,7 +127,7 @@ class IdempotentSubmit:
                 continue
             if held_fp != fp:
                 raise AppError(422, "idempotency_key_reused",
-                               f"This {HEADER} was used with a different photo or parameters.")
+                               f"This {HEADER} was used with a different photo or parameters (words, seed, webhook).")
             if state == "done":
                 job = jobs.get(held_job)
                 if job is not None:

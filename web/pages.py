@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, redirect, render_template, url_for
+import redis
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.jobs import JobStatus
+from shared.webhooks import notify_finished
 from web.api import job_view, load_job
-from web.errors import AppError
+from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
+from web.errors import AppError, error_response
 from web.services import services
 from web.uploads import WORDS_MAX, WORDS_MIN, create_job_from_request
 
 bp = Blueprint("pages", __name__)
+RECENT = 10  # stories listed on the home page
 
 STEPS = [("queued", "Waiting in the queue"), ("caption", "Describing the photo"),
          ("story", "Writing the story"), ("speech", "Reading it aloud"), ("upload", "Saving the audio")]
@@ -38,10 +42,37 @@ def status_text(job: dict) -> str:
                                           error=job["error"] or "unknown error")
 
 
+def recent_stories() -> list[dict]:
+    """The caller's latest jobs (a browser: its session's) for the home page; none without an
+    owner, and none rather than an error page while Redis is down."""
+    owner = current_owner()
+    if owner is None:
+        return []
+    try:
+        jobs, _ = services().jobs.list(limit=RECENT, owner=owner)
+    except redis.RedisError as exc:
+        current_app.logger.warning("recent stories unavailable: %s", exc)
+        return []
+    return [{"id": job.id, "status": JobStatus(job.status).value, "filename": job.filename,
+             "created_at": job.to_dict()["created_at"], "caption": job.caption} for job in jobs]
+
+
 def form_page(error: str | None = None, status: int = 200):
     settings = services().settings
     return render_template("index.html", error=error, words_min=WORDS_MIN, words_max=WORDS_MAX,
-                           default_words=settings.story_words, max_mb=settings.max_upload_mb), status
+                           default_words=settings.story_words, max_mb=settings.max_upload_mb,
+                           recent=recent_stories()), status
+
+
+@bp.before_request
+def _same_origin_posts_only():
+    """CSRF: a form post must come from one of our own pages (Origin, else Referer, is the app's
+    public origin); another site's post is refused before it does anything."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not same_origin():
+        return error_response(403, "cross_site_request",
+                              "This form was sent from another site (or without an Origin or Referer "
+                              "header), so it was refused. Use the form on this site.")
+    return None
 
 
 @bp.get("/")
@@ -51,12 +82,20 @@ def index():
 
 @bp.post("/jobs")
 def submit():
+    # A browser's jobs belong to its session, made by its first submit (kept only if that succeeds).
+    owner, new_session = current_owner(), None
+    if owner is None:
+        new_session = new_session_id()
+        owner = f"session:{new_session}"
     try:
-        job = create_job_from_request()
+        job = create_job_from_request(owner=owner)
     except AppError as exc:
         return form_page(exc.message, exc.status)
     except RequestEntityTooLarge:
         return form_page(f"The photo is larger than the {services().settings.max_upload_mb:g} MB limit.", 413)
+    if new_session is not None:
+        session.permanent = True  # PERMANENT_SESSION_LIFETIME, renewed by each visit
+        session[SESSION_FIELD] = new_session
     # 303: the browser follows with a GET, so reloading the job page never resubmits the photo.
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 
@@ -73,4 +112,5 @@ def job_page(job_id: str):
 def cancel(job_id: str):
     job = load_job(job_id)
     services().jobs.cancel(job.id)  # a job that finished meanwhile simply stays finished
+    notify_finished(services().celery, services().jobs, [job.id])  # its webhook, once (never raises)
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)

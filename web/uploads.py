@@ -18,6 +18,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from shared.images import ImageError, check_image
 from shared.jobs import Job, new_job_id
+from shared.webhooks import InvalidWebhook, webhook_for_submit
 from web.errors import AppError
 from web.services import services
 
@@ -146,21 +147,31 @@ def validate_image(data: bytes, max_pixels: int) -> str:
     return Image.MIME.get(fmt or "", "application/octet-stream")
 
 
-def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSubmit"] = None) -> Job:
-    """Validate, store, record and enqueue. With `idempotency` (the API's Idempotency-Key), a
-    request repeating an earlier one gets that request's job back (and `idempotency.replayed`)."""
+def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSubmit"] = None,
+                            owner: Optional[str] = None) -> Job:
+    """Validate, store, record and enqueue a job of `owner` (web/auth.py; None: ownerless). With
+    `idempotency` (the API's Idempotency-Key), a request repeating an earlier one gets that
+    request's job back (and `idempotency.replayed`)."""
     svc = services()
     settings = svc.settings
     check_request_size()
+    check_queued(svc, owner)
     data, filename = read_image_field(settings.max_upload_bytes)
     words = parse_int(request.form.get("words"), "words", WORDS_MIN, WORDS_MAX) or settings.story_words
     seed = parse_int(request.form.get("seed"), "seed", 0, SEED_MAX)
     content_type = validate_image(data, settings.max_image_pixels)
 
-    job = Job(id=new_job_id(), words=words, seed=seed, content_type=content_type, filename=filename)
+    job = Job(id=new_job_id(), words=words, seed=seed, content_type=content_type, filename=filename, owner=owner)
+    try:  # POSTed, signed, when the job ends (shared/webhooks.py); its host is resolved and checked
+        job.webhook = webhook_for_submit(request.form.get("webhook"), job.owner, settings)
+    except InvalidWebhook as exc:
+        raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key
-        earlier = idempotency.reserve(svc.redis, svc.jobs, data, words, seed, job.id)
+        earlier = idempotency.reserve(svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook)
         if earlier is not None:
+            if earlier.owner != owner:  # never hand one owner's job to another
+                raise AppError(422, "idempotency_key_reused",
+                               "This Idempotency-Key was used by another client; choose another.")
             return earlier
     job.input_key = f"inputs/{job.id}"
     try:
@@ -184,6 +195,17 @@ def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSub
     if idempotency is not None:
         idempotency.confirm(svc.redis, svc.jobs.ttl)
     return job
+
+
+def check_queued(svc, owner: Optional[str]) -> None:
+    """MAX_QUEUED_PER_OWNER, before the body is read. Concurrent submits may pass it together, so
+    it is a bound of about that many; ownerless submits are bounded by the rate limits alone."""
+    if owner is None:
+        return
+    most = svc.settings.max_queued_per_owner
+    if svc.jobs.queued_count(owner) >= most:
+        raise AppError(429, "too_many_queued", f"You already have {most} jobs waiting in the queue; "
+                       "submit more once some have started (or cancel some).")
 
 
 def _discard(svc, job: Job, job_created: bool) -> None:

@@ -55,9 +55,12 @@ class WorkerContext:
         from worker.heartbeat import Heartbeat
 
         def build():
+            from shared.webhooks import notify_finished
+
             celery = make_celery(self.settings, name="worker-wake")
             return Heartbeat(self.store, self.settings, wake=lambda ids: wake(celery, ids, WAKE_RETRY),
-                             queue_length=lambda: self.redis.llen(QUEUE))
+                             queue_length=lambda: self.redis.llen(QUEUE),
+                             notify=lambda ids: notify_finished(celery, self.store, ids))
 
         return self._once("heartbeat", build)
 

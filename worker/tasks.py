@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from shared.queue import NARRATE_TASK
+from shared.webhooks import notify_finished
 from worker.context import get_context
 from worker.runner import run_wakeup
 
@@ -12,5 +13,11 @@ from worker.runner import run_wakeup
 @shared_task(name=NARRATE_TASK, acks_late=False, ignore_result=True)
 def narrate_job(job_id: str) -> dict:
     ctx = get_context()
-    return run_wakeup(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine, heartbeat=ctx.heartbeat,
-                      settings=ctx.settings)
+    outcomes = run_wakeup(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine, heartbeat=ctx.heartbeat,
+                          settings=ctx.settings)
+    # Jobs that ended here get their webhook (delivered by the light webhooks worker, never here).
+    notify_finished(narrate_job.app, ctx.store, [i for i, status in outcomes.items() if status in FINAL])
+    return outcomes
+
+
+FINAL = ("succeeded", "failed", "canceled")

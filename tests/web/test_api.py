@@ -20,9 +20,16 @@ from shared.jobs import JobStore
 from shared.queue import QUEUE, make_celery
 from shared.settings import Settings
 from shared.storage import open_storage
+from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
 from web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_settings(**values) -> Settings:
+    """Settings with the SECRET_KEY the app requires, and rate limits these tests never reach."""
+    return Settings(**{"secret_key": TEST_SECRET_KEY, "submit_rate_limit": GENEROUS_RATE_LIMIT,
+                       "read_rate_limit": GENEROUS_RATE_LIMIT, **values})
 
 
 def closed_port() -> int:
@@ -54,8 +61,8 @@ def storage_url(request, tmp_path):
 
 @pytest.fixture
 def settings(redis_url, storage_url):
-    return Settings(redis_url=redis_url, storage_url=storage_url, max_upload_mb=1,
-                    max_image_pixels=1_000_000, job_ttl_hours=1, audio_url_ttl=120)
+    return make_settings(redis_url=redis_url, storage_url=storage_url, max_upload_mb=1,
+                         max_image_pixels=1_000_000, job_ttl_hours=1, audio_url_ttl=120)
 
 
 def build(settings):
@@ -243,7 +250,8 @@ def test_progress_and_audio(app, client, storage_url):
     assert job["status"] == "succeeded" and job["stage"] is None
     assert job["caption"] == "A teal square." and job["story"] == "Once there was a teal square."
     assert job["audio_seconds"] == 0.3 and job["timings"] == {"caption": 0.1, "story": 0.2}
-    assert job["audio_url"] == f"http://localhost/api/v1/jobs/{job_id}/audio"
+    # Relative: neither PUBLIC_BASE_URL nor a trusted proxy says where the app lives.
+    assert job["audio_url"] == f"/api/v1/jobs/{job_id}/audio"
     response = client.get(f"/api/v1/jobs/{job_id}/audio")
     if storage_url.startswith("s3://"):
         assert response.status_code == 302
@@ -286,16 +294,27 @@ def test_cancel_running_job(app, client):
     assert not app.extensions["narrator"].jobs.succeed(job_id, "audio/x.mp3", 1.0)
 
 
-def test_list_jobs_with_cursor(client):
-    ids = [submit(client).get_json()["id"] for _ in range(5)]
-    first = client.get("/api/v1/jobs?limit=2").get_json()
+def make_key(app, name: str) -> str:
+    """`flask keys create NAME`, run in-process by Flask's CLI runner; the key is the last line."""
+    result = app.test_cli_runner().invoke(args=["keys", "create", name])
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def test_list_jobs_with_cursor(app, client):
+    auth = {"Authorization": f"Bearer {make_key(app, 'lister')}"}
+    submit(client)  # ownerless: never listed
+    ids = [client.post("/api/v1/jobs", data={"image": (io.BytesIO(png()), "p.png")}, headers=auth).get_json()["id"]
+           for _ in range(5)]
+    first = client.get("/api/v1/jobs?limit=2", headers=auth).get_json()
     assert [j["id"] for j in first["jobs"]] == ids[::-1][:2] and first["next_cursor"]
-    second = client.get(f"/api/v1/jobs?limit=2&cursor={first['next_cursor']}").get_json()
-    third = client.get(f"/api/v1/jobs?limit=2&cursor={second['next_cursor']}").get_json()
+    second = client.get(f"/api/v1/jobs?limit=2&cursor={first['next_cursor']}", headers=auth).get_json()
+    third = client.get(f"/api/v1/jobs?limit=2&cursor={second['next_cursor']}", headers=auth).get_json()
     assert [j["id"] for j in second["jobs"] + third["jobs"]] == ids[::-1][2:]
     assert third["next_cursor"] is None
-    everything = client.get("/api/v1/jobs").get_json()
+    everything = client.get("/api/v1/jobs", headers=auth).get_json()
     assert len(everything["jobs"]) == 5 and everything["next_cursor"] is None
+    assert_error(client.get("/api/v1/jobs"), 401, "api_key_required")  # no key, no session
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
@@ -306,8 +325,9 @@ def test_list_jobs_with_cursor(client):
     ("cursor=bmFuOng", "invalid_cursor"), ("cursor=aW5mOng", "invalid_cursor"),
     ("cursor=LWluZjp4", "invalid_cursor"),
 ])
-def test_list_errors(client, query, code):
-    assert_error(client.get(f"/api/v1/jobs?{query}"), 400, code)
+def test_list_errors(app, client, query, code):
+    auth = {"Authorization": f"Bearer {make_key(app, 'lister')}"}
+    assert_error(client.get(f"/api/v1/jobs?{query}", headers=auth), 400, code)
 
 
 # --- garbage never causes a 500 -----------------------------------------------------------------
@@ -353,8 +373,8 @@ def test_healthz_and_readyz(client):
 
 
 def test_redis_down(storage_url, tmp_path):
-    dead = Settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", storage_url=storage_url,
-                    max_upload_mb=1)
+    dead = make_settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", storage_url=storage_url,
+                         max_upload_mb=1)
     client = build(dead).test_client()
     assert client.get("/healthz").status_code == 200  # the process is alive, just not ready
     ready = client.get("/readyz")
@@ -369,7 +389,7 @@ def test_redis_down(storage_url, tmp_path):
 
 def test_storage_down(redis_url, s3_env, monkeypatch, r):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed_port()}")
-    app = build(Settings(redis_url=redis_url, storage_url=s3_env, max_upload_mb=1))
+    app = build(make_settings(redis_url=redis_url, storage_url=s3_env, max_upload_mb=1))
     client = app.test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503
@@ -382,7 +402,7 @@ def test_storage_down(redis_url, s3_env, monkeypatch, r):
 def test_storage_unwritable_folder_is_not_ready(redis_url, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    client = build(Settings(redis_url=redis_url, storage_url=f"file://{blocker}/data")).test_client()
+    client = build(make_settings(redis_url=redis_url, storage_url=f"file://{blocker}/data")).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["checks"]["storage"] != "ok"
 
@@ -410,7 +430,7 @@ def test_any_storage_error_is_503_not_500(app, client, r, monkeypatch):
 
 
 def test_bucket_is_created_at_start(redis_url, s3_env):
-    build(Settings(redis_url=redis_url, storage_url=s3_env))
+    build(make_settings(redis_url=redis_url, storage_url=s3_env))
     open_storage(s3_env).check()
 
 
@@ -418,7 +438,7 @@ def test_web_process_never_imports_torch(tmp_path, redis_url):
     code = ("import sys, web.app; web.app.create_app(); "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'worker', 'transformers'))]; "
             "assert not bad, bad")
-    env = dict(os.environ, STORAGE_URL=f"file://{tmp_path}/data", REDIS_URL=redis_url)
+    env = dict(os.environ, STORAGE_URL=f"file://{tmp_path}/data", REDIS_URL=redis_url, SECRET_KEY=TEST_SECRET_KEY)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -436,7 +456,11 @@ def test_behind_a_proxy_urls_use_the_clients_scheme_and_host(settings):
     assert job["audio_url"] == f"https://stories.example.com/api/v1/jobs/{job_id}/audio"
     # Without PROXY_HOPS the same headers are not trusted.
     plain = build(settings).test_client().get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
-    assert plain["audio_url"].startswith("http://localhost/")
+    assert plain["audio_url"] == f"/api/v1/jobs/{job_id}/audio"
+    # PUBLIC_BASE_URL wins over what the proxy says.
+    public = build(settings.model_copy(update={"proxy_hops": 1, "public_base_url": "https://narrator.example.com/"}))
+    job = public.test_client().get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
+    assert job["audio_url"] == f"https://narrator.example.com/api/v1/jobs/{job_id}/audio"
     app.extensions["narrator"].celery.close()
 
 
@@ -455,3 +479,19 @@ def test_real_sized_photos_are_accepted(client, settings, megabytes):
     response = app.test_client().post("/api/v1/jobs", data={"image": (io.BytesIO(buf.getvalue()), "photo.jpg")})
     assert response.status_code == 202, response.get_data(as_text=True)
     app.extensions["narrator"].celery.close()
+
+
+def test_secret_key_is_required(redis_url, tmp_path, monkeypatch):
+    monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    settings = Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data")
+    with pytest.raises(RuntimeError, match="SECRET_KEY is not set") as refused:
+        create_app(settings)
+    assert "make up" in str(refused.value)
+    monkeypatch.setenv("FLASK_DEBUG", "1")  # `flask run --debug`: a temporary key, for development only
+    assert create_app(settings).secret_key
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_malformed_rate_limit_is_refused_at_start(settings):
+    with pytest.raises(RuntimeError, match="SUBMIT_RATE_LIMIT"):
+        create_app(settings.model_copy(update={"submit_rate_limit": "lots"}))

@@ -133,3 +133,26 @@ def test_without_javascript_the_page_refreshes(browser, served, photo):
     store.progress(job_id, "story", caption="Seen after a refresh.")
     expect(page.locator("#caption")).to_have_text("Seen after a refresh.", timeout=10_000)
     context.close()
+
+
+def test_the_home_page_lists_this_browsers_stories(browser, served, photo):
+    _, base = served
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(base + "/")
+    assert page.get_by_role("heading", name="Your recent stories").count() == 0
+    page.get_by_label("Photo").set_input_files(photo)
+    page.get_by_role("button", name="Make my story").click()  # a real same-origin post (Origin checked)
+    page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{22}$"))
+    job_path = page.url[len(base):]
+    page.get_by_role("link", name="Make another story").click()
+    recent = page.locator("#recent a")
+    assert recent.count() == 1 and recent.first.get_attribute("href") == job_path
+    assert recent.first.text_content() == "harbour.jpg"
+    other = browser.new_context()  # another browser: neither the list nor the job
+    stranger = other.new_page()
+    stranger.goto(base + "/")
+    assert stranger.locator("#recent a").count() == 0
+    assert stranger.goto(base + job_path).status == 404
+    other.close()
+    context.close()

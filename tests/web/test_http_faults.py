@@ -24,7 +24,7 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "web" / "gunicorn_conf.py"
@@ -100,7 +100,8 @@ def memory_mb(pid: int) -> dict[str, float]:
 def gunicorn(tmp_path: Path, env: dict):
     port = free_port()
     log = tmp_path / f"gunicorn-{port}.log"
-    full_env = {**os.environ, **env, "BIND": "127.0.0.1", "PORT": str(port),
+    full_env = {**os.environ, "SECRET_KEY": TEST_SECRET_KEY, "SUBMIT_RATE_LIMIT": GENEROUS_RATE_LIMIT,
+                "READ_RATE_LIMIT": GENEROUS_RATE_LIMIT, **env, "BIND": "127.0.0.1", "PORT": str(port),
                 "WEB_CONCURRENCY": str(WORKERS), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "web.app:create_app()"],

@@ -11,7 +11,10 @@ from PIL import Image
 from shared.jobs import JobStore
 from shared.queue import QUEUE
 from shared.settings import Settings
+from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
 from web.app import create_app
+
+SAME_ORIGIN = {"Origin": "http://localhost"}  # what a browser sends with a post from our own page
 
 
 class Elements(HTMLParser):
@@ -37,7 +40,9 @@ def png() -> bytes:
 
 @pytest.fixture
 def app(redis_url, tmp_path):
-    app = create_app(Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data", max_upload_mb=1))
+    app = create_app(Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data", max_upload_mb=1,
+                              secret_key=TEST_SECRET_KEY, submit_rate_limit=GENEROUS_RATE_LIMIT,
+                              read_rate_limit=GENEROUS_RATE_LIMIT))
     yield app
     app.extensions["narrator"].celery.close()
 
@@ -49,7 +54,7 @@ def client(app):
 
 def upload(client, data=None, **fields):
     form = {"image": (io.BytesIO(png() if data is None else data), "sunset.png"), **fields}
-    return client.post("/jobs", data=form)
+    return client.post("/jobs", data=form, headers=SAME_ORIGIN)
 
 
 def test_form_is_labelled_and_posts_multipart(client):
@@ -89,7 +94,7 @@ def test_submit_redirects_to_the_job_page(client, redis_url):
 
 
 @pytest.mark.parametrize("send, status, message", [
-    (lambda c: c.post("/jobs", data={}), 400, "Choose a photo"),
+    (lambda c: c.post("/jobs", data={}, headers=SAME_ORIGIN), 400, "Choose a photo"),
     (lambda c: upload(c, b"not an image"), 415, "not a readable image"),
     (lambda c: upload(c, words="3"), 400, "from 10 to 200"),
     (lambda c: upload(c, png() + b"\0" * (2 * 1024 * 1024)), 413, "1 MB"),
@@ -117,7 +122,7 @@ def test_finished_job_page(app, client):
     text = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     html = Elements(text)
     assert "An orange card." in text and "The card glowed at dusk." in text
-    audio_url = f"http://localhost/api/v1/jobs/{job_id}/audio"
+    audio_url = f"/api/v1/jobs/{job_id}/audio"  # relative: no PUBLIC_BASE_URL, no trusted proxy
     assert html.find("audio", id="audio")[0]["src"] == audio_url and "controls" in html.find("audio")[0]
     assert html.find("a", id="download")[0]["href"] == audio_url + "?download=1"
     assert not html.find("meta", **{"http-equiv": "refresh"})  # nothing left to wait for
@@ -133,7 +138,7 @@ def test_failed_job_shows_the_error(app, client):
 
 def test_cancel_from_the_page(app, client):
     location = upload(client).headers["Location"]
-    response = client.post(location + "/cancel")
+    response = client.post(location + "/cancel", headers={"Referer": "http://localhost" + location})
     assert response.status_code == 303 and response.headers["Location"] == location
     assert "Canceled." in client.get(location).get_data(as_text=True)
 
@@ -148,3 +153,27 @@ def test_unknown_job_page_is_an_html_404(client):
 def test_static_assets(client):
     assert b"fetch(" in client.get("/static/job.js").data
     assert client.get("/static/style.css").status_code == 200
+
+
+def test_recent_stories_belong_to_the_session(app, client):
+    assert "Your recent stories" not in client.get("/").get_data(as_text=True)
+    assert not client.get_cookie("narrator_session")  # no session before the first submit
+    first = upload(client).headers["Location"]
+    second = upload(client).headers["Location"]
+    assert client.get_cookie("narrator_session")
+    html = Elements(client.get("/").get_data(as_text=True))
+    assert [a["href"] for a in html.find("a") if a["href"].startswith("/jobs/")] == [second, first]
+    other = app.test_client()  # another browser
+    assert "Your recent stories" not in other.get("/").get_data(as_text=True)
+    assert other.get(first, headers={"Accept": "text/html"}).status_code == 404
+
+
+def test_form_posts_from_other_sites_are_refused(app, client):
+    location = upload(client).headers["Location"]
+    for headers in ({}, {"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"},
+                    {"Origin": "http://localhost.evil.example"}):
+        assert client.post(location + "/cancel", headers=headers).status_code == 403
+        form = {"image": (io.BytesIO(png()), "sunset.png")}
+        assert client.post("/jobs", data=form, headers=headers).status_code == 403
+    assert "Waiting for a worker" in client.get(location).get_data(as_text=True)
+    assert app.extensions["narrator"].jobs.queued_count() == 1

@@ -1,0 +1,164 @@
+"""Rate limits and the queued-jobs cap against the real service (real HTTP server, real Redis, keys
+made by `flask --app web.app keys create`), with the default limits: SUBMIT_RATE_LIMIT
+"2/second;60/minute" and READ_RATE_LIMIT "20/second", per key, else session, else address."""
+from __future__ import annotations
+
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from shared.settings import Settings
+from tests.conftest import create_api_key
+
+pytestmark = pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "plum").save(buf, "PNG")
+    return buf.getvalue()
+
+
+PHOTO = png()
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submit(base: str, headers=None) -> requests.Response:
+    return requests.post(f"{base}/api/v1/jobs", files={"image": ("p.png", PHOTO, "image/png")},
+                         headers=headers or {}, timeout=30)
+
+
+def burst(base: str, count: int, headers=None) -> list[requests.Response]:
+    """`count` submits back to back, well within one second."""
+    started = time.monotonic()
+    responses = [submit(base, headers) for _ in range(count)]
+    assert time.monotonic() - started < 1.0, "too slow to test a per-second limit"
+    return responses
+
+
+def assert_rate_limited(response: requests.Response) -> int:
+    assert response.status_code == 429, response.text[:300]
+    assert response.json()["error"]["code"] == "rate_limited" and response.json()["error"]["message"]
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 60
+    return retry_after
+
+
+@pytest.fixture
+def default_limits(service_env, request):
+    """The web server with the default limits (conftest gives the other tests generous ones)."""
+    for name in ("SUBMIT_RATE_LIMIT", "READ_RATE_LIMIT", "MAX_QUEUED_PER_OWNER"):
+        service_env.pop(name, None)
+    assert Settings.model_fields["submit_rate_limit"].default == "2/second;60/minute"
+    assert Settings.model_fields["read_rate_limit"].default == "20/second"
+    return request.getfixturevalue("web_server")
+
+
+def test_submits_over_the_limit_get_429_with_retry_after(default_limits, service_env):
+    app, base = default_limits
+    # 5 in well under a second meet at most two 1-second windows: at most 4 get through.
+    responses = burst(base, 5)
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {202, 429} and 2 <= statuses.count(202) <= 4, statuses
+    retry_after = assert_rate_limited(next(r for r in responses if r.status_code == 429))
+    created = {job.id for job in app.extensions["narrator"].jobs.list(limit=100)[0]}
+    assert created == {r.json()["id"] for r in responses if r.status_code == 202}  # a 429 made nothing
+
+    # Counted per owner: a key has its own budget, and so has another key.
+    alice, bob = create_api_key(service_env, "alice"), create_api_key(service_env, "bob")
+    assert submit(base, bearer(alice)).status_code == 202
+    keyed = burst(base, 5, bearer(bob))
+    assert any(r.status_code == 429 for r in keyed)
+    assert submit(base, bearer(alice)).status_code == 202  # her second: bob's burst is not hers
+
+    # After Retry-After the address may submit again; the form and the API share the budget.
+    time.sleep(retry_after + 0.05)
+    started = time.monotonic()
+    assert submit(base).status_code == 202
+    # No cookie jar: each form post counts against the address, like the API submit before them.
+    form = [requests.post(f"{base}/jobs", files={"image": ("p.png", PHOTO, "image/png")}, headers={"Origin": base},
+                          allow_redirects=False, timeout=30) for _ in range(4)]
+    assert time.monotonic() - started < 1.0, "too slow to test a per-second limit"
+    assert 429 in [r.status_code for r in form]
+    limited = next(r for r in form if r.status_code == 429)
+    assert int(limited.headers["Retry-After"]) >= 1 and limited.headers["Content-Type"].startswith("text/html")
+
+
+def test_reads_over_the_limit_get_429_and_health_checks_never(default_limits):
+    _, base = default_limits
+    job_id = submit(base).json()["id"]
+    url = f"{base}/api/v1/jobs/{job_id}"
+    with requests.Session() as http:  # kept-alive connections: 40 reads within a second
+        started = time.monotonic()
+        responses = [http.get(url, timeout=10) for _ in range(50)]
+        assert time.monotonic() - started < 1.0, "too slow to test a per-second limit"
+        # 50 in under a second meet at most two 1-second windows: at most 40 pass.
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429} and 20 <= statuses.count(200) <= 40, statuses
+        assert_rate_limited(next(r for r in responses if r.status_code == 429))
+        # The list, the photo and the audio count against the same budget.
+        assert http.get(f"{url}/image", timeout=10).status_code in (200, 429)
+        for path in ("/healthz", "/readyz"):
+            assert {http.get(base + path, timeout=10).status_code for _ in range(60)} <= {200, 503}
+        # The pages are not API reads.
+        assert http.get(f"{base}/jobs/{job_id}", timeout=10).status_code == 200
+
+
+@pytest.fixture
+def proxied(service_env, request):
+    """Behind one trusted proxy (PROXY_HOPS=1): the client address is the proxy's X-Forwarded-For."""
+    for name in ("SUBMIT_RATE_LIMIT", "READ_RATE_LIMIT"):
+        service_env.pop(name, None)
+    service_env["PROXY_HOPS"] = "1"
+    return request.getfixturevalue("web_server")
+
+
+def test_limits_per_client_address_honour_proxy_hops(proxied):
+    _, base = proxied
+    first = burst(base, 5, {"X-Forwarded-For": "198.51.100.7"})
+    assert 429 in [r.status_code for r in first]
+    # Another client behind the same proxy has its own budget.
+    assert submit(base, {"X-Forwarded-For": "198.51.100.8"}).status_code == 202
+
+
+def test_without_a_trusted_proxy_x_forwarded_for_does_not_reset_the_budget(default_limits):
+    _, base = default_limits
+    statuses = [submit(base, {"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(5)]
+    assert 429 in statuses
+
+
+@pytest.fixture
+def capped(service_env, request):
+    service_env["MAX_QUEUED_PER_OWNER"] = "2"  # no worker runs: jobs stay queued
+    return request.getfixturevalue("web_server")
+
+
+def test_too_many_queued(capped, service_env):
+    app, base = capped
+    key = create_api_key(service_env, "busy")
+    ids = [submit(base, bearer(key)).json()["id"] for _ in range(2)]
+    refused = submit(base, bearer(key))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_queued"
+    assert app.extensions["narrator"].jobs.queued_count("key:busy") == 2
+    # Another owner is not held back by this one's queue, nor is an ownerless call.
+    other = create_api_key(service_env, "idle")
+    assert submit(base, bearer(other)).status_code == 202
+    assert submit(base).status_code == 202
+    # Once one of its jobs leaves the queue, the owner may submit again.
+    assert requests.post(f"{base}/api/v1/jobs/{ids[0]}/cancel", headers=bearer(key), timeout=10).status_code == 200
+    assert submit(base, bearer(key)).status_code == 202
+
+    # A browser session is capped the same way; the form says so.
+    browser = requests.Session()
+    for expected in (303, 303, 429):
+        response = browser.post(f"{base}/jobs", files={"image": ("p.png", PHOTO, "image/png")},
+                                headers={"Origin": base}, allow_redirects=False, timeout=30)
+        assert response.status_code == expected
+    assert "jobs waiting" in response.text and 'role="alert"' in response.text
