@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from shared import workers
+from shared.job_schema import iso
 from web.services import services
 
 bp = Blueprint("health", __name__)
@@ -25,10 +26,12 @@ def readyz():
         svc.redis.ping()
         checks["redis"] = "ok"
         live = workers.live_workers(svc.redis)
+        # Counts only: worker host names and process ids are nobody else's business.
         body["workers"] = {"live": len(live), "ready": sum(w.get("state") in ("ready", "busy") for w in live),
-                           "list": live}
+                           "busy": sum(w.get("state") == "busy" for w in live)}
         body["queue"] = {"queued": svc.jobs.queued_count()}
-        body["last_model_error"] = workers.last_model_error(svc.redis)
+        error = workers.last_model_error(svc.redis)
+        body["last_model_error"] = {"message": error["message"], "at": iso(error["at"])} if error else None
     except Exception as exc:  # any failure means "not ready", never a 500; details stay in the log
         current_app.logger.warning("readyz: redis: %s", exc)
         checks["redis"] = "unavailable"
