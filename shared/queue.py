@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 
 from celery import Celery
 
+from shared.redis_conn import broker_transport_options, broker_url
 from shared.settings import Settings
 
 NARRATE_TASK = "narrate_job"
@@ -22,7 +23,7 @@ QUEUE = "narrate"  # also the Redis list kombu keeps the waiting messages in
 
 def celery_config(settings: Settings) -> dict:
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": broker_url(settings),  # REDIS_URL, or its Sentinels (shared/redis_conn.py)
         "result_backend": None,  # job state lives in the job store, not in Celery results
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -33,7 +34,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a worker outlives any Redis outage
-        "broker_transport_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
+        "broker_transport_options": broker_transport_options(settings),
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,

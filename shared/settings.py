@@ -22,6 +22,11 @@ class Settings(BaseSettings):
 
     # Queue and job records
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel (shared/redis_conn.py): comma-separated host:port of the Sentinels; when set, every
+    # client finds the current master of REDIS_MASTER_NAME through them, and REDIS_URL carries only
+    # the database number and the password (its host is not used). Empty: REDIS_URL's host.
+    redis_sentinels: str = ""
+    redis_master_name: str = "mymaster"
     job_ttl_hours: float = Field(168, gt=0)
     job_time_limit: int = Field(600, gt=0, description="seconds one batch may run before its jobs are failed")
     # A worker fills its batch with up to this many queued jobs: on a GPU, one batched forward
@@ -99,6 +104,23 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        items = [item.strip() for item in (value or "").split(",") if item.strip()]
+        for item in items:
+            host, sep, port = item.rpartition(":")
+            if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"REDIS_SENTINELS must be comma-separated host:port pairs, not {item!r}")
+        return ",".join(items)
+
+    @field_validator("redis_master_name")
+    @classmethod
+    def _check_master_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("REDIS_MASTER_NAME must name the master the Sentinels monitor")
+        return value.strip()
 
     @field_validator("lease_seconds")
     @classmethod

@@ -13,26 +13,41 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.conftest import ROOT, free_port
+
+
+def wait_for_address(host: str, port: int, timeout: float = 30.0) -> None:
+    """wait_for_port for any local address (a test network's bridge, say)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on {host}:{port} within {timeout}s")
 
 
 class RedisServer:
-    """A private redis-server with an append-only file, so a restart keeps every write."""
+    """A private redis-server with an append-only file, so a restart keeps every write. It listens on
+    loopback, or on `host` (e.g. a test network's bridge address, for workers in other namespaces)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1"):
+        self.host = host
         self.port, self.workdir = free_port(), workdir
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
+        # Another address than loopback: protected mode would refuse the other namespaces' clients.
+        protected = [] if self.host == "127.0.0.1" else ["--protected-mode", "no"]
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)],
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", self.host, *protected,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        wait_for_address(self.host, self.port)
 
     def stop(self) -> None:
         """A clean stop (SIGTERM): Redis flushes its AOF first."""
@@ -109,14 +124,15 @@ def _close(sock: socket.socket) -> None:
 
 
 class Worker:
-    """`celery -A worker.app worker --pool solo` as a separate process, logging to a file."""
+    """`celery -A worker.app worker --pool solo` as a separate process, logging to a file. `prefix`
+    runs it through another command that execs it (e.g. `ip netns exec NS`, so `pid` is the worker's)."""
 
-    def __init__(self, env: dict, logdir: Path, name: str):
+    def __init__(self, env: dict, logdir: Path, name: str, prefix: tuple[str, ...] = ()):
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "--loglevel", "INFO",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{name}@%h"],
+                [*prefix, sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+                 "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{name}@%h"],
                 cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
                 stdout=out, stderr=subprocess.STDOUT)
 

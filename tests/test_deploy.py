@@ -25,18 +25,18 @@ SECRETS = {"MINIO_ROOT_USER": "admin", "MINIO_ROOT_PASSWORD": "root-password",
 APP_SERVICES = ("web", "worker", "webhooks")
 
 
-def compose_config(**env: str) -> subprocess.CompletedProcess:
+def compose_config(*options: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("MINIO_", "PORT", "BIND", "S3_", "BUCKET", "PUBLIC_", "SECRET_KEY", "WEBHOOK_",
-                                  "REQUIRE_API_KEY"))}
-    return subprocess.run([COMPOSE, "config"], cwd=ROOT, env={**clean, **env},
+                                  "REQUIRE_API_KEY", "REDIS_", "COMPOSE_"))}
+    return subprocess.run([COMPOSE, *options, "config"], cwd=ROOT, env={**clean, **env},
                           capture_output=True, text=True, timeout=60)
 
 
-def compose_services(**env: str) -> dict:
+def compose_services(*options: str, **env: str) -> dict:
     import yaml
 
-    result = compose_config(**{**SECRETS, **env})
+    result = compose_config(*options, **{**SECRETS, **env})
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)["services"]
 
@@ -50,7 +50,7 @@ def _unescape(text: str) -> str:
 def test_compose_file_is_valid_with_its_secrets():
     services = compose_services()
     assert {"redis", "minio", "create-bucket", "web", "worker", "webhooks", "proxy"} <= set(services)
-    assert "--appendonly" in services["redis"]["command"]
+    assert "--appendonly yes" in _unescape(services["redis"]["command"][0])
     # Docker Hub no longer has MinIO's images: they come from quay.io, pinned.
     for name in ("minio", "create-bucket"):
         assert re.fullmatch(r"quay\.io/minio/(minio|mc):RELEASE\.[\dTZ-]+", services[name]["image"]), name
@@ -130,7 +130,142 @@ def test_webhooks_service_runs_the_webhooks_queue_on_the_light_image():
     assert hooks["webhooks"]["environment"]["PUBLIC_BASE_URL"] == "https://stories.example.com"
     # The web image's own health check asks gunicorn on :8000, which does not run in this container.
     check = " ".join(webhooks["healthcheck"]["test"])
-    assert ":8000" not in check and "REDIS_URL" in check
+    assert ":8000" not in check and "redis_client(get_settings()" in check, "REDIS_URL's server or the Sentinels' master"
+
+
+# --- profile sentinel: a replica and three Sentinels; the app asks them for the master ---------------
+
+SENTINEL_SERVICES = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
+SENTINEL_ENV = {"REDIS_SENTINELS": "sentinel1:26379,sentinel2:26379,sentinel3:26379", "REDIS_MIN_REPLICAS_TO_WRITE": "1"}
+
+
+@needs_compose
+def test_compose_profile_sentinel_adds_a_replica_and_three_sentinels():
+    listed = subprocess.run([COMPOSE, "config", "--profiles"], cwd=ROOT, env={**os.environ, **SECRETS},
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and listed.stdout.split() == ["sentinel"], listed.stderr
+    services = compose_services("--profile", "sentinel", **SENTINEL_ENV)
+    # Only the new services belong to the profile: a plain `up` runs what it ran before.
+    assert {name for name, service in services.items() if service.get("profiles")} == SENTINEL_SERVICES
+    assert all(services[name]["profiles"] == ["sentinel"] for name in SENTINEL_SERVICES)
+    assert not any(services[name].get("ports") for name in SENTINEL_SERVICES), "nothing published"
+    # Each Sentinel: its own name and volume (it rewrites its config file), quorum 2 of 3 on `redis`.
+    volumes = set()
+    for name in ("sentinel1", "sentinel2", "sentinel3"):
+        sentinel = services[name]
+        script = _unescape(sentinel["command"][0])
+        assert sentinel["environment"]["SELF"] == name and sentinel["environment"]["REDIS_MASTER_NAME"] == "mymaster"
+        assert "sentinel monitor $REDIS_MASTER_NAME redis 6379 2" in script and "--sentinel" in script
+        assert "sentinel resolve-hostnames yes" in script and "sentinel announce-hostnames yes" in script
+        assert 'if [ ! -s "$conf" ]' in script, "the learned state survives a restart"
+        volumes |= {source for source, target, _ in _mounts(sentinel) if target == "/data"}
+        assert "healthcheck" in sentinel and sentinel["restart"] == "unless-stopped"
+    assert len(volumes) == 3
+    replica = services["redis-replica"]
+    assert replica["command"] == services["redis"]["command"], "one start script for both data nodes"
+    assert replica["environment"]["DEFAULT_MASTER"] == "redis 6379" and replica["environment"]["SELF"] == "redis-replica"
+    assert {name: services[name]["environment"]["MIN_REPLICAS"] for name in ("redis", "redis-replica")} == {
+        "redis": "1", "redis-replica": "1"}
+    # Every app service finds the master through the Sentinels; REDIS_URL still gives the database.
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["REDIS_SENTINELS"] == SENTINEL_ENV["REDIS_SENTINELS"] and env["REDIS_MASTER_NAME"] == "mymaster", name
+        assert env["REDIS_URL"] == "redis://redis:6379/0", name
+    # Without the profile's settings: no Sentinels, no minimum of replicas.
+    plain = compose_services()
+    assert all(plain[name]["environment"]["REDIS_SENTINELS"] == "" for name in APP_SERVICES)
+    assert plain["redis"]["environment"]["MIN_REPLICAS"] == "0"
+
+
+FAKE_REDIS_CLI = r"""#!/bin/sh
+# A stand-in for redis-cli: `-h HOST ...` answers what FAKE_SENTINELS says for HOST (host=answer;...).
+host="$2"
+echo "$*" >> "$FAKE_STATE/cli-calls"
+answer="$(printf '%s' "$FAKE_SENTINELS" | tr ';' '\n' | sed -n "s/^$host=//p")"
+[ -n "$answer" ] || { echo "Could not connect to Redis at $host:26379: Name does not resolve" >&2; exit 1; }
+[ "$answer" = "nil" ] && { echo; exit 0; }
+printf '%s\n' $answer
+"""
+
+FAKE_SERVER = r"""#!/bin/sh
+printf '%s\n' "$@" > "$FAKE_STATE/server-args"
+"""
+
+
+def _start_redis_node(tmp_path: Path, service: str, sentinels: str) -> list[str]:
+    """Run a data node's start script (as compose gives it) with a stand-in redis-cli and redis-server;
+    returns the redis-server arguments it chose."""
+    node = compose_services("--profile", "sentinel", **SENTINEL_ENV)[service]
+    assert node["entrypoint"] == ["/bin/sh", "-c"]
+    bin_dir, state = tmp_path / "bin", tmp_path / f"state-{service}-{abs(hash(sentinels))}"
+    bin_dir.mkdir(exist_ok=True)
+    state.mkdir()
+    for name, text in (("redis-cli", FAKE_REDIS_CLI), ("redis-server", FAKE_SERVER)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    env = {**{k: str(v) for k, v in node["environment"].items()}, "PATH": f"{bin_dir}:/usr/bin:/bin",
+           "FAKE_STATE": str(state), "FAKE_SENTINELS": sentinels}
+    result = subprocess.run(["/bin/sh", "-c", _unescape(node["command"][0])], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return (state / "server-args").read_text().split()
+
+
+@needs_compose
+def test_redis_nodes_follow_the_master_the_sentinels_name(tmp_path):
+    base = ["--appendonly", "yes", "--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]
+    # First start (or no profile): no Sentinel answers; `redis` is the master, the replica follows it.
+    alone = _start_redis_node(tmp_path, "redis", "")
+    assert "--replicaof" not in alone and all(arg in alone for arg in base)
+    assert alone[alone.index("--replica-announce-ip") + 1] == "redis"
+    first = _start_redis_node(tmp_path, "redis-replica", "")
+    assert first[first.index("--replicaof"):][:3] == ["--replicaof", "redis", "6379"]
+    assert first[first.index("--replica-announce-ip") + 1] == "redis-replica"
+    # After a failover the Sentinels name redis-replica: the old master restarts as its replica, and
+    # the new master restarts as a master (not as a replica of a replica).
+    failed_over = "sentinel1=redis-replica 6379"
+    old = _start_redis_node(tmp_path, "redis", failed_over)
+    assert old[old.index("--replicaof"):][:3] == ["--replicaof", "redis-replica", "6379"]
+    assert "--replicaof" not in _start_redis_node(tmp_path, "redis-replica", failed_over)
+    # A Sentinel that is down or knows no master is skipped for the next one.
+    skipped = _start_redis_node(tmp_path, "redis", "sentinel2=nil;sentinel3=redis-replica 6379")
+    assert skipped[skipped.index("--replicaof"):][:3] == ["--replicaof", "redis-replica", "6379"]
+
+
+@needs_compose
+@requires_tool(shutil.which("redis-server") is not None, "redis-server")
+def test_compose_sentinel_and_redis_configs_are_ones_redis_accepts(tmp_path):
+    """The Sentinel config the profile writes, and the data nodes' arguments, started for real on
+    loopback (the service names replaced by 127.0.0.1 and free ports)."""
+    import redis
+
+    from tests.conftest import free_port, wait_for_port
+
+    services = compose_services("--profile", "sentinel", **SENTINEL_ENV)
+    args = _start_redis_node(tmp_path, "redis", "")
+    master_port, sentinel_port = free_port(), free_port()
+    procs = []
+    try:
+        procs.append(subprocess.Popen([shutil.which("redis-server"), *args, "--port", str(master_port),
+                                       "--bind", "127.0.0.1", "--dir", str(tmp_path), "--replica-announce-ip", "127.0.0.1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for_port(master_port, timeout=10)
+        master = redis.Redis(port=master_port)
+        assert master.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
+        # The Sentinel's first start writes its config; run the script with /data moved to tmp_path.
+        script = _unescape(services["sentinel1"]["command"][0]).replace("/data/", f"{tmp_path}/")
+        script = script.replace(" redis 6379 2", f" 127.0.0.1 {master_port} 2").replace("port 26379", f"port {sentinel_port}")
+        env = {"PATH": os.environ["PATH"], "SELF": "127.0.0.1", "REDIS_MASTER_NAME": "mymaster"}
+        procs.append(subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        wait_for_port(sentinel_port, timeout=10)
+        sentinel = redis.Redis(port=sentinel_port, decode_responses=True)
+        assert sentinel.sentinel_get_master_addr_by_name("mymaster") == ("127.0.0.1", master_port)
+        assert sentinel.sentinel_master("mymaster")["quorum"] == 2
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 # --- create-bucket: the app's MinIO user and its policy, run with a stand-in `mc` -------------------

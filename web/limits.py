@@ -20,6 +20,7 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 from limits import parse_many
 
+from shared.redis_conn import limiter_storage
 from web.auth import current_owner
 from web.errors import error_response
 
@@ -33,18 +34,20 @@ def rate_limit_key() -> str:
 
 
 def init_limits(app: Flask, settings, redis_client) -> Limiter:
-    """One Limiter per app, sharing the app's Redis connection pool; the limits wrap the views
-    already registered under SUBMIT_ENDPOINTS and READ_ENDPOINTS."""
+    """One Limiter per app, sharing the app's Redis connection pool (Sentinel-managed when
+    REDIS_SENTINELS is set); the limits wrap the views already registered under SUBMIT_ENDPOINTS
+    and READ_ENDPOINTS."""
     for name, value in (("SUBMIT_RATE_LIMIT", settings.submit_rate_limit), ("READ_RATE_LIMIT", settings.read_rate_limit)):
         try:
             parse_many(value)
         except ValueError:  # Flask-Limiter would log it and quietly limit nothing
             raise RuntimeError(f"{name}={value!r} is not a rate limit such as '2/second;60/minute'") from None
+    storage_uri, storage_options = limiter_storage(settings, redis_client)
     limiter = Limiter(
         rate_limit_key,
         app=app,
-        storage_uri=settings.redis_url,
-        storage_options={"connection_pool": redis_client.connection_pool},
+        storage_uri=storage_uri,
+        storage_options=storage_options,
         strategy="fixed-window",
         key_prefix="narrator",
         headers_enabled=False,  # Retry-After is set on a 429 only (no extra Redis read per request)

@@ -14,6 +14,7 @@ from flask import current_app
 
 from shared.jobs import JobStore
 from shared.queue import NARRATE_TASK, make_celery
+from shared.redis_conn import redis_client
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
@@ -33,8 +34,8 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
-                                      health_check_interval=30)
+        # REDIS_URL's server, or the master REDIS_SENTINELS name; no retries: Redis down is a quick 503.
+        client = redis_client(settings, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
         return cls(settings=settings, redis=client, jobs=JobStore(client, settings.job_ttl_seconds),
                    storage=open_storage(settings.storage_url, settings.public_s3_endpoint_url), celery=make_celery(settings))
 

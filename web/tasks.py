@@ -1,9 +1,10 @@
 """The webhooks worker: `celery -A web.tasks worker -Q webhooks`.
 
-Light: it needs only REDIS_URL (plus PUBLIC_BASE_URL, WEBHOOK_SECRET, WEBHOOK_ALLOW_PRIVATE and
-the WEBHOOK_* retry settings) and never imports torch or the worker package, so it runs next to the
-web app, with the default prefork pool, as many processes as receivers deserve. GPU workers only
-publish its messages (shared.webhooks.notify_finished): a slow receiver costs them nothing.
+Light: it needs only REDIS_URL (and REDIS_SENTINELS with Sentinel; plus PUBLIC_BASE_URL,
+WEBHOOK_SECRET, WEBHOOK_ALLOW_PRIVATE and the WEBHOOK_* retry settings) and never imports torch or
+the worker package, so it runs next to the web app, with the default prefork pool, as many
+processes as receivers deserve. GPU workers only publish its messages
+(shared.webhooks.notify_finished): a slow receiver costs them nothing.
 
 Each message is one job's final event. An attempt that should be retried (a timeout, a connection
 error, 408, 429, 5xx) is republished with a countdown that doubles each time
@@ -21,6 +22,7 @@ import redis
 
 from shared.jobs import JobStore
 from shared.queue import make_celery
+from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.webhooks import DELIVER_TASK, WEBHOOK_QUEUE, DeliveryPolicy, deliver
 
@@ -51,8 +53,7 @@ def get_context() -> Context:
     global _context
     if _context is None:
         settings = get_settings()
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10,
-                                      health_check_interval=30)
+        client = redis_client(settings, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30)
         _context = Context(settings, client, JobStore(client, settings.job_ttl_seconds), DeliveryPolicy())
     return _context
 

@@ -12,12 +12,14 @@ import threading
 import unicodedata
 from typing import Optional
 
+import redis
 from flask import current_app, request
 from PIL import Image
 from werkzeug.exceptions import ClientDisconnected
 
 from shared.images import ImageError, check_image
 from shared.jobs import Job, new_job_id
+from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, webhook_for_submit
 from web.errors import AppError
 from web.services import services
@@ -188,6 +190,7 @@ def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSub
             current_app.logger.warning("enqueue of %s failed: %s", job.id, exc)
             _discard(svc, job, job_created=True)
             raise AppError(503, "queue_unavailable", "The job queue is unavailable; try again shortly.") from None
+        ensure_replicated(svc, job)
     except BaseException:
         if idempotency is not None:  # a failed request must not burn the key
             idempotency.release(svc.redis)
@@ -195,6 +198,23 @@ def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSub
     if idempotency is not None:
         idempotency.confirm(svc.redis, svc.jobs.ttl)
     return job
+
+
+def ensure_replicated(svc, job: Job) -> None:
+    """With Sentinel, a 202 promises a job a failover cannot lose: a replica must have the record
+    (and its wake-up) within WAIT_TIMEOUT_MS, or the job is undone and the client gets a 503 to
+    retry, like any other Redis failure. Without Sentinel there is no replica to wait for."""
+    try:
+        acked = wait_for_replicas(svc.redis, svc.settings, svc.jobs.key(job.id), svc.jobs.ttl)
+    except redis.RedisError as exc:  # the master went away meanwhile
+        current_app.logger.warning("job %s: could not wait for a replica: %s", job.id, exc)
+        acked = 0
+    if acked is None or acked >= WAIT_REPLICAS:
+        return
+    current_app.logger.warning("job %s: no replica acknowledged it within %d ms; refused with a 503",
+                               job.id, WAIT_TIMEOUT_MS)
+    _discard(svc, job, job_created=True)
+    raise AppError(503, "redis_unavailable", "The job store could not copy the job to a replica; try again shortly.")
 
 
 def check_queued(svc, owner: Optional[str]) -> None:

@@ -14,11 +14,13 @@ from redis.retry import Retry
 
 from shared.jobs import JobStore
 from shared.queue import QUEUE, make_celery, wake
+from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 from worker.once import Once
 
-# Ride out a Redis restart (about 10 s of retries) instead of failing the step at hand.
+# Ride out a Redis restart or a Sentinel failover (about 10 s of retries) instead of failing the step
+# at hand.
 REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.2), retries=8)
 # A reaper's wake-up goes to a Redis that may just be coming back: a few quick tries.
 WAKE_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1, "interval_max": 2}
@@ -31,8 +33,9 @@ class WorkerContext:
 
     @property
     def redis(self) -> redis.Redis:
-        return self._once("redis", lambda: redis.Redis.from_url(
-            self.settings.redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=10,
+        # REDIS_URL's server, or the master REDIS_SENTINELS name (followed through a failover).
+        return self._once("redis", lambda: redis_client(
+            self.settings, socket_connect_timeout=3, socket_timeout=10, health_check_interval=10,
             retry=REDIS_RETRY, retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError]))
 
     @property
