@@ -342,7 +342,7 @@ def test_throughput_grows_with_hosts(cluster):
     workers = cluster.start_workers(**{name: {} for name in HOSTS})
     windows = []
     with Feeder(cluster, depth=2 * BATCH * len(HOSTS)) as feeder:
-        for order in [(1, 2, 3), (3, 2, 1), (2, 3, 1)]:
+        for order in [(1, 2, 3), (3, 2, 1)]:  # two rounds: make test's time is precious
             for count in order:
                 cluster.consume(HOSTS[:count])  # returns once the hosts that left have finished their batch
                 time.sleep(0.5)
