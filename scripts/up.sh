@@ -9,7 +9,8 @@ export BIND PORT
 if [ "${MODELS:-hub}" = "tiny" ]; then
   dir="${TINY_MODELS_DIR:-.cache/tiny-models}"
   [ -f "$dir/speech/config.json" ] || HF_HUB_OFFLINE=1 "$VENV/bin/python" -m worker.tiny_models --out "$dir"
-  export CAPTION_MODEL="$PWD/$dir/caption" STORY_MODEL="$PWD/$dir/story" SPEECH_MODEL="$PWD/$dir/speech"
+  case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
+  export CAPTION_MODEL="$dir/caption" STORY_MODEL="$dir/story" SPEECH_MODEL="$dir/speech"
   export HF_HUB_OFFLINE=1
 fi
 # The web app signs its browser-session cookies with SECRET_KEY and will not start without one:
@@ -20,15 +21,55 @@ if [ -z "${SECRET_KEY:-}" ] && ! grep -qs '^SECRET_KEY=.' .env; then
   echo "SECRET_KEY=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env
   echo "up: wrote a new SECRET_KEY to .env"
 fi
+# Every `make up` using this Redis database shares its queue: say so when workers are already there.
+"$VENV/bin/python" - <<'PY' || true
+from shared.redis_conn import redis_client
+from shared.settings import get_settings
+from shared.workers import live_workers
+settings = get_settings()
+try:
+    others = live_workers(redis_client(settings, socket_timeout=2))
+except Exception:  # Redis not answering: the worker and web app say so themselves
+    others = []
+if others:
+    print(f"up: warning: {len(others)} worker(s) already use {settings.redis_url}, another `make up` perhaps; "
+          "they will share its queue and jobs. For a separate one: REDIS_URL=redis://127.0.0.1:6379/1 make up")
+PY
+# Each child gets its own process group (job control), so Ctrl-C reaches only this script, which
+# stops them in order: no signal twice, no tracebacks from gunicorn's gevent processes.
+set -m
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+stop() {
+  trap - INT TERM HUP
+  echo "up: stopping"
+  # The worker's TERM is a warm shutdown (a running job is handed back to the queue); QUIT is
+  # gunicorn's quick shutdown, fine for a local server.
+  [ -z "${worker:-}" ] || kill -TERM "$worker" 2>/dev/null || true
+  [ -z "${web:-}" ] || kill -QUIT "$web" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "${pids[@]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  exit 0
+}
+trap stop INT TERM HUP
 # One worker process per GPU: CUDA does not survive fork, so the solo pool runs jobs in the main process.
 "$VENV/bin/celery" -A worker.app worker --pool solo --loglevel INFO &
-pids+=($!)
+worker=$!
+pids+=("$worker")
 # Every gunicorn setting lives in web/gunicorn_conf.py (it reads BIND, PORT, WEB_CONCURRENCY).
 "$VENV/bin/gunicorn" -c web/gunicorn_conf.py "web.app:create_app()" &
-pids+=($!)
+web=$!
+pids+=("$web")
 case "$BIND" in 0.0.0.0|::|"[::]") host=127.0.0.1 ;; *) host="$BIND" ;; esac
 case "$host" in *:*) host="[${host#[}" host="${host%]}]" ;; esac
-echo "web: http://$host:$PORT  (Ctrl-C stops web and worker)"
-wait -n "${pids[@]}"
+echo "web: http://$host:$PORT  (Redis: ${REDIS_URL:-redis://127.0.0.1:6379/0}; Ctrl-C stops web and worker)"
+# Either one ending on its own ends both (its error is above); the exit status is that one's.
+status=0
+wait -n "${pids[@]}" || status=$?
+trap - INT TERM HUP
+kill -TERM "${pids[@]}" 2>/dev/null || true
+wait 2>/dev/null || true
+exit "$status"

@@ -57,11 +57,21 @@ def recent_stories() -> list[dict]:
              "created_at": job.to_dict()["created_at"], "caption": job.caption} for job in jobs]
 
 
-def form_page(error: str | None = None, status: int = 200):
+def form_page(error: str | None = None, status: int = 200, words: str = ""):
     settings = services().settings
     return render_template("index.html", error=error, words_min=WORDS_MIN, words_max=WORDS_MAX,
                            default_words=settings.story_words, max_mb=settings.max_upload_mb,
-                           recent=recent_stories()), status
+                           words=words, recent=recent_stories()), status
+
+
+def sent_words() -> str:
+    """What the user typed for the length, to put back into the form after an error (a photo
+    cannot be put back: browsers never prefill file inputs). A body over the size limit has no
+    readable form, hence the guard."""
+    try:
+        return (request.form.get("words") or "")[:10]
+    except RequestEntityTooLarge:
+        return ""
 
 
 @bp.before_request
@@ -80,6 +90,12 @@ def index():
     return form_page()
 
 
+@bp.get("/jobs")
+def jobs_address():
+    """The address bar shows /jobs after a form error; reloading or revisiting it lands on the form."""
+    return redirect(url_for("pages.index"), code=303)
+
+
 @bp.post("/jobs")
 def submit():
     # A browser's jobs belong to its session, made by its first submit (kept only if that succeeds).
@@ -90,7 +106,7 @@ def submit():
     try:
         job = create_job_from_request(owner=owner)
     except AppError as exc:
-        return form_page(exc.message, exc.status)
+        return form_page(exc.message, exc.status, sent_words())
     except RequestEntityTooLarge:
         return form_page(f"The photo is larger than the {services().settings.max_upload_mb:g} MB limit.", 413)
     if new_session is not None:

@@ -110,6 +110,15 @@ def test_form_errors_rerender_the_form(app, client, redis_url, send, status, mes
     assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
 
 
+def test_a_form_error_keeps_the_words_and_a_reloadable_address(app, client):
+    text = upload(client, words="7").get_data(as_text=True)
+    assert Elements(text).find("input", id="words")[0]["value"] == "7"
+    # The address bar now shows /jobs: visiting it again lands on the form, not a 405.
+    response = client.get("/jobs")
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+
 def test_finished_job_page(app, client):
     job_id = upload(client).headers["Location"].rsplit("/", 1)[1]
     store = app.extensions["narrator"].jobs

@@ -104,3 +104,10 @@ def test_quantization_configs():
     assert eight.load_in_8bit and not eight.load_in_4bit
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4"
     assert four.bnb_4bit_compute_dtype == torch.float16
+
+
+def test_bitsandbytes_is_installed_with_the_worker():
+    """QUANTIZE and --quantize need it; requirements/worker.txt installs it (refused on CPU above)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("bitsandbytes") is not None
