@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantize: Literal["none", "8bit", "4bit"] = "none"
 
+    # Metrics (Prometheus): web/metrics.py serves GET /metrics; METRICS_TOKEN, when set, makes a scrape
+    # send `Authorization: Bearer <token>`. A worker serves its own on WORKER_METRICS_PORT (None: off);
+    # one worker process per GPU on one host needs one port each (9101, 9102, ...).
+    metrics_token: Optional[str] = None
+    worker_metrics_port: Optional[int] = Field(None, ge=1, le=65535)
+    worker_metrics_bind: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host or container
+
     # Story defaults
     story_words: int = Field(40, ge=10, le=200)  # the same range the API accepts
     story_temperature: float = Field(0.8, gt=0, le=2)
@@ -96,6 +103,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_adapter_is_none(cls, value):
         return value or None
+
+    @field_validator("worker_metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("device")
     @classmethod

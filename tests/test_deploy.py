@@ -79,12 +79,15 @@ def test_compose_refuses_to_start_without_secrets():
 @needs_compose
 def test_compose_publishes_only_the_proxy_port():
     services = compose_services()
-    published = {name: _ports(service) for name, service in services.items() if service.get("ports")}
+    # Profile metrics' Prometheus publishes its UI on this machine only (its own test, below).
+    published = {name: _ports(service) for name, service in services.items()
+                 if service.get("ports") and name != "prometheus"}
     assert published == {"proxy": [("127.0.0.1", "8000", "8000")]}, "only the proxy, on this machine by default"
     assert "ports" not in services["minio"], "MinIO's API and console are reached through the proxy or not at all"
     # BIND and PORT move the proxy and nothing else.
     wide = compose_services(BIND="0.0.0.0", PORT="8123")
-    assert {name for name, service in wide.items() if service.get("ports")} == {"proxy"}
+    assert {name for name, service in wide.items() if service.get("ports")} == {"proxy", "prometheus"}
+    assert _ports(wide["prometheus"])[0][0] == "127.0.0.1", "BIND moves the proxy only"
     assert _ports(wide["proxy"]) == [("0.0.0.0", "8123", "8000")]
     # Browsers get presigned URLs on the proxy's own address, by default the published one.
     for name in APP_SERVICES:
@@ -143,10 +146,10 @@ SENTINEL_ENV = {"REDIS_SENTINELS": "sentinel1:26379,sentinel2:26379,sentinel3:26
 def test_compose_profile_sentinel_adds_a_replica_and_three_sentinels():
     listed = subprocess.run([COMPOSE, "config", "--profiles"], cwd=ROOT, env={**os.environ, **SECRETS},
                             capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 0 and listed.stdout.split() == ["sentinel"], listed.stderr
+    assert listed.returncode == 0 and listed.stdout.split() == ["metrics", "sentinel"], listed.stderr
     services = compose_services("--profile", "sentinel", **SENTINEL_ENV)
     # Only the new services belong to the profile: a plain `up` runs what it ran before.
-    assert {name for name, service in services.items() if service.get("profiles")} == SENTINEL_SERVICES
+    assert {name for name, service in services.items() if "sentinel" in service.get("profiles", [])} == SENTINEL_SERVICES
     assert all(services[name]["profiles"] == ["sentinel"] for name in SENTINEL_SERVICES)
     assert not any(services[name].get("ports") for name in SENTINEL_SERVICES), "nothing published"
     # Each Sentinel: its own name and volume (it rewrites its config file), quorum 2 of 3 on `redis`.
@@ -175,6 +178,30 @@ def test_compose_profile_sentinel_adds_a_replica_and_three_sentinels():
     plain = compose_services()
     assert all(plain[name]["environment"]["REDIS_SENTINELS"] == "" for name in APP_SERVICES)
     assert plain["redis"]["environment"]["MIN_REPLICAS"] == "0"
+
+
+@needs_compose
+def test_compose_profile_metrics_runs_prometheus_scraping_web_and_every_worker():
+    import yaml
+
+    services = compose_services("--profile", "metrics")
+    prometheus = services["prometheus"]
+    assert {name for name, service in services.items() if "metrics" in service.get("profiles", [])} == {"prometheus"}
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), "pinned"
+    assert _ports(prometheus) == [("127.0.0.1", "9090", "9090")], "no login: this machine only"
+    assert "/etc/prometheus/prometheus.yml" in {target for _, target, _ in _mounts(prometheus)}
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "healthcheck" in prometheus and prometheus["restart"] == "unless-stopped"
+    # The workers serve their metrics on the compose network only; every scaled one on the same port.
+    worker = services["worker"]["environment"]
+    assert worker["WORKER_METRICS_BIND"] == "0.0.0.0" and "ports" not in services["worker"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"web", "worker"}
+    for name, port in (("web", 8000), ("worker", int(worker["WORKER_METRICS_PORT"]))):
+        (found,) = jobs[name]["dns_sd_configs"]  # every container of the service, by its name
+        assert found["names"] == [name] and found["type"] == "A" and found["port"] == port, name
+        assert jobs[name].get("metrics_path", "/metrics") == "/metrics"
 
 
 FAKE_REDIS_CLI = r"""#!/bin/sh
@@ -471,7 +498,9 @@ def test_nginx_passes_only_presigned_reads_of_the_bucket_to_minio():
     assert headers["authorization"] == '""' and headers["cookie"] == '""', "no other credentials pass"
     # Everything else goes to the web app.
     assert _directives(locations["/"])["proxy_pass"] == ["http://web"]
-    assert set(locations) == {"/", "^~ /narrator/", "@too_large"}
+    assert set(locations) == {"/", "^~ /narrator/", "@too_large", "= /metrics"}
+    # Prometheus reaches web:8000 directly; the public gets no metrics.
+    assert _directives(locations["= /metrics"]) == {"return": ["404"]}
     assert "^~ /stories/" in _nginx_locations(_nginx_text("stories"))
 
 

@@ -17,9 +17,11 @@ from shared.settings import Settings, get_settings
 from shared.storage import StorageError
 from web import api, auth, health, pages
 from web import webhooks_api
+from web import openapi
 from web.errors import register_error_handlers
 from web.keys_cli import keys
 from web.limits import init_limits
+from web.metrics import init_metrics
 from web.services import Services
 
 # Room for multipart framing and the small form fields next to a photo of exactly MAX_UPLOAD_MB.
@@ -87,6 +89,8 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     app.before_request(auth.authenticate)
     app.extensions["narrator_limiter"] = init_limits(app, settings, services.redis)
     app.register_blueprint(webhooks_api.bp)  # GET /api/v1/webhooks/secret
+    init_metrics(app)  # GET /metrics for Prometheus (web/metrics.py)
+    app.register_blueprint(openapi.bp)  # /api/v1/openapi.json, /api/docs
 
     @app.after_request
     def _security_headers(response):

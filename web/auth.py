@@ -170,16 +170,19 @@ def current_owner() -> Optional[str]:
     return g.narrator_owner
 
 
+CHALLENGE = 'Bearer realm="narrator"'  # every 401 carries it (RFC 9110)
+
+
 def _unauthorized(code: str, message: str):
-    challenge = 'Bearer realm="narrator"' + (', error="invalid_token"' if code == "invalid_api_key" else "")
+    challenge = CHALLENGE + (', error="invalid_token"' if code == "invalid_api_key" else "")
     return error_response(401, code, message, {"WWW-Authenticate": challenge})
 
 
 def authenticate():
     """before_request: refuse a bad key (401 invalid_api_key) and, with REQUIRE_API_KEY, an API call
-    without a key or a browser session (401 api_key_required). Health checks and static files are
-    never asked."""
-    if request.endpoint in (None, "static") or request.blueprint == "health":
+    without a key or a browser session (401 api_key_required). Health checks, static files and the
+    API's contract (/api/v1/openapi.json, /api/docs) are never asked."""
+    if request.endpoint in (None, "static") or request.blueprint in ("health", "openapi"):
         return None
     try:
         g.narrator_owner = owner = _resolve()
@@ -195,7 +198,7 @@ def require_owner() -> str:
     owner = current_owner()
     if owner is None:
         raise AppError(401, "api_key_required", "Listing jobs needs an API key ('Authorization: Bearer KEY') "
-                       "or a browser session.")
+                       "or a browser session.", {"WWW-Authenticate": CHALLENGE})
     return owner
 
 

@@ -6,6 +6,7 @@ Only a genuine bug reaches the last-resort handler (500, logged, no traceback to
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import redis
 from flask import Flask, jsonify, render_template, request
@@ -27,9 +28,9 @@ except ImportError:  # pragma: no cover - another WSGI server
 
 
 class AppError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def _wants_html() -> bool:
@@ -53,7 +54,7 @@ def _snake(name: str) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

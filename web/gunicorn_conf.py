@@ -4,7 +4,8 @@
 
 used by scripts/up.sh and Dockerfile.web (command-line options still override). Environment:
 BIND (default 127.0.0.1; the image sets 0.0.0.0) and PORT (default 8000) make the address;
-WEB_CONCURRENCY the number of processes; WEB_BODY_TIMEOUT the seconds a request body may stall.
+WEB_CONCURRENCY the number of processes; WEB_BODY_TIMEOUT the seconds a request body may stall;
+PROMETHEUS_MULTIPROC_DIR where the processes keep their metrics (default: a fresh temporary folder).
 
 Why gevent: a process serves each connection in a greenlet, so clients that are slow or stalled
 (an unfinished request head, an upload that stops halfway) and requests waiting on a hung Redis
@@ -16,7 +17,10 @@ whole request bodies; the limits below also hold when gunicorn faces clients dir
 """
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
 
 
 def _cores() -> int:
@@ -73,3 +77,35 @@ def pre_request(worker, req):
     sock = getattr(getattr(req, "unreader", None), "sock", None)
     if sock is not None and hasattr(sock, "settimeout"):
         sock.settimeout(body_timeout)
+
+
+# Metrics (web/metrics.py): each process writes its counts to files in PROMETHEUS_MULTIPROC_DIR and
+# a scrape adds up every process's. Set here in the master, before any worker imports
+# prometheus_client (the app is not preloaded), and never at import: loading this file must not
+# switch the importing process to multiprocess mode.
+METRICS_DIR_PREFIX = "narrator-metrics-"
+
+
+def on_starting(server):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:  # a given folder: the counts of an earlier run must not be added to this one's
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+
+
+def child_exit(server, worker):
+    """A process that ended keeps its counters (they only add up) but drops its live gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    # Only the folder on_starting made (a reload re-reads this file, so no module state is kept).
+    parent, name = os.path.split(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
+    if parent == tempfile.gettempdir() and name.startswith(METRICS_DIR_PREFIX):
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

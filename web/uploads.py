@@ -22,6 +22,7 @@ from shared.jobs import Job, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, webhook_for_submit
 from web.errors import AppError
+from web.metrics import note_rejection
 from web.services import services
 
 WORDS_MIN, WORDS_MAX = 10, 200
@@ -149,6 +150,7 @@ def validate_image(data: bytes, max_pixels: int) -> str:
     return Image.MIME.get(fmt or "", "application/octet-stream")
 
 
+@note_rejection  # the reason a refused submit gets counted (web/metrics.py)
 def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSubmit"] = None,
                             owner: Optional[str] = None) -> Job:
     """Validate, store, record and enqueue a job of `owner` (web/auth.py; None: ownerless). With

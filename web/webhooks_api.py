@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from shared.webhooks import owner_secret
-from web.auth import current_owner
+from web.auth import CHALLENGE, current_owner
 from web.errors import AppError
 from web.services import services
 
@@ -21,7 +21,7 @@ def secret():
     owner = current_owner()
     if owner is None:
         raise AppError(401, "api_key_required", "The webhook secret belongs to an API key: send "
-                       "'Authorization: Bearer KEY'.")
+                       "'Authorization: Bearer KEY'.", {"WWW-Authenticate": CHALLENGE})
     response = jsonify(secret=owner_secret(services().redis, owner))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -18,6 +18,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from shared import workers
 from shared.queue import make_celery
 from shared.settings import get_settings
+from worker import metrics as worker_metrics
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("worker")
@@ -48,6 +49,10 @@ def start_worker(sender=None, **_) -> None:
         engine = ctx.engine  # a bad DEVICE/QUANTIZE combination stops the worker here
     except ConfigError as exc:
         _refuse(str(exc))
+    try:  # before the models load, so a port clash stops the worker at once
+        worker_metrics.start(ctx.settings, ctx.store.queued_count)  # WORKER_METRICS_PORT (worker/metrics.py)
+    except OSError as exc:
+        _refuse(str(exc))
     heartbeat = ctx.heartbeat
     heartbeat.state = "loading"
     heartbeat.start()
@@ -62,6 +67,7 @@ def start_worker(sender=None, **_) -> None:
             log.warning("could not record the model error in Redis: %s", redis_exc)
         heartbeat.retire()
         _refuse(message)
+    worker_metrics.models_loaded(seconds)
     heartbeat.state = "ready"
     heartbeat._quietly(heartbeat.announce)  # /readyz shows it at once, not at the next beat
     log.info("models loaded in %.1fs (%s)", sum(seconds.values()),

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from shared.images import ImageError, load_image
 from shared.jobs import Job, JobStatus, JobStore, Stage
 from shared.storage import Storage, StorageError, StorageNotFound, StorageUnavailable
+from worker import metrics
 from worker.limits import time_limit
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def audio_key(job_id: str, claimant: str) -> str:
     return f"audio/{job_id}/{claimant.rsplit(':', 1)[-1]}.mp3"
 
 
+@metrics.count_outcomes  # each claimed job's outcome and submit-to-finish time
 def run_wakeup(job_id: str | None, *, store: JobStore, storage: Storage, engine, heartbeat, settings) -> dict[str, str]:
     """Claim a batch (`job_id` first when it is still queued) and run it; {job id: final status}."""
     if heartbeat.stopping:
@@ -51,6 +53,7 @@ def run_wakeup(job_id: str | None, *, store: JobStore, storage: Storage, engine,
     batch = store.claim(claimant, settings.worker_batch_size, settings.lease_seconds, first=job_id)
     if not batch:
         return {}  # already run, running elsewhere or canceled: the message was only a wake-up
+    metrics.batch_claimed(len(batch))
     if len(batch) > 1:
         log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
     with heartbeat.holding(claimant, batch):
@@ -102,10 +105,12 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
         if jobs:
             narrations = engine.narrate_batch(images, words=[j.words for j in jobs], seeds=[j.seed for j in jobs],
                                               on_progress=publish)
+            metrics.stages_done(narrations)
             publish(Stage.UPLOAD.value, [{} for _ in jobs])
             for job, narration in zip(jobs, narrations):
                 if job.id in active:
-                    outcomes[job.id] = finish_job(store, storage, job.id, narration, claimant, retry)
+                    with metrics.stage_timer("upload"):
+                        outcomes[job.id] = finish_job(store, storage, job.id, narration, claimant, retry)
     except JobCanceled:
         pass
     except RedisError:
