@@ -9,6 +9,7 @@ import io
 import struct
 import warnings
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -62,11 +63,11 @@ def _read(source: bytes | str | Path) -> bytes:
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     # Pillow's I;16/I -> L conversion clips at 255 (a 16-bit photo turns white), so rescale first.
     if img.mode == "F":
-        low, high = img.getextrema()
+        low, high = cast(tuple[float, float], img.getextrema())
         span = (high - low) or 1.0
         return img.point(lambda v: (v - low) * 255.0 / span).convert("L")
     img = img.convert("I")
-    _, high = img.getextrema()
+    _, high = cast(tuple[int, int], img.getextrema())
     if high > 255:  # 16-bit data (the usual case); 8-bit data stored as I is left as is
         img = img.point(lambda v: v / 257)
     return img.convert("L")
@@ -135,7 +136,7 @@ def check_image(source: bytes | str | Path, max_pixels: int | None = None) -> st
     img = _open(data)
     with img:
         _check_header(img, max_pixels)
-        fmt = img.format
+        fmt = img.format or ""  # _open only returns images of a known format
         try:
             if fmt == "PNG":
                 img.verify()

@@ -6,6 +6,8 @@ back from a dead worker cannot both win. The Job record and its encoding live in
 """
 from __future__ import annotations
 
+import builtins
+
 import time
 from dataclasses import fields
 from typing import Iterable, Optional
@@ -346,7 +348,7 @@ class JobStore:
             pipe = self.redis.pipeline(transaction=False)
             for job_id, _ in rows:
                 pipe.hgetall(self.key(job_id))
-            expired = []
+            expired: list[str] = []
             for (job_id, score), raw in zip(rows, pipe.execute()):
                 if raw:
                     found.append((Job.from_redis(raw), score))
@@ -359,7 +361,8 @@ class JobStore:
         next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(found) > limit and page else None
         return [job for job, _ in page], next_cursor
 
-    def _after(self, index: str, pos: Optional[tuple[float, str]], count: int) -> list[tuple[str, float]]:
+    # builtins.list: inside the class, `list` is the method above.
+    def _after(self, index: str, pos: Optional[tuple[float, str]], count: int) -> builtins.list[tuple[str, float]]:
         """Index entries strictly after `pos` in newest-first order (equal scores: id descending)."""
         if pos is None:
             rows = self.redis.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)

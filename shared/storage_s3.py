@@ -132,7 +132,7 @@ class S3Storage(Storage):
 
     def list(self, prefix=""):
         base = f"{self.prefix}/" if self.prefix else ""
-        keys = []
+        keys: list[str] = []
         with self._errors(f"list {prefix}"):
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=base + prefix)

@@ -103,7 +103,7 @@ class Target:
 
 def resolve(host: str, port: int) -> list[str]:
     """The host's addresses (tests replace this to fake DNS). Raises socket.gaierror."""
-    return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+    return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
 
 
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
@@ -342,7 +342,7 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
     watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, [sock])
     watchdog.daemon = True
     watchdog.start()
-    conn = None
+    conn: http.client.HTTPConnection | None = None
     try:
         if target.scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
@@ -427,7 +427,7 @@ def _attempt(redis_client, store, settings, policy, job_id, event, key) -> Optio
         end("failed", f"refused: {exc}")
         return None
     except DeliveryError as exc:
-        status, retry_after, last = None, None, str(exc)
+        retry_after, last = None, str(exc)
     else:
         last = f"HTTP {status}"
         if 200 <= status < 300:

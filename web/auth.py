@@ -238,4 +238,4 @@ def same_origin() -> bool:
     app's public origin; a request with neither is refused too."""
     expected = public_origin()
     sent = request.headers.get("Origin") or request.headers.get("Referer")
-    return expected is not None and bool(sent) and origin_of(sent) == expected
+    return expected is not None and sent is not None and origin_of(sent) == expected

@@ -14,10 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from shared.storage import StorageError, StorageUnavailable
 
-try:  # the broker client's connection errors, raised by send_task
-    from kombu.exceptions import OperationalError as BrokerError
-except ImportError:  # pragma: no cover - kombu comes with celery
-    BrokerError = ConnectionError
+from kombu.exceptions import OperationalError as BrokerError  # send_task's connection errors
 
 try:  # gunicorn raises its parser's errors (a bad chunk size, a body cut short) from wsgi.input.read()
     from gunicorn.http.errors import NoMoreData, ParseException
@@ -60,7 +57,7 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         # Keep headers such as Allow (405) but not the HTML content type of the default page.
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
-        code = {413: "too_large"}.get(exc.code, _snake(exc.name or "error"))
+        code = "too_large" if exc.code == 413 else _snake(exc.name or "error")
         message = exc.description or exc.name
         if exc.code == 413:
             limit = app.config.get("MAX_UPLOAD_MB")

@@ -22,9 +22,10 @@ import hashlib
 import json
 import re
 import time
-from typing import Mapping, Optional
+from typing import Optional
 
 from flask import current_app
+from werkzeug.datastructures import Headers
 
 from shared.jobs import Job
 from web.errors import AppError
@@ -92,7 +93,7 @@ class IdempotentSubmit:
         self._done: Optional[str] = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> Optional["IdempotentSubmit"]:
+    def from_headers(cls, headers: Headers) -> Optional["IdempotentSubmit"]:
         value = headers.get(HEADER)
         if value is None:
             return None

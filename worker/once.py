@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -14,7 +14,7 @@ class Once:
     def __init__(self):
         # The threads pool may ask for the same part at once; a part may be built from others.
         self._lock = threading.RLock()
-        self._parts: dict[str, object] = {}
+        self._parts: dict[str, Any] = {}
 
     def __call__(self, name: str, factory: Callable[[], T]) -> T:
         with self._lock:
