@@ -38,9 +38,12 @@ tiny-models: $(VENV)/.installed
 up: setup redis
 	@MODELS=$(MODELS) TINY_MODELS_DIR=$(TINY_MODELS_DIR) VENV=$(VENV) scripts/up.sh
 
-## test: install, start what the tests need, run every test (none may skip for a missing tool)
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 REQUIRE_SYSTEM_TOOLS=1
+## test: install, start what the tests need, run every test (none may skip for a missing tool):
+## most in parallel (one process per core), then those that time real processes, alone
 test: setup test-deps redis
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 REQUIRE_SYSTEM_TOOLS=1 $(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q -n auto -m "not serial"
+	$(TEST_ENV) $(PY) -m pytest -q -m serial
 
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m worker.bench

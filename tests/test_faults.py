@@ -22,7 +22,7 @@ from shared.storage import open_storage
 from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
 from tests.fault_harness import RedisServer, Supervisor, TcpProxy, Worker
 
-pytestmark = requires_tool(bool(__import__("shutil").which("redis-server")), "redis-server")
+pytestmark = [requires_tool(bool(__import__("shutil").which("redis-server")), "redis-server"), pytest.mark.serial]
 
 
 def photo(index: int) -> bytes:

@@ -48,7 +48,7 @@ IP = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.a
 TASKSET = shutil.which("taskset")  # util-linux: on every Debian
 CPUS = sorted(os.sched_getaffinity(0))
 pytestmark = [requires_tool(bool(shutil.which("redis-server")), "redis-server"),
-              requires_tool(IP is not None, "ip (iproute2)")]
+              requires_tool(IP is not None, "ip (iproute2)"), pytest.mark.serial]
 
 HOSTS = ("a", "b", "c")
 BATCH = 8  # WORKER_BATCH_SIZE's default

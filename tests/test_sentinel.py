@@ -39,6 +39,8 @@ from tests.test_faults import post_job
 
 needs_redis = requires_tool(bool(shutil.which("redis-server")), "redis-server")
 
+pytestmark = pytest.mark.serial  # failover timings: alone on the machine
+
 MASTER_NAME = "narrator-test"
 # Above Sentinel's 1 s ping period: at 1000 ms a Sentinel could find the master it had just promoted
 # "down" before its first PING to it was answered, and fail over a second time.

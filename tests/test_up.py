@@ -10,8 +10,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from shared import workers
 from tests.conftest import ROOT, TEST_SECRET_KEY, free_port
+
+
+pytestmark = pytest.mark.serial  # measures how fast things stop: alone on the machine
 
 
 def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_models_dir, tmp_path):
