@@ -1,0 +1,5 @@
+import sys
+
+from narrator_client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""The API client: one requests.Session, JSON in and out, typed errors (errors.py)."""
+from __future__ import annotations
+
+import mimetypes
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Optional, Union
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from narrator_client.errors import ConnectionFailed, JobFailed, RateLimited, ServiceUnavailable, WaitTimeout, error_for
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = ("succeeded", "failed", "canceled")
+Image = Union[str, os.PathLike, bytes, IO[bytes]]
+
+
+class Client:
+    """`url` defaults to $NARRATOR_URL, then http://127.0.0.1:8000; `api_key` to $NARRATOR_API_KEY.
+    `timeout` bounds each HTTP request (seconds), not a whole wait."""
+
+    def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, timeout: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.url = (url or os.environ.get("NARRATOR_URL") or DEFAULT_URL).rstrip("/") + "/"
+        self.api_key = api_key if api_key is not None else os.environ.get("NARRATOR_API_KEY") or None
+        self.timeout = timeout
+        self.sleep = sleep  # waits go through it (tests watch them)
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "narrator-client/1"
+
+    # --- the API ---------------------------------------------------------------------------------------
+    def submit(self, image: Image, words: Optional[int] = None, seed: Optional[int] = None,
+               style: Optional[str] = None, webhook: Optional[str] = None,
+               idempotency_key: Optional[str] = None, filename: Optional[str] = None) -> dict[str, Any]:
+        """Upload a photo (a path, its bytes or a binary file); returns the new job (status queued,
+        or succeeded at once when the service had the result cached)."""
+        name, data = _read_image(image, filename)
+        fields = {k: str(v) for k, v in (("words", words), ("seed", seed), ("style", style),
+                                          ("webhook", webhook)) if v is not None}
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "api/v1/jobs", data=fields, files={"image": (name, data, content_type)},
+                          headers=headers)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"api/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; an ApiError with code already_finished if it had ended."""
+        return self._json("POST", f"api/v1/jobs/{job_id}/cancel")
+
+    def jobs(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every job of this API key, newest first, following the pages as it goes."""
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._json("GET", "api/v1/jobs", params=params)
+            yield from page["jobs"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def wait(self, job_id: str, timeout: Optional[float] = None,
+             on_update: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+        """Poll until the job finishes and return it; JobFailed if it failed or was canceled,
+        WaitTimeout after `timeout` seconds. Polls back off from 0.25 s to 5 s, and a 429 or 503
+        waits at least as long as its Retry-After says."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay, job, seen = 0.25, None, None
+        while True:
+            try:
+                job = self.get(job_id)
+            except (RateLimited, ServiceUnavailable, ConnectionFailed) as exc:
+                pause = max(delay, getattr(exc, "retry_after", None) or 0.0)
+            else:
+                if on_update is not None and (job["status"], job.get("stage")) != seen:
+                    seen = job["status"], job.get("stage")
+                    on_update(job)
+                if job["status"] == "succeeded":
+                    return job
+                if job["status"] in FINISHED:
+                    raise JobFailed(job)
+                pause = delay
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise WaitTimeout(job or {"id": job_id, "status": "unknown"}, timeout or 0.0)
+            self.sleep(pause)
+            delay = min(delay * 2, 5.0)
+
+    def download(self, job_id: str, path: Union[str, os.PathLike], tries: int = 4) -> Path:
+        """Write the job's MP3 to `path` (whole or not at all). The audio URL may redirect to
+        presigned storage on another host: the API key is sent to the service only, never there.
+        A 429 or 503 is retried after its Retry-After."""
+        for attempt in range(1, tries + 1):
+            try:
+                return self._download(job_id, Path(path))
+            except (RateLimited, ServiceUnavailable) as exc:
+                if attempt == tries:
+                    raise
+                self.sleep(exc.retry_after or attempt)
+        raise AssertionError("unreachable")
+
+    def _download(self, job_id: str, path: Path) -> Path:
+        response = self._request("GET", f"api/v1/jobs/{job_id}/audio", allow_redirects=False, stream=True)
+        if response.is_redirect:
+            target = urljoin(response.url, response.headers["Location"])
+            response.close()
+            if _origin(target) == _origin(self.url):
+                response = self._request("GET", target, stream=True)
+            else:
+                response = self._send(requests.get, target, stream=True)
+        partial = path.with_name(f".{path.name}.part")
+        try:
+            with response, open(partial, "wb") as out:
+                for chunk in response.iter_content(64 * 1024):
+                    out.write(chunk)
+            partial.replace(path)
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"the download of job {job_id}'s audio broke off: {exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    # --- HTTP --------------------------------------------------------------------------------------------
+    def _json(self, method: str, path: str, **kwargs) -> dict[str, Any]:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, headers: Optional[dict] = None, **kwargs) -> requests.Response:
+        headers = dict(headers or {})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return self._send(self.session.request, urljoin(self.url, path), method=method, headers=headers, **kwargs)
+
+    def _send(self, call, url: str, method: Optional[str] = None, **kwargs) -> requests.Response:
+        try:
+            args = (method, url) if method else (url,)
+            response = call(*args, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"no answer from {url}: {exc.__class__.__name__}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise error_for(response.status_code, body, _retry_after(response.headers.get("Retry-After")))
+        return response
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+def _read_image(image: Image, filename: Optional[str]) -> tuple[str, bytes]:
+    if isinstance(image, (bytes, bytearray)):
+        return filename or "photo.jpg", bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        return filename or path.name, path.read_bytes()  # OSError (missing, unreadable) is the caller's
+    return filename or Path(getattr(image, "name", "photo.jpg")).name, image.read()
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: rare here; the poll's own backoff applies
+        return None
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
