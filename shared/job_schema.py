@@ -37,6 +37,7 @@ class Stage(str, Enum):
 
 _FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds", "lease_until")
 _INTS = ("words", "seed", "batch_size", "attempts")
+_BOOLS = ("cached",)
 
 
 def new_job_id() -> str:
@@ -62,10 +63,14 @@ class Job:
     story: Optional[str] = None
     audio_key: Optional[str] = None
     audio_seconds: Optional[float] = None
+    subtitles_key: Optional[str] = None  # the WebVTT of the spoken words, stored with the audio
     error: Optional[str] = None
     timings: dict = field(default_factory=dict)
     words: Optional[int] = None
     seed: Optional[int] = None
+    # The story style (shared/styles.py) resolved at submit: the default's name when the job named
+    # none; None when no styles are configured (the base model, or STORY_ADAPTER).
+    style: Optional[str] = None
     input_key: Optional[str] = None
     content_type: Optional[str] = None
     filename: Optional[str] = None
@@ -75,6 +80,9 @@ class Job:
     webhook: Optional[str] = None  # POSTed (signed) when the job ends
     # How many runs were started; a run that ended with its worker dying counts (MAX_ATTEMPTS).
     attempts: int = 0
+    # Succeeded at submit from the result cache (shared/result_cache.py), without a run of its own.
+    cached: bool = False
+    image_sha256: Optional[str] = None  # the photo's, for the result cache's key (seeded jobs only)
     # Worker bookkeeping (not shown by the API): the run that holds the job, until when its lease
     # holds (Redis server time), and how many jobs shared its batch.
     worker: Optional[str] = None
@@ -105,6 +113,9 @@ class Job:
         for name in _INTS:
             if name in kwargs:
                 kwargs[name] = int(kwargs[name])
+        for name in _BOOLS:
+            if name in kwargs:
+                kwargs[name] = kwargs[name] == "1"
         kwargs["status"] = JobStatus(kwargs.get("status", "queued"))
         kwargs["stage"] = Stage(kwargs["stage"]) if kwargs.get("stage") else None
         kwargs["timings"] = json.loads(kwargs["timings"]) if kwargs.get("timings") else {}
@@ -121,6 +132,8 @@ def encode(name: str, value) -> Optional[str]:
         return None
     if isinstance(value, Enum):
         return str(value.value)
+    if isinstance(value, bool):
+        return "1" if value else None  # False is the default: no field at all
     if name == "timings":
         return json.dumps(value)
     if isinstance(value, float):

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # A worker fills its batch with up to this many queued jobs: on a GPU, one batched forward
     # pass costs little more than a single one. 1 turns batching off.
     worker_batch_size: int = Field(8, ge=1, le=64)
+    # A job with a `seed` whose photo, words, style and models match an earlier job's succeeds at once
+    # from that result (shared/result_cache.py); entries live JOB_TTL_HOURS.
+    result_cache: bool = True
 
     # Recovery: a worker renews a short lease on the jobs it runs every HEARTBEAT_SECONDS; a job
     # whose lease lapses (its worker was killed, or its host vanished) goes back to the queue.
@@ -79,6 +82,11 @@ class Settings(BaseSettings):
     caption_model: str = "Salesforce/blip-image-captioning-base"
     story_model: str = "Qwen/Qwen2.5-1.5B-Instruct"
     story_adapter: Optional[str] = None  # local folder or s3://bucket/prefix
+    # Story styles (shared/styles.py): comma-separated name=location pairs, each location as
+    # STORY_ADAPTER takes it; one worker serves them all, a job picks one (`style`). Checked at
+    # start-up (worker model load, create_app), so a typo is a clear error there, not here.
+    story_styles: str = ""
+    story_default_style: Optional[str] = None  # a STORY_STYLES name; unset: the first listed
     speech_model: str = "facebook/mms-tts-eng"
     model_cache_dir: str = Field(default_factory=lambda: os.path.abspath(".cache/adapters"))
 

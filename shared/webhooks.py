@@ -50,8 +50,10 @@ EVENTS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
           JobStatus.CANCELED: "job.canceled"}
 # What GET /api/v1/jobs/<id> shows of a job, in this order (web.api.job_view uses it too).
 PUBLIC_FIELDS = ("id", "status", "stage", "created_at", "started_at", "finished_at", "caption", "story",
-                 "audio_url", "audio_seconds", "error", "timings", "words", "seed", "filename", "attempts")
+                 "audio_url", "audio_seconds", "subtitles_url", "error", "timings", "words", "seed", "style",
+                 "filename", "attempts", "cached")
 AUDIO_PATH = "/api/v1/jobs/{id}/audio"
+SUBTITLES_PATH = "/api/v1/jobs/{id}/subtitles.vtt"
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "narrator-webhooks/1"
 # A few quick tries to publish, so a finishing process never hangs on a dead broker.
@@ -223,12 +225,15 @@ def webhook_for_submit(raw: Optional[str], owner: Optional[str], settings) -> Op
 # --- the job as the API shows it ----------------------------------------------------------------
 
 def public_job(job: Job, base_url: Optional[str] = None) -> dict:
-    """The job as GET /api/v1/jobs/<id> shows it, without a request: `audio_url` is absolute under
-    `base_url` (PUBLIC_BASE_URL) once the job succeeded, None without a base URL."""
+    """The job as GET /api/v1/jobs/<id> shows it, without a request: `audio_url` (and
+    `subtitles_url`) are absolute under `base_url` (PUBLIC_BASE_URL) once the job succeeded, None
+    without a base URL."""
     data = job.to_dict()
-    data["audio_url"] = None
+    data["audio_url"] = data["subtitles_url"] = None
     if base_url and JobStatus(job.status) == JobStatus.SUCCEEDED and job.audio_key:
         data["audio_url"] = base_url.rstrip("/") + AUDIO_PATH.format(id=job.id)
+        if job.subtitles_key:
+            data["subtitles_url"] = base_url.rstrip("/") + SUBTITLES_PATH.format(id=job.id)
     return {name: data.get(name) for name in PUBLIC_FIELDS}
 
 

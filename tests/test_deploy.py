@@ -497,8 +497,13 @@ def test_nginx_passes_only_presigned_reads_of_the_bucket_to_minio():
     assert headers["host"] == "$http_host"
     assert headers["authorization"] == '""' and headers["cookie"] == '""', "no other credentials pass"
     # Everything else goes to the web app.
-    assert _directives(locations["/"])["proxy_pass"] == ["http://web"]
-    assert set(locations) == {"/", "^~ /narrator/", "@too_large", "= /metrics"}
+    assert set(_directives(locations["/"])["proxy_pass"]) == {"http://web"}  # "/" and its "= /jobs"
+    assert set(locations) == {"/", "^~ /narrator/", "@too_large", "= /metrics", "= /jobs"}
+    # The form's album post (20 photos) alone may be larger; it inherits the rest from "/".
+    albums = _directives(locations["= /jobs"])
+    assert "= /jobs" in locations["/"] and albums["proxy_pass"] == ["http://web"]
+    from web.albums import MAX_PHOTOS, PART_OVERHEAD
+    assert _size_bytes(albums["client_max_body_size"][0]) >= MAX_PHOTOS * (10 * 1024 * 1024 + PART_OVERHEAD)
     # Prometheus reaches web:8000 directly; the public gets no metrics.
     assert _directives(locations["= /metrics"]) == {"return": ["404"]}
     assert "^~ /stories/" in _nginx_locations(_nginx_text("stories"))
@@ -527,7 +532,7 @@ def test_nginx_config_buffers_bounds_and_forwards():
         assert name in d, name
     # nginx gives up on gunicorn later than a submit can take (S3 timeouts: about 15 s).
     assert int(d["proxy_read_timeout"][0].rstrip("s")) >= 30
-    assert d["server"] == ["web:8000", "minio:9000"] and d["proxy_pass"] == ["http://web", "http://minio"]
+    assert d["server"] == ["web:8000", "minio:9000"] and d["proxy_pass"] == ["http://web", "http://web", "http://minio"]
     app = _directives(_nginx_locations(_nginx_text())["/"])
     headers = {value.split(None, 1)[0]: value.split(None, 1)[1] for value in app["proxy_set_header"]}
     assert headers["X-Forwarded-Proto"] == "$scheme" and headers["X-Forwarded-For"] == "$remote_addr"

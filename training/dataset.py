@@ -95,22 +95,51 @@ def _check_row(path: Path, row: object, where: str) -> Example:
     return Example(values[0], values[1], where)
 
 
-def load_examples(path: str | Path) -> list[Example]:
-    """Parse and validate the whole file; raise DatasetError at the first problem."""
+@dataclass(frozen=True)
+class Dataset:
+    examples: list[Example]
+    # (where, where_of_first) for each exact repeat that was dropped, in file order.
+    duplicates: list[tuple[str, str]]
+
+    def duplicates_message(self, path: str | Path, shown: int = 3) -> str | None:
+        """One line for the warning, or None when nothing was dropped."""
+        if not self.duplicates:
+            return None
+        pairs = "; ".join(f"{dup} duplicates {first}" for dup, first in self.duplicates[:shown])
+        more = f"; {len(self.duplicates) - shown} more" if len(self.duplicates) > shown else ""
+        n = len(self.duplicates)
+        return f"{path}: dropped {n} exact duplicate{'s' if n != 1 else ''} (same prompt and story): {pairs}{more}"
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Parse and validate the whole file; raise DatasetError at the first problem.
+
+    An exact repeat (same prompt and story once stripped) only weights one example more, so it is
+    dropped and reported rather than refused: the seed's own file is 200 rows of 39 distinct ones.
+    The same prompt with another story is kept: one photo may honestly have many stories.
+    """
     path = Path(path)
     text = _read_text(path)
     parse = _parse_array if text.lstrip().startswith("[") else _parse_jsonl
-    examples, seen = [], {}
+    examples: list[Example] = []
+    duplicates: list[tuple[str, str]] = []
+    seen: dict[tuple[str, str], str] = {}
     for row, where in parse(path, text):
         example = _check_row(path, row, where)
         key = (example.prompt, example.story)
         if key in seen:
-            raise DatasetError(f"{path}: {where} duplicates {seen[key]} (same prompt and story)")
+            duplicates.append((where, seen[key]))
+            continue
         seen[key] = where
         examples.append(example)
     if not examples:
         raise DatasetError(f"{path}: no examples in the file")
-    return examples
+    return Dataset(examples, duplicates)
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """The distinct examples of `path` (exact duplicates dropped); see read_dataset."""
+    return read_dataset(path).examples
 
 
 def split_eval(examples: list[Example], fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:

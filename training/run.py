@@ -104,7 +104,7 @@ def peak_memory_mb(device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_training(args, train, evals, device, dtype) -> dict:
+def run_training(args, train, evals, device, dtype, duplicates_dropped: int = 0) -> dict:
     import peft
     import transformers
 
@@ -139,6 +139,8 @@ def run_training(args, train, evals, device, dtype) -> dict:
         "dataset": str(Path(args.data).resolve()),
         "dataset_sha256": dataset_sha256(args.data),
         "examples": {"train": len(train), "eval": len(evals), "truncated": cut},
+        # Exact repeats of earlier rows that the loader left out (train + eval counts exclude them).
+        "duplicates_dropped": duplicates_dropped,
         "hyperparameters": {
             "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
             "warmup_steps": warmup, "weight_decay": args.weight_decay, "max_grad_norm": 1.0,

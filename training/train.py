@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.dataset import DatasetError, load_examples, split_eval
+from training.dataset import DatasetError, read_dataset, split_eval
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "stories.jsonl"
 
@@ -94,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_args(args)
-        examples = load_examples(args.data)
+        dataset = read_dataset(args.data)
+        examples = dataset.examples
         train, evals = split_eval(examples, args.eval_fraction, args.seed)
         device, dtype = resolve_hardware(args)
     except (DatasetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if dataset.duplicates:
+        print(f"warning: {dataset.duplicates_message(args.data)}", file=sys.stderr)
     if len(train) < args.batch_size:
         print(f"warning: {len(train)} training examples is fewer than one batch (--batch-size {args.batch_size})", file=sys.stderr)
     if args.eval_fraction > 0 and not evals:
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.run import run_training
 
     try:
-        report = run_training(args, train, evals, device, dtype)
+        report = run_training(args, train, evals, device, dtype, duplicates_dropped=len(dataset.duplicates))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""JSON API under /api/v1: submit a photo, poll the job, fetch the audio, cancel, list."""
+"""JSON API under /api/v1: submit a photo, poll the job, fetch the audio and subtitles, cancel, list."""
 from __future__ import annotations
 
 import re
@@ -48,9 +48,16 @@ def audio_url(job: Job) -> Optional[str]:
     return public_url("api.job_audio", job_id=job.id)
 
 
+def subtitles_url(job: Job) -> Optional[str]:
+    if job.status != JobStatus.SUCCEEDED or not job.audio_key or not job.subtitles_key:
+        return None  # not yet, or a job finished before subtitles were made
+    return public_url("api.job_subtitles", job_id=job.id)
+
+
 def job_view(job: Job) -> dict:
     view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks.py)
     view["audio_url"] = audio_url(job)
+    view["subtitles_url"] = subtitles_url(job)
     return view
 
 
@@ -121,6 +128,25 @@ def job_audio(job_id: str):
                          as_attachment=request.args.get("download") == "1", max_age=3600)
     response.cache_control.public = False  # an owner's audio: browsers may keep it, shared caches not
     response.cache_control.private = True
+    return response
+
+
+@bp.get("/jobs/<job_id>/subtitles.vtt")
+def job_subtitles(job_id: str):
+    """WebVTT of the spoken words; served from here (it is small), so a page's <track> stays same-origin."""
+    job = load_job(job_id)
+    if job.status != JobStatus.SUCCEEDED or not job.audio_key:
+        raise AppError(409, "not_ready", f"There are no subtitles: the job is {job.status.value}.")
+    data = None
+    if job.subtitles_key:  # None: the job finished before subtitles were made
+        try:
+            data = services().storage.get(job.subtitles_key)
+        except StorageNotFound:
+            pass
+    if data is None:
+        raise AppError(404, "subtitles_missing", "This job has no subtitles in storage.")
+    response = Response(data, content_type="text/vtt; charset=utf-8")
+    response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
 

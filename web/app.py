@@ -15,8 +15,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
-from web import api, auth, health, pages
-from web import webhooks_api
+from web import albums, api, auth, health, pages
+from web import styles_api, webhooks_api
 from web import openapi
 from web.errors import register_error_handlers
 from web.keys_cli import keys
@@ -60,7 +60,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         # 64 KiB at a time plus what is left over): it must stay well above that, or every real
         # photo gets a 413. The non-file fields are tiny either way.
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
-        MAX_FORM_PARTS=16,
+        MAX_FORM_PARTS=16,  # the form's post raises this and MAX_CONTENT_LENGTH for its photos (web/albums.py)
         SECRET_KEY=secret_key(settings, app),
         SESSION_COOKIE_NAME="narrator_session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -73,6 +73,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
+    styles_api.init_styles(app, settings)  # GET /api/v1/styles; a bad STORY_STYLES stops the app here
     services = Services.build(settings)
     app.extensions["narrator"] = services
     try:
@@ -83,6 +84,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(albums.bp)  # several photos per form post (before init_limits: it limits its feed)
     app.register_blueprint(health.bp)
     app.cli.add_command(keys)
     # Who is asking comes first (a bad key is a 401 before anything else), then the rate limits.

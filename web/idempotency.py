@@ -67,11 +67,14 @@ def redis_key(idempotency_key: str) -> str:
     return "idempotency:" + hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()
 
 
-def fingerprint(image: bytes, words: int, seed: Optional[int], webhook: Optional[str] = None) -> str:
+def fingerprint(image: bytes, words: int, seed: Optional[int], webhook: Optional[str] = None,
+                style: Optional[str] = None) -> str:
     """What makes two submissions the same request: the photo's bytes and the parameters as the
-    job gets them (`words` after the default is applied, the checked `webhook` URL). The file name
-    is display only. Without a webhook the fingerprint is what it was before webhooks existed."""
-    fields = {"v": 1, "words": words, "seed": seed, **({"webhook": webhook} if webhook else {})}
+    job gets them (`words` after the default is applied, the checked `webhook` URL, the resolved
+    style). The file name is display only. Without a webhook or style the fingerprint is what it
+    was before those existed."""
+    fields = {"v": 1, "words": words, "seed": seed, **({"webhook": webhook} if webhook else {}),
+              **({"style": style} if style else {})}
     params = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(params + b"\0" + image).hexdigest()
 
@@ -104,9 +107,9 @@ class IdempotentSubmit:
         return cls(value)
 
     def reserve(self, redis_client, jobs, image: bytes, words: int, seed: Optional[int],
-                job_id: str, webhook: Optional[str] = None) -> Optional[Job]:
+                job_id: str, webhook: Optional[str] = None, style: Optional[str] = None) -> Optional[Job]:
         """Reserve the key for `job_id`, or return the job another request made with it."""
-        fp = fingerprint(image, words, seed, webhook)
+        fp = fingerprint(image, words, seed, webhook, style)
         pending = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "pending"})
         deadline = time.monotonic() + WAIT_SECONDS
         pause = POLL_FIRST

@@ -1,7 +1,8 @@
 """Rate limits (Flask-Limiter, counted in the app's Redis) and the cap on queued jobs per owner.
 
 - SUBMIT_RATE_LIMIT (default "2/second;60/minute"): job submissions, the API's and the form's
-  together;
+  together; a form post of several photos (web/albums.py) counts once in the windows shorter than a
+  minute and once per photo in the others (so 60/minute is three albums of 20);
 - READ_RATE_LIMIT (default "20/second"): the API's reads (a job, its audio and photo, the list),
   together;
 
@@ -13,19 +14,47 @@ MAX_QUEUED_PER_OWNER (checked in web/uploads.py): 429 `too_many_queued`.
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
-from limits import parse_many
+from limits import parse, parse_many
 
 from shared.redis_conn import limiter_storage
 from web.auth import current_owner
 from web.errors import error_response
 
 SUBMIT_ENDPOINTS = ("api.submit", "pages.submit")
-READ_ENDPOINTS = ("api.list_jobs", "api.get_job", "api.job_audio", "api.job_image")
+FORM_SUBMIT = "pages.submit"
+PER_PHOTO_WINDOW = 60  # seconds: limits over windows this long count a form post's photos
+READ_ENDPOINTS = ("api.list_jobs", "api.get_job", "api.job_audio", "api.job_image", "api.job_subtitles",
+                  "albums.album_jobs")
+
+
+def split_by_window(value: str) -> tuple[str, str]:
+    """A limit string split into its parts shorter than PER_PHOTO_WINDOW and the others."""
+    short: list[str] = []
+    long: list[str] = []
+    for part in filter(None, (p.strip() for p in re.split(r"[,;|]", value))):
+        (long if parse(part).get_expiry() >= PER_PHOTO_WINDOW else short).append(part)
+    return ";".join(short), ";".join(long)
+
+
+def form_photo_count() -> int:
+    """What a form post costs in the longer windows: its photos (parsing the body once, before the
+    view, which then reads the parsed form; anything wrong with the body is the view's to report)."""
+    from web.albums import form_photos  # albums -> pages -> ... : imported when first needed
+
+    try:
+        return max(1, len(form_photos()))
+    except Exception:
+        return 1
+
+
+def _wrap_view(app: Flask, endpoint: str, limit) -> None:
+    app.view_functions[endpoint] = limit(app.view_functions[endpoint])
 
 
 def rate_limit_key() -> str:
@@ -57,7 +86,15 @@ def init_limits(app: Flask, settings, redis_client) -> Limiter:
     read = limiter.shared_limit(settings.read_rate_limit, scope="read")
     for limit, endpoints in ((submit, SUBMIT_ENDPOINTS), (read, READ_ENDPOINTS)):
         for endpoint in endpoints:
-            app.view_functions[endpoint] = limit(app.view_functions[endpoint])
+            if endpoint != FORM_SUBMIT:
+                _wrap_view(app, endpoint, limit)
+    # The same counters (scope "submit"), but a form post of several photos costs one per photo in
+    # the windows of a minute or more (fair: a photo is a job), and one per post in the shorter ones
+    # (a 20-photo album counted per photo would never pass the default 2/second).
+    per_post, per_photo = split_by_window(settings.submit_rate_limit)
+    for value, cost in ((per_post, 1), (per_photo, form_photo_count)):
+        if value:
+            _wrap_view(app, FORM_SUBMIT, limiter.shared_limit(value, scope="submit", cost=cost))
     limiter.exempt(app.blueprints["health"])
 
     @app.errorhandler(RateLimitExceeded)

@@ -16,6 +16,7 @@ CODES = {
     "empty_file": "the `image` file is empty",
     "invalid_words": f"`words` is not a whole number from {WORDS_MIN} to {WORDS_MAX}",
     "invalid_seed": f"`seed` is not a whole number from 0 to {SEED_MAX}",
+    "invalid_style": "`style` is not one of the server's story styles (GET /api/v1/styles)",
     "invalid_limit": "`limit` is not a whole number from 1 to 100",
     "invalid_cursor": "a `cursor` this API did not return",
     "invalid_idempotency_key": f"`{IDEMPOTENCY_HEADER}` is empty, over 255 characters or not printable ASCII",
@@ -26,9 +27,10 @@ CODES = {
     "invalid_api_key": "a wrong, revoked or malformed `Authorization` header",
     "not_found": "no such job (unknown, expired, or someone else's)",
     "audio_missing": "the job succeeded but its audio is gone from storage",
+    "subtitles_missing": "the job succeeded but has no subtitles in storage (gone, or made before subtitles existed)",
     "image_missing": "the uploaded photo is no longer stored",
     "method_not_allowed": "the path exists, but not with this HTTP method",
-    "not_ready": "the job has not succeeded (yet): there is no audio",
+    "not_ready": "the job has not succeeded (yet): there is no audio or subtitles",
     "already_finished": "the job succeeded or failed before it could be canceled",
     "idempotency_key_in_use": f"another request with this `{IDEMPOTENCY_HEADER}` is still being processed",
     "too_large": "the upload is over MAX_UPLOAD_MB",
@@ -109,13 +111,19 @@ SCHEMAS = {
         "audio_url": {"type": ["string", "null"], "format": "uri-reference",
                       "description": "The audio endpoint once the job succeeded (absolute under PUBLIC_BASE_URL)."},
         "audio_seconds": {"type": ["number", "null"], "minimum": 0},
+        "subtitles_url": {"type": ["string", "null"], "format": "uri-reference",
+                          "description": "WebVTT of the spoken words, timed to the audio, once the job succeeded."},
         "error": {"type": ["string", "null"], "description": "Why the job failed."},
         "timings": {"type": "object", "additionalProperties": {"type": "number"},
                     "description": "Seconds per stage (caption, story, speech, encode)."},
         "words": {"type": "integer", "minimum": WORDS_MIN, "maximum": WORDS_MAX},
         "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": SEED_MAX},
+        "style": {"type": ["string", "null"], "description": "The story style the job runs in (GET /api/v1/styles): "
+                  "the one asked for, else the default; null when the server has no styles."},
         "filename": {"type": ["string", "null"], "description": "The upload's file name (display only)."},
         "attempts": {"type": "integer", "minimum": 0, "description": "Runs started (more than 1 after a worker died)."},
+        "cached": {"type": "boolean", "description": "true: the job succeeded at submit from the result cache (an "
+                   "earlier job with the same photo, `words`, `seed` and style; no worker ran it)."},
     }},
     "JobList": {"type": "object", "additionalProperties": False, "required": ["jobs", "next_cursor"], "properties": {
         "jobs": {"type": "array", "items": ref("Job"), "description": "The caller's jobs, newest first."},
@@ -130,6 +138,9 @@ SCHEMAS = {
     "WebhookSecret": {"type": "object", "additionalProperties": False, "required": ["secret"], "properties": {
         "secret": {"type": "string", "pattern": "^whsec_", "description": "Verifies the caller's webhooks "
                    "(Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`)."}}},
+    "Style": {"type": "object", "additionalProperties": False, "required": ["name", "default"], "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$", "description": "Send it as `style`."},
+        "default": {"type": "boolean", "description": "true: the style of jobs that name none."}}},
     "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"type": "string", "enum": ["ready", "unavailable"]},
         "checks": {"type": "object", "required": ["redis", "storage"], "additionalProperties": False,
@@ -151,4 +162,5 @@ READY = {"allOf": [ref("Readiness")], "required": ["warnings", "workers", "queue
          "properties": {"status": {"const": "ready"}}}
 NOT_READY = {"allOf": [ref("Readiness")], "required": ["error"], "properties": {"status": {"const": "unavailable"}}}
 AUDIO = {"content": {"audio/mpeg": {"schema": {"type": "string", "format": "binary"}}}}
+VTT = {"content": {"text/vtt": {"schema": {"type": "string", "pattern": "^WEBVTT"}}}}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from shared.webhooks import MAX_URL_LENGTH
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER, KEY_PATTERN, REPLAYED_HEADER
 from web.openapi_schemas import (AUDIO, JOB, JOB_ID, LOCATION, NO_JOB, NOT_READY, RATE_LIMITED, READY,
-                                 REDIS_DOWN, RETRY_AFTER, RETRY_AFTER_429, SCHEMAS, UNAUTHORIZED, error, header,
-                                 json_response, ref)
+                                 REDIS_DOWN, RETRY_AFTER, RETRY_AFTER_429, SCHEMAS, UNAUTHORIZED, VTT, error,
+                                 header, json_response, ref)
 from web.uploads import SEED_MAX, WORDS_MAX, WORDS_MIN
 
 ANYONE = [{}, {"apiKey": []}, {"session": []}]  # ownerless jobs are readable by whoever has the id
@@ -26,6 +26,8 @@ SUBMIT_FORM = {"type": "object", "required": ["image"], "properties": {
     "words": {"type": "integer", "minimum": WORDS_MIN, "maximum": WORDS_MAX,
               "description": "About how long the story is (default STORY_WORDS)."},
     "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX, "description": "Makes the story repeatable."},
+    "style": {"type": "string", "maxLength": 100, "description": "A story style from GET /api/v1/styles "
+              "(blank: the default style)."},
     "webhook": {"type": "string", "maxLength": MAX_URL_LENGTH, "anyOf": [{"format": "uri"}, {"pattern": r"^\s*$"}],
                 "description": "An https URL that gets a signed POST when the job ends (blank: none)."},
 }}
@@ -40,11 +42,12 @@ OPERATIONS = {
                         "schema": {"type": "string", "pattern": f"^{KEY_PATTERN.pattern}$"}}],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SUBMIT_FORM}}},
         "responses": {
-            "202": json_response("Queued: the new job.", ref("Job"), {"Location": LOCATION}),
+            "202": json_response("The new job: queued, or (with a `seed`, from the result cache) already "
+                                 "succeeded with `cached: true`.", ref("Job"), {"Location": LOCATION}),
             "200": json_response("A repeated `Idempotency-Key`: the first request's job as it is now.", ref("Job"),
                                  {"Location": LOCATION, REPLAYED_HEADER: header("`true`.", enum=["true"])}),
-            "400": error(400, "missing_image", "empty_file", "invalid_words", "invalid_seed", "invalid_idempotency_key",
-                         "invalid_webhook", "bad_request"),
+            "400": error(400, "missing_image", "empty_file", "invalid_words", "invalid_seed", "invalid_style",
+                         "invalid_idempotency_key", "invalid_webhook", "bad_request"),
             "401": UNAUTHORIZED,
             "409": error(409, "idempotency_key_in_use", headers={"Retry-After": RETRY_AFTER}),
             "413": error(413, "too_large", "too_many_pixels"),
@@ -90,6 +93,17 @@ OPERATIONS = {
                       "401": UNAUTHORIZED, "404": error(404, "not_found", "audio_missing"),
                       "409": error(409, "not_ready"), "416": error(416, "requested_range_not_satisfiable"),
                       "429": RATE_LIMITED, "503": error(503, "redis_unavailable", "storage_unavailable")}},
+    ("/api/v1/jobs/{job_id}/subtitles.vtt", "get"): {
+        "operationId": "api.job_subtitles", "tags": ["jobs"], "summary": "Get a job's word-timed subtitles",
+        "security": ANYONE,
+        "description": "WebVTT with one cue per word of the story as spoken (numbers spelled out), timed to the "
+                       "MP3; a written word read as several (`$5`: \"five dollars\") is one cue. The cue "
+                       "identifier `w<n>` is the index of that word in the story split at whitespace.",
+        "parameters": [JOB_ID],
+        "responses": {"200": {"description": "The WebVTT file.", **VTT},
+                      "401": UNAUTHORIZED, "404": error(404, "not_found", "subtitles_missing"),
+                      "409": error(409, "not_ready"), "429": RATE_LIMITED,
+                      "503": error(503, "redis_unavailable", "storage_unavailable")}},
     ("/api/v1/jobs/{job_id}/image", "get"): {
         "operationId": "api.job_image", "tags": ["jobs"], "summary": "Get a job's photo", "security": ANYONE,
         "parameters": [JOB_ID],
@@ -97,6 +111,13 @@ OPERATIONS = {
                               "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
                       "401": UNAUTHORIZED, "404": error(404, "not_found", "image_missing"), "429": RATE_LIMITED,
                       "503": error(503, "redis_unavailable", "storage_unavailable")}},
+    ("/api/v1/styles", "get"): {
+        "operationId": "styles_api.list_styles", "tags": ["jobs"], "summary": "List the story styles",
+        "security": ANYONE,
+        "description": "The styles a job may name in `style` (STORY_STYLES), in the server's order; exactly one "
+                       "is the default. Empty when the server has no styles.",
+        "responses": {"200": json_response("The styles.", {"type": "array", "items": ref("Style")}),
+                      "401": UNAUTHORIZED, "503": REDIS_DOWN}},
     ("/api/v1/webhooks/secret", "get"): {
         "operationId": "webhooks_api.secret", "tags": ["webhooks"], "summary": "Get your webhook secret",
         "security": OWNER, "description": "The `whsec_` secret that signs the webhooks of the caller's jobs.",

@@ -9,6 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.jobs import JobStatus
 from shared.webhooks import notify_finished
+from web import albums, styles_api
 from web.api import job_view, load_job
 from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.errors import AppError, error_response
@@ -61,6 +62,7 @@ def form_page(error: str | None = None, status: int = 200, words: str = ""):
     settings = services().settings
     return render_template("index.html", error=error, words_min=WORDS_MIN, words_max=WORDS_MAX,
                            default_words=settings.story_words, max_mb=settings.max_upload_mb,
+                           max_photos=albums.MAX_PHOTOS, styles=styles_api.configured(), style=sent_style(),
                            words=words, recent=recent_stories()), status
 
 
@@ -70,6 +72,16 @@ def sent_words() -> str:
     readable form, hence the guard."""
     try:
         return (request.form.get("words") or "")[:10]
+    except RequestEntityTooLarge:
+        return ""
+
+
+def sent_style() -> str:
+    """The style chosen before a form error, so the select keeps it (blank: the default)."""
+    if request.method != "POST":
+        return ""
+    try:
+        return (request.form.get("style") or "")[:40]
     except RequestEntityTooLarge:
         return ""
 
@@ -104,16 +116,22 @@ def submit():
         new_session = new_session_id()
         owner = f"session:{new_session}"
     try:
-        job = create_job_from_request(owner=owner)
+        photos = albums.form_photos()
+        if len(photos) > 1:  # an album: every photo its own job, all on one page (web/albums.py)
+            location = url_for("albums.album_page", album_id=albums.create_album(photos, owner))
+        else:
+            location = url_for("pages.job_page", job_id=create_job_from_request(owner=owner).id)
     except AppError as exc:
         return form_page(exc.message, exc.status, sent_words())
+    except albums.TooManyPhotos as exc:
+        return form_page(str(exc), 400, sent_words())
     except RequestEntityTooLarge:
-        return form_page(f"The photo is larger than the {services().settings.max_upload_mb:g} MB limit.", 413)
+        return form_page(albums.too_large_message(), 413)
     if new_session is not None:
         session.permanent = True  # PERMANENT_SESSION_LIFETIME, renewed by each visit
         session[SESSION_FIELD] = new_session
     # 303: the browser follows with a GET, so reloading the job page never resubmits the photo.
-    return redirect(url_for("pages.job_page", job_id=job.id), code=303)
+    return redirect(location, code=303)
 
 
 @bp.get("/jobs/<job_id>")

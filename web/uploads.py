@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 import unicodedata
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import redis
 from flask import current_app, request
@@ -20,10 +20,15 @@ from werkzeug.exceptions import ClientDisconnected
 from shared.images import ImageError, check_image
 from shared.jobs import Job, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
-from shared.webhooks import InvalidWebhook, webhook_for_submit
+from shared import result_cache
+from shared.webhooks import InvalidWebhook, notify_finished, webhook_for_submit
 from web.errors import AppError
 from web.metrics import note_rejection
 from web.services import services
+from web.styles_api import job_style
+
+if TYPE_CHECKING:  # web.idempotency is the API's; only its type is named here
+    from web.idempotency import IdempotentSubmit
 
 WORDS_MIN, WORDS_MAX = 10, 200
 SEED_MAX = 2**32 - 1  # what torch/numpy seeding accepts everywhere
@@ -151,27 +156,41 @@ def validate_image(data: bytes, max_pixels: int) -> str:
 
 
 @note_rejection  # the reason a refused submit gets counted (web/metrics.py)
-def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSubmit"] = None,
+def create_job_from_request(idempotency: Optional["IdempotentSubmit"] = None,
                             owner: Optional[str] = None) -> Job:
     """Validate, store, record and enqueue a job of `owner` (web/auth.py; None: ownerless). With
     `idempotency` (the API's Idempotency-Key), a request repeating an earlier one gets that
     request's job back (and `idempotency.replayed`)."""
     svc = services()
-    settings = svc.settings
     check_request_size()
     check_queued(svc, owner)
-    data, filename = read_image_field(settings.max_upload_bytes)
+    data, filename = read_image_field(svc.settings.max_upload_bytes)
+    return create_job(data, filename, owner, idempotency)
+
+
+def create_job(data: bytes, filename: Optional[str], owner: Optional[str],
+               idempotency: Optional["IdempotentSubmit"] = None,
+               content_type: Optional[str] = None) -> Job:
+    """One photo's job, with this request's other form fields (`words`, `seed`, ...). The form's
+    albums (web/albums.py) call it once per photo, passing the `content_type` they already checked."""
+    svc = services()
+    settings = svc.settings
     words = parse_int(request.form.get("words"), "words", WORDS_MIN, WORDS_MAX) or settings.story_words
     seed = parse_int(request.form.get("seed"), "seed", 0, SEED_MAX)
-    content_type = validate_image(data, settings.max_image_pixels)
+    style = job_style(request.form.get("style"))  # the default's name when none is asked for
+    content_type = content_type or validate_image(data, settings.max_image_pixels)
 
-    job = Job(id=new_job_id(), words=words, seed=seed, content_type=content_type, filename=filename, owner=owner)
+    job = Job(id=new_job_id(), words=words, seed=seed, style=style, content_type=content_type, filename=filename,
+              owner=owner)
+    if result_cache.applies(settings, seed):  # what the result cache's key is made of
+        job.image_sha256 = result_cache.image_digest(data)
     try:  # POSTed, signed, when the job ends (shared/webhooks.py); its host is resolved and checked
         job.webhook = webhook_for_submit(request.form.get("webhook"), job.owner, settings)
     except InvalidWebhook as exc:
         raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key
-        earlier = idempotency.reserve(svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook)
+        earlier = idempotency.reserve(svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook,
+                                      style=job.style)
         if earlier is not None:
             if earlier.owner != owner:  # never hand one owner's job to another
                 raise AppError(422, "idempotency_key_reused",
@@ -181,13 +200,16 @@ def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSub
     try:
         svc.ensure_storage()
         svc.storage.put(job.input_key, data, content_type)
+        # A hit makes the job a succeeded copy of an earlier result; it never goes through the queue.
+        cached = result_cache.applies(settings, seed) and result_cache.serve(svc.redis, svc.storage, settings, job)
         try:
             svc.jobs.create(job)
         except Exception:
             _discard(svc, job, job_created=False)
             raise
         try:
-            svc.enqueue(job.id)
+            if not cached:
+                svc.enqueue(job.id)
         except Exception as exc:
             current_app.logger.warning("enqueue of %s failed: %s", job.id, exc)
             _discard(svc, job, job_created=True)
@@ -199,6 +221,8 @@ def create_job_from_request(idempotency: Optional["web.idempotency.IdempotentSub
         raise
     if idempotency is not None:
         idempotency.confirm(svc.redis, svc.jobs.ttl)
+    if cached:  # finished at once: its webhook goes out now, as for any finished job (never raises)
+        notify_finished(svc.celery, svc.jobs, [job.id])
     return job
 
 
@@ -236,5 +260,8 @@ def _discard(svc, job: Job, job_created: bool) -> None:
         if job_created:
             svc.jobs.delete(job.id)
         svc.storage.delete(job.input_key)
+        for key in (job.audio_key, getattr(job, "subtitles_key", None)):  # a result cache hit's copies
+            if key:
+                svc.storage.delete(key)
     except Exception as exc:  # the original error is the one worth reporting
         current_app.logger.warning("cleanup of %s failed: %s", job.id, exc)

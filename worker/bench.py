@@ -1,7 +1,10 @@
-"""Benchmark: `python -m worker.bench [--runs N] [--models DIR] [--device D] [--words N]`.
+"""Benchmark: `python -m worker.bench [--runs N] [--models DIR] [--device D] [--words N] [--styles SPEC]`.
 
 Measures model-load time, median per-stage latency for batch 1 and batch 8, and peak memory,
 on the offline tiny models by default, so later changes can be compared on the same machine.
+Story styles: a batch of 8 all in one style against 8 mixed across the styles (STORY_STYLES, adapters
+unmerged), next to one adapter merged (STORY_ADAPTER); with the tiny models it builds two random
+adapters itself, with --models it needs --styles name=location,... (as STORY_STYLES).
 A script, not a test: the numbers depend on the machine and on what else runs on it.
 """
 from __future__ import annotations
@@ -52,6 +55,81 @@ def measure(engine, batch: int, runs: int, words: int) -> dict[str, float]:
     return {stage: statistics.median(values) for stage, values in samples.items()}
 
 
+CAPTIONS = ["a dog running on a beach", "two cats sitting on a window sill", "a red car parked in front of a "
+            "tall building", "a plate of pasta with tomato sauce on a wooden table", "a man riding a bicycle down "
+            "a street at night", "a group of people standing on top of a mountain", "a horse in a field of flowers",
+            "a woman reading a book in a park"]
+
+
+def story_run(stage, styles: list | None, batch: int, words: int):
+    """A function that times one batched story generation of exactly words*2+32 new tokens per row
+    (what the engine allows a story of `words`): every case does the same work, however soon its
+    adapter would have ended the stories (random adapters end them at random)."""
+    import torch
+
+    tokens = words * 2 + 32
+    inputs = stage.preprocess([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)], words)
+    names = stage.adapter_names(styles, batch)
+    options = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, temperature=None, top_p=None,
+                   top_k=None, pad_token_id=stage.tokenizer.pad_token_id,
+                   **({"adapter_names": names} if names else {}))
+
+    def run() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            stage.model.generate(**inputs, **options)
+        if stage.device.type == "cuda":
+            torch.cuda.synchronize(stage.device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def timed(runs: dict, count: int) -> dict[str, float]:
+    """Median seconds of each run after one warm-up each; the runs take turns, so a machine that
+    gets busier meanwhile slows them all alike."""
+    samples: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(count + 1):
+        for label, run in runs.items():
+            samples[label].append(run())
+    return {label: statistics.median(values[1:]) for label, values in samples.items()}
+
+
+def compare_styles(overrides: dict, spec: str, runs: int, words: int, batch: int = 8) -> dict[str, float]:
+    """The story stage on a batch of `batch`: the first style's adapter merged (STORY_ADAPTER, the
+    fast path), all rows in the first style and rows mixed across the styles (STORY_STYLES,
+    unmerged; row i in style i mod n), one engine at a time. Median seconds per batch."""
+    import gc
+
+    import torch
+
+    from shared.settings import Settings
+    from shared.styles import parse_styles
+    from worker.engine import Engine
+
+    styles = parse_styles(spec)
+    first = styles.names[0]
+    merged = Engine(Settings(**overrides, story_adapter=styles.locations[first])).story.load()
+    results = timed({f"{first} merged (STORY_ADAPTER)": story_run(merged, None, batch, words)}, runs)
+    del merged
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    stage = Engine(Settings(**overrides, story_styles=spec)).story.load()
+    mixed = [styles.names[i % len(styles.names)] for i in range(batch)]
+    results.update(timed({f"{first} only (styles)": story_run(stage, [first] * batch, batch, words),
+                          f"mixed {'/'.join(styles.names)} (styles)": story_run(stage, mixed, batch, words)}, runs))
+    return results
+
+
+def tiny_styles(models: Path, out: Path) -> str:
+    """Two random LoRA adapters on the tiny story model, as a STORY_STYLES value."""
+    from worker.tiny_models import adapter
+
+    return ",".join(f"{name}={adapter.build(models / 'story', out / name, seed=seed)}"
+                    for name, seed in (("bedtime", 1), ("adventure", 2)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per batch size (median)")
@@ -59,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override DEVICE (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--words", type=int, default=40, help="story length")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--styles", default=None, metavar="SPEC",
+                        help="STORY_STYLES to compare single-style and mixed batches of 8 (default with the tiny "
+                             "models: two random adapters; 'none' skips the comparison)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -88,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
         loads = engine.load()
         results = {b: measure(engine, b, args.runs, args.words) for b in map(int, args.batches.split(","))}
+        spec = args.styles if args.styles != "none" else None
+        if spec is None and args.models is None and args.styles != "none":
+            spec = tiny_styles(models, Path(tmp) / "styles")
+        style_results = compare_styles(overrides, spec, args.runs, args.words) if spec else {}
 
     cpu = platform.processor() or platform.machine()
     print(f"machine: {platform.system()} {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
@@ -105,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     for batch, medians in results.items():
         cells = [f"{medians[s]:7.3f} ({medians[s] / batch:5.3f})" for s in STAGES + ("total",)]
         print(f"{batch:>5} | " + " | ".join(cells))
+    if style_results:
+        print(f"story styles ({'two tiny random adapters' if args.styles is None else args.styles}): story stage, "
+              f"batch of 8, {args.words * 2 + 32} new tokens per row, median of {args.runs} runs after 1 warm-up")
+        merged, single, mixed = style_results.values()
+        for label, seconds in style_results.items():
+            print(f"  {label:<40} {seconds:7.3f} s ({seconds / 8:5.3f} per photo), {seconds / merged:5.2f}x merged")
+        print(f"  mixed vs single-style: {100 * (mixed / single - 1):+.1f}%")
     memory = f"peak memory: RSS {peak_rss_mb():.0f} MB"
     if engine.device.type == "cuda":
         memory += f", CUDA allocated {torch.cuda.max_memory_allocated(engine.device) / 2**20:.0f} MB"

@@ -21,6 +21,7 @@ from typing import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
+from shared import result_cache
 from shared.images import ImageError, load_image
 from shared.jobs import Job, JobStatus, JobStore, Stage
 from shared.storage import Storage, StorageError, StorageNotFound, StorageUnavailable
@@ -42,6 +43,11 @@ class JobFailed(Exception):
 
 def audio_key(job_id: str, claimant: str) -> str:
     return f"audio/{job_id}/{claimant.rsplit(':', 1)[-1]}.mp3"
+
+
+def subtitles_key(job_id: str, claimant: str) -> str:
+    # Its own prefix: audio/<id>/ holds exactly one MP3 per run, which the fault tests count.
+    return f"subtitles/{job_id}/{claimant.rsplit(':', 1)[-1]}.vtt"
 
 
 @metrics.count_outcomes  # each claimed job's outcome and submit-to-finish time
@@ -81,6 +87,7 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
             outcomes[job_id] = "missing"
             continue
         try:
+            check_style(engine, job)
             images.append(read_image(storage, job.input_key, settings.max_image_pixels, retry))
             jobs.append(job)
         except JobFailed as exc:
@@ -103,14 +110,19 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
 
     try:
         if jobs:
+            styles = [getattr(j, "style", None) for j in jobs]
+            # One batch mixes styles (each row its own adapter); named only when a job has one.
+            extra = {"styles": styles} if any(styles) else {}
             narrations = engine.narrate_batch(images, words=[j.words for j in jobs], seeds=[j.seed for j in jobs],
-                                              on_progress=publish)
+                                              on_progress=publish, **extra)
             metrics.stages_done(narrations)
             publish(Stage.UPLOAD.value, [{} for _ in jobs])
             for job, narration in zip(jobs, narrations):
                 if job.id in active:
                     with metrics.stage_timer("upload"):
                         outcomes[job.id] = finish_job(store, storage, job.id, narration, claimant, retry)
+                    if outcomes[job.id] == JobStatus.SUCCEEDED.value:
+                        remember_result(store, settings, job)
     except JobCanceled:
         pass
     except RedisError:
@@ -129,24 +141,44 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
 
 def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claimant: str,
                retry: Callable) -> str:
-    key = audio_key(job_id, claimant)
+    from worker.engine.subtitles import to_vtt
+
+    key, vtt_key = audio_key(job_id, claimant), subtitles_key(job_id, claimant)
     retry(lambda: storage.put(key, narration.mp3, content_type="audio/mpeg"))
+    vtt = to_vtt(getattr(narration, "words", None) or []).encode()
+    retry(lambda: storage.put(vtt_key, vtt, content_type="text/vtt; charset=utf-8"))
     timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
     if store.succeed(job_id, key, round(narration.audio_seconds, 3), claimant=claimant, caption=narration.caption,
-                     story=narration.story, timings=timings):
-        _remove_other_runs_audio(storage, job_id, key)
+                     story=narration.story, timings=timings, subtitles_key=vtt_key):
+        _remove_other_runs_audio(storage, job_id, key, vtt_key)
         return JobStatus.SUCCEEDED.value
     # Canceled meanwhile, or another run holds the job now: this run's audio belongs to no one.
     retry(lambda: storage.delete(key))
+    retry(lambda: storage.delete(vtt_key))
     return "lost"
 
 
-def _remove_other_runs_audio(storage: Storage, job_id: str, keep: str) -> None:
-    # A run whose worker died after uploading left its MP3 behind; the job has one result.
+def remember_result(store: JobStore, settings, job: Job) -> None:
+    """A succeeded job with a seed answers later submits of the same photo, words, seed and style
+    (shared/result_cache.py). Best effort: the job has succeeded whatever happens here."""
+    if not getattr(settings, "result_cache", False) or result_cache.job_key(settings, job) is None:
+        return
     try:
-        for key in storage.list(f"audio/{job_id}/"):
-            if key != keep:
-                storage.delete(key)
+        done = store.get(job.id)  # what finish_job recorded: the audio's key, the timings
+        key = result_cache.job_key(settings, done) if done is not None else None
+        if done is not None and key and done.status == JobStatus.SUCCEEDED:
+            result_cache.remember(store.redis, store.ttl, key, done)
+    except Exception as exc:
+        log.warning("could not cache the result of job %s: %s", job.id, exc)
+
+
+def _remove_other_runs_audio(storage: Storage, job_id: str, *keep: str) -> None:
+    # A run whose worker died after uploading left its MP3 (and subtitles) behind; the job has one result.
+    try:
+        for prefix in (f"audio/{job_id}/", f"subtitles/{job_id}/"):
+            for key in storage.list(prefix):
+                if key not in keep:
+                    storage.delete(key)
     except StorageError as exc:
         log.warning("could not tidy the audio of job %s: %s", job_id, exc)
 
@@ -169,6 +201,15 @@ def storage_retry(seconds: float) -> Callable:
                 delay = min(delay * 2, 10.0)
 
     return call
+
+
+def check_style(engine, job: Job) -> None:
+    """A job whose style this worker does not serve fails alone, not its whole batch (web and
+    workers read the same STORY_STYLES; they differ only mid-rollout or by mistake)."""
+    problem = getattr(engine, "style_problem", None)
+    message = problem(getattr(job, "style", None)) if problem else None
+    if message:
+        raise JobFailed(message)
 
 
 def read_image(storage: Storage, key: str, max_pixels: int | None, retry: Callable):

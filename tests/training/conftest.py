@@ -19,6 +19,17 @@ SMALL_SET = [
 ]
 
 
+def seed_like_rows() -> list[dict]:
+    """Shaped like the seed's own file: 200 rows cycling through 39 distinct ones, so item 40
+    repeats item 1 and 161 rows are exact duplicates."""
+    animals = ("dog", "cat", "horse", "duck", "bear", "bird", "cow", "sheep", "fox", "owl", "goat", "pig", "frog")
+    places = ("in a park", "on a bed", "in a field")
+    distinct = [{"prompt": f"a {animal} {place}", "story": f"Once upon a time there was a {animal} {place}. "
+                 f"It had a small adventure, made a friend, and went home happy. The end."}
+                for place in places for animal in animals]
+    return [distinct[i % len(distinct)] for i in range(200)]
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

@@ -1,4 +1,5 @@
-"""Dataset validation: every bad file is refused with a message naming the row, before any model."""
+"""Dataset validation: every bad file is refused with a message naming the row, before any model;
+exact duplicates are dropped and named instead."""
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,8 @@ import json
 
 import pytest
 
-from tests.training.conftest import SMALL_SET, write_jsonl
-from training.dataset import DatasetError, dataset_sha256, load_examples, split_eval
+from tests.training.conftest import SMALL_SET, seed_like_rows, write_jsonl
+from training.dataset import DatasetError, dataset_sha256, load_examples, read_dataset, split_eval
 
 GOOD = {"prompt": "a dog on a couch", "story": "The dog slept. Then it woke. Then it slept again, happily."}
 OTHER = {"prompt": "a cat on a bed", "story": "The cat claimed the bed and refused to move until spring."}
@@ -103,21 +104,54 @@ def test_bad_row_in_array_names_item_and_line(tmp_path):
     assert "item 3 (line 10)" in message and "must be a string" in message, message
 
 
-def test_exact_duplicates_name_both_rows(tmp_path):
-    path = write_jsonl(tmp_path / "dup.jsonl", [GOOD, OTHER, dict(GOOD, story=GOOD["story"] + " ")])
-    message = error_for(path)
-    assert "line 3 duplicates line 1" in message
+def test_exact_duplicates_are_dropped_and_named(tmp_path):
+    # Same normalisation as the rest of the loader: surrounding whitespace does not make a row new.
+    rows = [GOOD, OTHER, dict(GOOD, story=GOOD["story"] + " "), OTHER]
+    dataset = read_dataset(write_jsonl(tmp_path / "dup.jsonl", rows))
+    assert [(e.prompt, e.where) for e in dataset.examples] == [(GOOD["prompt"], "line 1"), (OTHER["prompt"], "line 2")]
+    assert dataset.duplicates == [("line 3", "line 1"), ("line 4", "line 2")]
+    message = dataset.duplicates_message("dup.jsonl")
+    assert message == ("dup.jsonl: dropped 2 exact duplicates (same prompt and story): "
+                       "line 3 duplicates line 1; line 4 duplicates line 2")
+    assert load_examples(tmp_path / "dup.jsonl") == dataset.examples
 
 
-def test_same_prompt_with_another_story_is_allowed(tmp_path):
+def test_no_duplicates_no_message(tmp_path):
+    dataset = read_dataset(write_jsonl(tmp_path / "set.jsonl", SMALL_SET))
+    assert dataset.duplicates == [] and dataset.duplicates_message("set.jsonl") is None
+
+
+def test_same_prompt_with_another_story_is_kept(tmp_path):
+    # Not a conflict: one photo may honestly have many stories, and each one is worth learning.
     path = write_jsonl(tmp_path / "two.jsonl", [GOOD, dict(GOOD, story="Another story about the same photo.")])
+    dataset = read_dataset(path)
+    assert len(dataset.examples) == 2 and dataset.duplicates == []
+
+
+def test_same_story_with_another_prompt_is_kept(tmp_path):
+    path = write_jsonl(tmp_path / "two.jsonl", [GOOD, dict(GOOD, prompt="a puppy on a sofa")])
     assert len(load_examples(path)) == 2
 
 
-def test_duplicates_in_an_array(tmp_path):
-    path = tmp_path / "dup.json"
-    path.write_text(json.dumps([GOOD, OTHER, GOOD]))
-    assert "item 3 (line 1) duplicates item 1 (line 1)" in error_for(path)
+def test_seed_like_array_keeps_its_39_distinct_rows(tmp_path):
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(seed_like_rows(), indent=2))
+    dataset = read_dataset(path)
+    assert len(dataset.examples) == 39 and len(dataset.duplicates) == 161
+    assert dataset.examples[38].where == "item 39 (line 154)"
+    assert dataset.duplicates[0] == ("item 40 (line 158)", "item 1 (line 2)")
+    assert dataset.duplicates[-1] == ("item 200 (line 798)", "item 5 (line 18)")
+    message = dataset.duplicates_message(path)
+    assert message.startswith(f"{path}: dropped 161 exact duplicates (same prompt and story): item 40 (line 158) "
+                              "duplicates item 1 (line 2); item 41 (line 162) duplicates item 2 (line 6); ")
+    assert message.endswith("; 158 more") and "\n" not in message
+
+
+def test_a_file_of_one_row_repeated_keeps_one(tmp_path):
+    path = tmp_path / "same.json"
+    path.write_text(json.dumps([GOOD] * 5))
+    dataset = read_dataset(path)
+    assert len(dataset.examples) == 1 and len(dataset.duplicates) == 4
 
 
 def test_sha256(tmp_path):

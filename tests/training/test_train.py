@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import SMALL_SET, write_jsonl
-from training.train import main
+from tests.training.conftest import SMALL_SET, seed_like_rows, write_jsonl
+from training.train import DEFAULT_DATA, main
 
 # peft calls a transformers method that transformers 5 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = "a dog sitting on a couch"
-REPORT_FIELDS = {"base_model", "dataset_sha256", "examples", "hyperparameters", "steps", "seconds",
-                 "initial_loss", "final_loss", "eval_loss", "device", "dtype", "peak_memory_mb"}
+REPORT_FIELDS = {"base_model", "dataset", "dataset_sha256", "duplicates_dropped", "examples", "hyperparameters",
+                 "steps", "seconds", "initial_loss", "final_loss", "eval_loss", "device", "dtype", "peak_memory_mb"}
 
 
 def train_args(data, out, base, *extra) -> list[str]:
@@ -77,6 +77,7 @@ def test_training_lowers_the_loss_and_writes_adapter_and_report(trained):
     assert report["steps"] == 30 and report["examples"]["train"] == 6 and report["examples"]["eval"] == 2
     assert report["eval_loss"] is not None and report["seconds"] > 0
     assert report["dataset_sha256"] == dataset_sha256(trained["data"])
+    assert report["dataset"] == str(trained["data"].resolve()) and report["duplicates_dropped"] == 0
     assert report["hyperparameters"]["rank"] == 8 and report["hyperparameters"]["target_modules"] == "q_proj,v_proj"
     assert (report["device"], report["dtype"]) == ("cpu", "float32")
     config = json.loads((out / "adapter_config.json").read_text())
@@ -132,6 +133,32 @@ def test_empty_eval_split_warns_and_reports_null(tmp_path, tiny_story, small_set
     assert "eval split is empty" in stderr
     report = json.loads((tmp_path / "out" / "training_report.json").read_text())
     assert report["eval_loss"] is None and report["examples"]["eval"] == 0 and report["steps"] == 2
+
+
+@pytest.mark.parametrize("name", ["bedtime.jsonl", "adventure.jsonl", "seed-like.json"])
+def test_style_files_and_a_file_with_duplicates_train(tmp_path, tiny_story, name):
+    """The documented style commands, on the tiny model for 2 steps; the seed-like array (200 rows,
+    39 distinct) trains on its distinct rows with one warning instead of being refused."""
+    if name == "seed-like.json":
+        data, distinct, dropped = tmp_path / name, 39, 161
+        data.write_text(json.dumps(seed_like_rows(), indent=2))
+    else:
+        data, distinct, dropped = DEFAULT_DATA.parent / name, None, 0
+    code, stdout, stderr = run_main(["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(tiny_story),
+                                     "--device", "cpu", "--max-steps", "2"])
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "training_report.json").read_text())
+    assert report["dataset"] == str(data.resolve()) and report["duplicates_dropped"] == dropped
+    assert report["steps"] == 2 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    total = report["examples"]["train"] + report["examples"]["eval"]
+    warnings = [line for line in stderr.splitlines() if "exact duplicate" in line]
+    if dropped:
+        assert total == distinct
+        assert warnings == [f"warning: {data}: dropped 161 exact duplicates (same prompt and story): "
+                            "item 40 (line 158) duplicates item 1 (line 2); item 41 (line 162) duplicates item 2 "
+                            "(line 6); item 42 (line 166) duplicates item 3 (line 10); 158 more"]
+    else:
+        assert total >= 100 and warnings == []
 
 
 def test_unknown_target_module_exits_2(tmp_path, tiny_story, small_set):

@@ -328,3 +328,13 @@ def test_a_key_whose_job_is_gone_makes_a_new_one(server, r):
     reply = post(base, "gone")
     assert reply.status == 202 and reply.body["id"] != old
     assert post(base, "gone").body["id"] == reply.body["id"]
+
+
+def test_the_style_is_part_of_the_request():
+    """The same key with another style is another request (a 422), not the first style's job."""
+    from web.idempotency import fingerprint
+
+    plain = fingerprint(b"photo", 30, 7)
+    assert fingerprint(b"photo", 30, 7, style=None) == plain  # keys made before styles still match
+    assert len({plain, fingerprint(b"photo", 30, 7, style="bedtime"),
+                fingerprint(b"photo", 30, 7, style="adventure")}) == 3

@@ -31,23 +31,24 @@ class AdapterFetchError(AdapterError, ModelLoadError):
     """The adapter's S3 endpoint cannot be reached: a ModelLoadError (so a ConfigError) too."""
 
 
-def resolve_adapter(spec: str, cache_dir: str | Path) -> Path:
-    """Return a local folder holding adapter_config.json (and the adapter weights)."""
+def resolve_adapter(spec: str, cache_dir: str | Path, setting: str = "STORY_ADAPTER") -> Path:
+    """Return a local folder holding adapter_config.json (and the adapter weights). `setting` names
+    where the location came from in errors (STORY_ADAPTER, or one style of STORY_STYLES)."""
     spec = str(spec).strip()
     if spec.startswith("s3://"):
-        return _from_s3(spec, Path(cache_dir))
+        return _from_s3(spec, Path(cache_dir), setting)
     path = Path(spec.removeprefix("file://")).expanduser()
     if not path.is_dir():
-        raise AdapterError(f"STORY_ADAPTER {spec!r}: no such folder")
+        raise AdapterError(f"{setting} {spec!r}: no such folder")
     if not (path / CONFIG_FILE).is_file():
-        raise AdapterError(f"STORY_ADAPTER {spec!r} is not a LoRA adapter folder: {CONFIG_FILE} is missing")
+        raise AdapterError(f"{setting} {spec!r} is not a LoRA adapter folder: {CONFIG_FILE} is missing")
     return path.resolve()
 
 
-def _from_s3(spec: str, cache_dir: Path) -> Path:
+def _from_s3(spec: str, cache_dir: Path, setting: str) -> Path:
     bucket, _, prefix = spec[len("s3://"):].partition("/")
     if not bucket:
-        raise AdapterError(f"STORY_ADAPTER {spec!r}: no bucket name")
+        raise AdapterError(f"{setting} {spec!r}: no bucket name")
     prefix = prefix.strip("/")
     # One folder per adapter URL, so changing STORY_ADAPTER never serves a stale cached adapter.
     target = cache_dir / hashlib.sha256(f"s3://{bucket}/{prefix}".encode()).hexdigest()[:24]
@@ -58,7 +59,7 @@ def _from_s3(spec: str, cache_dir: Path) -> Path:
         # Download next to the target, then rename: another process never sees a half folder.
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
         try:
-            _download(bucket, prefix, tmp, spec)
+            _download(bucket, prefix, tmp, spec, setting)
             try:
                 tmp.rename(target)
             except OSError:  # another worker finished first: keep its complete copy
@@ -69,7 +70,7 @@ def _from_s3(spec: str, cache_dir: Path) -> Path:
     return target
 
 
-def _download(bucket: str, prefix: str, dest: Path, spec: str) -> None:
+def _download(bucket: str, prefix: str, dest: Path, spec: str, setting: str) -> None:
     import boto3
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
@@ -97,12 +98,12 @@ def _download(bucket: str, prefix: str, dest: Path, spec: str) -> None:
                 count += 1
     except (EndpointError, HTTPClientError) as exc:  # refused, timed out, DNS, TLS, connection dropped
         raise AdapterFetchError(
-            f"STORY_ADAPTER {spec!r}: the S3 endpoint cannot be reached ({type(exc).__name__}: {exc}). "
-            "Fixes: check the network and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; or set STORY_ADAPTER to a "
-            "local adapter folder (a copy of the S3 prefix); or unset STORY_ADAPTER to serve the base model."
+            f"{setting} {spec!r}: the S3 endpoint cannot be reached ({type(exc).__name__}: {exc}). "
+            "Fixes: check the network and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; or point it at a "
+            "local adapter folder (a copy of the S3 prefix); or unset it to serve the base model."
         ) from exc
     except (BotoCoreError, ClientError) as exc:
-        raise AdapterError(f"STORY_ADAPTER {spec!r}: could not download from S3: {exc}") from exc
+        raise AdapterError(f"{setting} {spec!r}: could not download from S3: {exc}") from exc
     if not (dest / CONFIG_FILE).is_file():
         found = f"{count} object(s)" if count else "nothing"
-        raise AdapterError(f"STORY_ADAPTER {spec!r}: found {found} there but no {CONFIG_FILE}")
+        raise AdapterError(f"{setting} {spec!r}: found {found} there but no {CONFIG_FILE}")

@@ -31,11 +31,13 @@ class Narration:
     audio_seconds: float
     sample_rate: int
     timings: dict[str, float]
+    # When each spoken word starts and ends in the MP3 (worker/engine/subtitles.py: WordTiming).
+    words: list = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
-        """Everything but the audio bytes, ready for json.dumps."""
+        """Everything but the audio bytes and word timings, ready for json.dumps."""
         out = asdict(self)
-        del out["mp3"]
+        del out["mp3"], out["words"]
         return out
 
 
@@ -78,10 +80,33 @@ class Engine:
     def story(self):
         from worker.engine.story import StoryStage
 
-        s = self.settings
+        s, styles = self.settings, self.styles
         return self._stages("story", lambda: StoryStage(
             s.story_model, adapter=s.story_adapter, device=str(self.device), dtype=self.dtype,
-            quantize=s.quantize, cache_dir=s.model_cache_dir))
+            quantize=s.quantize, cache_dir=s.model_cache_dir, styles=styles.locations, default_style=styles.default))
+
+    @property
+    def styles(self):
+        """STORY_STYLES parsed (shared/styles.py); a bad value fails the story model's load, as a bad
+        STORY_ADAPTER does (an AdapterError: the worker records it and exits)."""
+        from shared.styles import StyleError, from_settings
+        from worker.engine.adapters import AdapterError
+
+        def parse():
+            try:
+                return from_settings(self.settings)
+            except StyleError as exc:
+                raise AdapterError(str(exc)) from None
+
+        return self._stages("styles", parse)
+
+    def style_problem(self, style: str | None) -> str | None:
+        """Why a job of this style cannot run here (a message for the job's `error`), or None."""
+        styles = self.styles
+        if style and style not in styles.locations:
+            served = f"it serves {', '.join(styles.names)}" if styles.names else "it serves no styles"
+            return f"the story style {style!r} is not served by this worker ({served}; see STORY_STYLES)"
+        return None
 
     @property
     def speech(self):
@@ -121,17 +146,20 @@ class Engine:
 
     def narrate_batch(self, images: Sequence[Image.Image], words: int | Sequence[int | None] | None = None,
                       seeds: Sequence[int | None] | None = None, sample: bool = True,
-                      on_progress: BatchProgressCallback | None = None) -> list[Narration]:
+                      on_progress: BatchProgressCallback | None = None,
+                      styles: Sequence[str | None] | None = None) -> list[Narration]:
         """Each stage runs once over the whole list (once per distinct seed, and story length, for
-        story and speech). on_progress(stage, [fields per photo]) works as in narrate."""
+        story and speech; styles mix in one call). on_progress(stage, [fields per photo]) works as
+        in narrate. `styles`: a STORY_STYLES name per photo (None: the default style)."""
         n = len(images)
         seeds = list(seeds) if seeds is not None else [None] * n
         words = list(words) if isinstance(words, (list, tuple)) else [words] * n
-        if len(seeds) != n or len(words) != n:
-            raise ValueError(f"{n} images but {len(seeds)} seeds and {len(words)} story lengths")
-        return self._run(list(images), words, seeds, sample, on_progress) if images else []
+        styles = list(styles) if styles is not None else [None] * n
+        if len(seeds) != n or len(words) != n or len(styles) != n:
+            raise ValueError(f"{n} images but {len(seeds)} seeds, {len(words)} story lengths and {len(styles)} styles")
+        return self._run(list(images), words, seeds, sample, on_progress, styles) if images else []
 
-    def _run(self, images, words, seeds, sample, on_progress) -> list[Narration]:
+    def _run(self, images, words, seeds, sample, on_progress, styles=None) -> list[Narration]:
         from worker.engine.speech import encode_mp3
 
         words = [int(w or self.settings.story_words) for w in words]
@@ -150,7 +178,8 @@ class Engine:
         stories: list[str] = [""] * len(images)
         for (seed, length), indexes in _groups(zip(seeds, words)).items():
             texts = self.story([captions[i] for i in indexes], words=length, seed=seed, do_sample=sample,
-                               temperature=self.settings.story_temperature, top_p=self.settings.story_top_p)
+                               temperature=self.settings.story_temperature, top_p=self.settings.story_top_p,
+                               styles=[styles[i] for i in indexes] if styles else None)
             for i, text in zip(indexes, texts):
                 stories[i] = text
         timings["story"] = time.perf_counter() - start
@@ -174,5 +203,6 @@ class Engine:
         else:
             with ThreadPoolExecutor(max_workers=min(len(speeches), os.cpu_count() or 2)) as pool:
                 encoded = list(pool.map(encode, speeches))
-        return [Narration(caption, story, mp3, speech.seconds, speech.sample_rate, dict(timings, encode=seconds))
+        return [Narration(caption, story, mp3, speech.seconds, speech.sample_rate, dict(timings, encode=seconds),
+                          words=speech.words)
                 for caption, story, speech, (mp3, seconds) in zip(captions, stories, speeches, encoded)]

@@ -7,9 +7,10 @@ pauses.
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,12 +18,16 @@ import numpy as np
 from worker.engine.speech_text import (  # noqa: F401
     DEFAULT_ALLOWED, keep_only, normalize_text, number_words, ordinal_words, spell_out, split_sentences,
 )
+from worker.engine.subtitles import DurationTap, WordTiming, align, chunk_words
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Speech:
     waveform: np.ndarray  # float32, mono, in [-1, 1]
     sample_rate: int
+    words: list[WordTiming] = field(default_factory=list)  # each spoken word's start and end
 
     @property
     def seconds(self) -> float:
@@ -31,10 +36,13 @@ class Speech:
 
 @dataclass
 class SpeechBatch:
-    """Chunks of every text in one flat list; owners[i] is the index of the text chunk i came from."""
+    """Chunks of every text in one flat list; owners[i] is the index of the text chunk i came from.
+    forward() fills frames[i]: the VITS frames of each token of chunk i (None if unknown)."""
     chunks: list[str]
     owners: list[int]
     n_texts: int
+    texts: list[str] = field(default_factory=list)
+    frames: list = field(default_factory=list)
 
 
 class SpeechStage:
@@ -99,7 +107,7 @@ class SpeechStage:
                 if chunk:
                     chunks.append(chunk)
                     owners.append(index)
-        return SpeechBatch(chunks, owners, len(texts))
+        return SpeechBatch(chunks, owners, len(texts), texts=list(texts))
 
     def forward(self, batch: SpeechBatch, seed: int | None = None) -> list[np.ndarray]:
         """One waveform per chunk. Chunks are sorted by length so each padded batch wastes little."""
@@ -111,27 +119,47 @@ class SpeechStage:
         seed = self.seed if seed is None else seed
         device = torch.device(self.device)
         waves: list[np.ndarray | None] = [None] * len(batch.chunks)
+        batch.frames = [None] * len(batch.chunks)
+        hop = int(np.prod(self.model.config.upsample_rates))  # waveform samples per frame
         order = sorted(range(len(batch.chunks)), key=lambda i: len(batch.chunks[i]))
         with self._run_lock, seeded(seed, device):
             for start in range(0, len(order), self.max_batch):
                 ids = order[start:start + self.max_batch]
                 inputs = self.tokenizer([batch.chunks[i] for i in ids], padding=True, return_tensors="pt")
-                with torch.inference_mode():
+                with torch.inference_mode(), DurationTap(self.model) as tap:
                     out = self.model(**inputs.to(device))
                 lengths = out.sequence_lengths.tolist()
                 rows = out.waveform.float().cpu().numpy()
-                for row, i, n in zip(rows, ids, lengths):
+                masks = inputs["attention_mask"].bool().cpu().numpy()
+                for row, i, n, frames, mask in zip(rows, ids, lengths, tap.calls[-1], masks):
                     waves[i] = row[:n].astype(np.float32)  # drop the padding tail
+                    batch.frames[i] = frames[mask].tolist()  # this chunk's tokens, not the padding
+                    if sum(batch.frames[i]) * hop != n:  # a VITS that computes durations differently
+                        log.warning("token durations do not add up to the waveform; word times are estimated")
+                        batch.frames[i] = None
         return waves
 
     def postprocess(self, batch: SpeechBatch, waves: list[np.ndarray]) -> list[Speech]:
         rate = self.sample_rate
+        hop = int(np.prod(self.model.config.upsample_rates))
         pause = np.zeros(int(rate * self.pause_seconds), dtype=np.float32)
         parts: list[list[np.ndarray]] = [[] for _ in range(batch.n_texts)]
-        for owner, wave in zip(batch.owners, waves):
+        words: list[list[tuple[str, float, float]]] = [[] for _ in range(batch.n_texts)]
+        frames = batch.frames or [None] * len(waves)
+        for owner, chunk, wave, chunk_frames in zip(batch.owners, batch.chunks, waves, frames):
             parts[owner] += [pause, wave] if parts[owner] else [wave]
+            # The chunk starts after every earlier part of its text, the pauses included.
+            offset = (sum(map(len, parts[owner])) - len(wave)) / rate
+            words[owner] += [(w, offset + start, offset + end) for w, start, end
+                             in chunk_words(chunk, chunk_frames, hop / rate, len(wave) / rate)]
         empty = np.zeros(int(rate * self.empty_seconds), dtype=np.float32)
-        return [Speech(np.concatenate(p) if p else empty.copy(), rate) for p in parts]
+        texts = batch.texts or [""] * batch.n_texts
+        out = []
+        for part, spoken, text in zip(parts, words, texts):
+            refs = align(text or "", [w for w, _, _ in spoken], self.allowed)
+            timings = [WordTiming(w, start, end, ref) for (w, start, end), ref in zip(spoken, refs)]
+            out.append(Speech(np.concatenate(part) if part else empty.copy(), rate, timings))
+        return out
 
     def __call__(self, texts: list[str], seed: int | None = None) -> list[Speech]:
         batch = self.preprocess(list(texts))

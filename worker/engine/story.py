@@ -2,6 +2,10 @@
 
 The prompt format and the clean-up of the model's reply live in story_text.py.
 Nothing is loaded at import; StoryStage.load() loads once per process.
+
+One adapter (STORY_ADAPTER) is merged into the weights: base-model speed. Story styles (STORY_STYLES,
+shared/styles.py) stay unmerged, one named peft adapter each on the one base model, and a batch mixes
+them: generate(adapter_names=[style per row]) runs each row's LoRA on its own rows of every layer.
 """
 from __future__ import annotations
 
@@ -17,8 +21,14 @@ class StoryStage:
     caption's story depends on its batch companions (one random stream is shared by the batch)."""
 
     def __init__(self, model: str, adapter: str | None = None, device="cpu", dtype=None,
-                 quantize: str = "none", cache_dir: str | None = None, setting: str = "STORY_MODEL"):
+                 quantize: str = "none", cache_dir: str | None = None, setting: str = "STORY_MODEL",
+                 styles: dict[str, str] | None = None, default_style: str | None = None):
         self.model_name, self.adapter, self.quantize = str(model), adapter, quantize or "none"
+        # Style name -> adapter location (shared/styles.py); empty: no styles, STORY_ADAPTER merged.
+        self.styles = dict(styles or {})
+        self.default_style = default_style or next(iter(self.styles), None)
+        if self.styles and adapter:
+            raise ValueError("a StoryStage serves STORY_ADAPTER or styles, not both")
         self.setting = setting  # named in the error when the model cannot be loaded
         self.device_setting, self.dtype_setting, self.cache_dir = device, dtype, cache_dir
         self.model = self.tokenizer = self.device = None
@@ -44,12 +54,14 @@ class StoryStage:
         device = devices.resolve_device(self.device_setting)
         devices.check_quantize(self.quantize, device)  # fail before reading gigabytes
         dtype = devices.resolve_dtype(self.dtype_setting, device)
-        adapter_path = None
-        if self.adapter:
-            from worker.engine.adapters import resolve_adapter
-
-            adapter_path = resolve_adapter(self.adapter, self.cache_dir or ".cache/adapters")
+        from worker.engine.adapters import resolve_adapter
         from worker.engine.hub import load_pretrained
+
+        cache = self.cache_dir or ".cache/adapters"
+        adapter_path = resolve_adapter(self.adapter, cache) if self.adapter else None
+        # Every style's adapter is found (and downloaded) before gigabytes of base model are read.
+        style_paths = {name: resolve_adapter(location, cache, f"STORY_STYLES {name}")
+                       for name, location in self.styles.items()}
 
         quantization = devices.quantization_config(self.quantize, compute_dtype=dtype)
         kwargs = {"dtype": dtype}
@@ -73,7 +85,9 @@ class StoryStage:
         tokenizer, model = load_pretrained(self.setting, self.model_name, from_pretrained)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if adapter_path is not None:
+        if style_paths:
+            model = self._attach_styles(model, style_paths)
+        elif adapter_path is not None:
             from peft import PeftModel
 
             from worker.engine.adapters import AdapterError
@@ -92,6 +106,41 @@ class StoryStage:
         self.tokenizer, self.device = tokenizer, device
         self.model = model.eval()  # last: load()'s lock-free fast path treats a model as "all ready"
 
+    def _attach_styles(self, model, paths: dict):
+        """The base model with every style's adapter by its name, unmerged (merging would bake one in)."""
+        from peft import PeftModel
+
+        from worker.engine.adapters import AdapterError
+
+        for name, path in paths.items():
+            try:
+                if isinstance(model, PeftModel):
+                    model.load_adapter(str(path), adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+            except (KeyError, ValueError, OSError, RuntimeError) as exc:  # a broken or mismatched adapter
+                raise AdapterError(f"STORY_STYLES {name}={self.styles[name]} cannot be loaded onto "
+                                   f"{self.model_name}: {type(exc).__name__}: {exc}") from exc
+        return model
+
+    def adapter_names(self, styles, count: int) -> list[str] | None:
+        """Each row's peft adapter (None: no styles, one model for all). A row without a style gets
+        the default; a style this stage does not serve is a ValueError naming it."""
+        styles = list(styles) if styles is not None else [None] * count
+        if len(styles) != count:
+            raise ValueError(f"{count} captions but {len(styles)} styles")
+        if not self.styles:
+            asked = sorted({s for s in styles if s})
+            if asked:
+                raise ValueError(f"no story styles are served here (STORY_STYLES is empty), but {asked[0]!r} "
+                                 "was asked for")
+            return None
+        names = [style or self.default_style for style in styles]
+        unknown = sorted(set(names) - set(self.styles))
+        if unknown:
+            raise ValueError(f"story style {unknown[0]!r} is not served here (STORY_STYLES: {', '.join(self.styles)})")
+        return names
+
     def preprocess(self, captions: list[str], words: int = 40):
         self.load()
         prompts = [self.tokenizer.apply_chat_template(build_messages(c, words), tokenize=False,
@@ -101,8 +150,10 @@ class StoryStage:
         return batch.to(self.device)
 
     def forward(self, batch, seed: int | None = None, do_sample: bool = True, temperature: float = 0.8,
-                top_p: float = 0.9, repetition_penalty: float | None = None, max_new_tokens: int = 112):
-        """Generate and return only the new token ids (the prompt is cut off)."""
+                top_p: float = 0.9, repetition_penalty: float | None = None, max_new_tokens: int = 112,
+                adapter_names: list[str] | None = None):
+        """Generate and return only the new token ids (the prompt is cut off). `adapter_names`: one
+        style per row (see adapter_names()), for a stage with styles."""
         import torch
 
         from worker.engine.devices import seeded
@@ -115,6 +166,8 @@ class StoryStage:
             options.update(temperature=None, top_p=None, top_k=None)
         if repetition_penalty is not None:
             options["repetition_penalty"] = repetition_penalty
+        if adapter_names is not None:
+            options["adapter_names"] = list(adapter_names)
         # The lock keeps a seeded run's random stream to itself.
         with self._generate_lock, seeded(seed, self.device), torch.inference_mode():
             output = self.model.generate(**batch, **options)
@@ -127,12 +180,16 @@ class StoryStage:
 
     def __call__(self, captions: list[str], words: int = 40, seed: int | None = None,
                  do_sample: bool = True, temperature: float = 0.8, top_p: float = 0.9,
-                 max_new_tokens: int | None = None, repetition_penalty: float | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, repetition_penalty: float | None = None,
+                 styles: list[str | None] | None = None) -> list[str]:
+        """`styles`: one per caption (None: the default style), for a stage with styles."""
         if not captions:
             return []
+        names = self.adapter_names(styles, len(captions))  # before any work: an unknown style fails at once
         batch = self.preprocess(list(captions), words)
         # ~1.3 tokens per English word, plus room for the model to finish its last sentence.
         limit = max_new_tokens or int(words) * 2 + 32
         new_ids = self.forward(batch, seed=seed, do_sample=do_sample, temperature=temperature,
-                               top_p=top_p, repetition_penalty=repetition_penalty, max_new_tokens=limit)
+                               top_p=top_p, repetition_penalty=repetition_penalty, max_new_tokens=limit,
+                               adapter_names=names)
         return self.postprocess(new_ids, list(captions))
