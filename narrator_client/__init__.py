@@ -10,6 +10,7 @@
 It needs only `requests` (and `tqdm` for the command line's progress bar): no torch, nothing from the
 service's own packages.
 """
+
 from narrator_client.client import DEFAULT_URL, Client
 from narrator_client.errors import (
     ApiError,
@@ -22,5 +23,15 @@ from narrator_client.errors import (
     WaitTimeout,
 )
 
-__all__ = ["DEFAULT_URL", "Client", "ApiError", "ConnectionFailed", "JobFailed", "NarratorError", "NotFound",
-           "RateLimited", "ServiceUnavailable", "WaitTimeout"]
+__all__ = [
+    "DEFAULT_URL",
+    "Client",
+    "ApiError",
+    "ConnectionFailed",
+    "JobFailed",
+    "NarratorError",
+    "NotFound",
+    "RateLimited",
+    "ServiceUnavailable",
+    "WaitTimeout",
+]

@@ -3,6 +3,7 @@
 Exit status: 0 the story is saved; 1 the job failed or was canceled, the service could not be reached
 or the wait timed out; 2 bad usage or input (a missing photo, a request the API refused).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,17 +11,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from narrator_client.client import DEFAULT_URL, Client, new_idempotency_key
 from narrator_client.errors import ApiError, JobFailed, NarratorError, RateLimited, ServiceUnavailable
 
-STEPS = [("queued", "waiting for a worker"), ("caption", "describing the photo"), ("story", "writing the story"),
-         ("speech", "reading it aloud"), ("upload", "saving the audio")]
+STEPS = [
+    ("queued", "waiting for a worker"),
+    ("caption", "describing the photo"),
+    ("story", "writing the story"),
+    ("speech", "reading it aloud"),
+    ("upload", "saving the audio"),
+]
 SUBMIT_TRIES = 4
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m narrator_client", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     narrate = commands.add_parser("narrate", help="turn a photo into a narrated story (an MP3)")
@@ -29,16 +35,20 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     narrate.add_argument("--words", type=int, help="story length in words")
     narrate.add_argument("--seed", type=int, help="makes the story reproducible")
     narrate.add_argument("--style", help="a story style the service offers")
-    narrate.add_argument("--url", default=os.environ.get("NARRATOR_URL") or DEFAULT_URL,
-                         help="the service (default: $NARRATOR_URL, then %(default)s)")
-    narrate.add_argument("--api-key", default=os.environ.get("NARRATOR_API_KEY"),
-                         help="an API key (default: $NARRATOR_API_KEY)")
+    narrate.add_argument(
+        "--url",
+        default=os.environ.get("NARRATOR_URL") or DEFAULT_URL,
+        help="the service (default: $NARRATOR_URL, then %(default)s)",
+    )
+    narrate.add_argument(
+        "--api-key", default=os.environ.get("NARRATOR_API_KEY"), help="an API key (default: $NARRATOR_API_KEY)"
+    )
     narrate.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the story")
     narrate.add_argument("--json", action="store_true", help="print the finished job as JSON, no progress bar")
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     client = Client(args.url, api_key=args.api_key)
     output = args.output or args.photo.with_suffix(".mp3")
@@ -82,8 +92,7 @@ def submit(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     key = new_idempotency_key()
     for attempt in range(1, SUBMIT_TRIES + 1):
         try:
-            return client.submit(args.photo, words=args.words, seed=args.seed, style=args.style,
-                                 idempotency_key=key)
+            return client.submit(args.photo, words=args.words, seed=args.seed, style=args.style, idempotency_key=key)
         except (RateLimited, ServiceUnavailable) as exc:
             if attempt == SUBMIT_TRIES or exc.code == "too_many_queued":
                 raise

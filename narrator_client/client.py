@@ -1,12 +1,14 @@
 """The API client: one requests.Session, JSON in and out, typed errors (errors.py)."""
+
 from __future__ import annotations
 
 import mimetypes
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional, Union
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -15,15 +17,20 @@ from narrator_client.errors import ConnectionFailed, JobFailed, RateLimited, Ser
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = ("succeeded", "failed", "canceled")
-Image = Union[str, os.PathLike, bytes, IO[bytes]]
+Image = str | os.PathLike | bytes | IO[bytes]
 
 
 class Client:
     """`url` defaults to $NARRATOR_URL, then http://127.0.0.1:8000; `api_key` to $NARRATOR_API_KEY.
     `timeout` bounds each HTTP request (seconds), not a whole wait."""
 
-    def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, timeout: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.url = (url or os.environ.get("NARRATOR_URL") or DEFAULT_URL).rstrip("/") + "/"
         self.api_key = api_key if api_key is not None else os.environ.get("NARRATOR_API_KEY") or None
         self.timeout = timeout
@@ -32,18 +39,29 @@ class Client:
         self.session.headers["User-Agent"] = "narrator-client/1"
 
     # --- the API ---------------------------------------------------------------------------------------
-    def submit(self, image: Image, words: Optional[int] = None, seed: Optional[int] = None,
-               style: Optional[str] = None, webhook: Optional[str] = None,
-               idempotency_key: Optional[str] = None, filename: Optional[str] = None) -> dict[str, Any]:
+    def submit(
+        self,
+        image: Image,
+        words: int | None = None,
+        seed: int | None = None,
+        style: str | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        filename: str | None = None,
+    ) -> dict[str, Any]:
         """Upload a photo (a path, its bytes or a binary file); returns the new job (status queued,
         or succeeded at once when the service had the result cached)."""
         name, data = _read_image(image, filename)
-        fields = {k: str(v) for k, v in (("words", words), ("seed", seed), ("style", style),
-                                          ("webhook", webhook)) if v is not None}
+        fields = {
+            k: str(v)
+            for k, v in (("words", words), ("seed", seed), ("style", style), ("webhook", webhook))
+            if v is not None
+        }
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._json("POST", "api/v1/jobs", data=fields, files={"image": (name, data, content_type)},
-                          headers=headers)
+        return self._json(
+            "POST", "api/v1/jobs", data=fields, files={"image": (name, data, content_type)}, headers=headers
+        )
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"api/v1/jobs/{job_id}")
@@ -63,8 +81,9 @@ class Client:
             if not cursor:
                 return
 
-    def wait(self, job_id: str, timeout: Optional[float] = None,
-             on_update: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, timeout: float | None = None, on_update: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         """Poll until the job finishes and return it; JobFailed if it failed or was canceled,
         WaitTimeout after `timeout` seconds. Polls back off from 0.25 s to 5 s, and a 429 or 503
         waits at least as long as its Retry-After says."""
@@ -89,7 +108,7 @@ class Client:
             self.sleep(pause)
             delay = min(delay * 2, 5.0)
 
-    def download(self, job_id: str, path: Union[str, os.PathLike], tries: int = 4) -> Path:
+    def download(self, job_id: str, path: str | os.PathLike, tries: int = 4) -> Path:
         """Write the job's MP3 to `path` (whole or not at all). The audio URL may redirect to
         presigned storage on another host: the API key is sent to the service only, never there.
         A 429 or 503 is retried after its Retry-After."""
@@ -127,13 +146,13 @@ class Client:
     def _json(self, method: str, path: str, **kwargs) -> dict[str, Any]:
         return self._request(method, path, **kwargs).json()
 
-    def _request(self, method: str, path: str, headers: Optional[dict] = None, **kwargs) -> requests.Response:
+    def _request(self, method: str, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
         headers = dict(headers or {})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return self._send(self.session.request, urljoin(self.url, path), method=method, headers=headers, **kwargs)
 
-    def _send(self, call, url: str, method: Optional[str] = None, **kwargs) -> requests.Response:
+    def _send(self, call, url: str, method: str | None = None, **kwargs) -> requests.Response:
         try:
             args = (method, url) if method else (url,)
             response = call(*args, timeout=self.timeout, **kwargs)
@@ -152,7 +171,7 @@ def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
 
-def _read_image(image: Image, filename: Optional[str]) -> tuple[str, bytes]:
+def _read_image(image: Image, filename: str | None) -> tuple[str, bytes]:
     if isinstance(image, (bytes, bytearray)):
         return filename or "photo.jpg", bytes(image)
     if isinstance(image, (str, os.PathLike)):
@@ -161,7 +180,7 @@ def _read_image(image: Image, filename: Optional[str]) -> tuple[str, bytes]:
     return filename or Path(getattr(image, "name", "photo.jpg")).name, image.read()
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:  # an HTTP date: rare here; the poll's own backoff applies

@@ -1,7 +1,8 @@
 """Typed errors: each carries the API's error code, so callers branch on `err.code`, not on text."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 
 class NarratorError(Exception):
@@ -17,7 +18,7 @@ class NarratorError(Exception):
 class ApiError(NarratorError):
     """The service answered with an error: `status` (HTTP) and `code` (e.g. "invalid_words")."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: Optional[float] = None):
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None):
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
@@ -60,7 +61,7 @@ class WaitTimeout(NarratorError, TimeoutError):
         self.job = job
 
 
-def error_for(status: int, body: Any, retry_after: Optional[float]) -> ApiError:
+def error_for(status: int, body: Any, retry_after: float | None) -> ApiError:
     """The typed error for an error response; bodies that are not the API's JSON (a proxy's page)
     get the code `http_<status>`."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -68,6 +69,11 @@ def error_for(status: int, body: Any, retry_after: Optional[float]) -> ApiError:
         code, message = error["code"], str(error.get("message") or "")
     else:
         code, message = f"http_{status}", "the service answered with an error page"
-    kind = {404: NotFound, 429: RateLimited, 502: ServiceUnavailable, 503: ServiceUnavailable,
-            504: ServiceUnavailable}.get(status, ApiError)
+    kind = {
+        404: NotFound,
+        429: RateLimited,
+        502: ServiceUnavailable,
+        503: ServiceUnavailable,
+        504: ServiceUnavailable,
+    }.get(status, ApiError)
     return kind(status, code, message, retry_after)

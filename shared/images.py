@@ -3,6 +3,7 @@
 Pillow only (no torch): the web process validates uploads with this before queueing a job,
 and the worker decodes with the same function, so both agree on what is an acceptable photo.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,9 +42,7 @@ def _too_many(width: int, height: int, max_pixels: int) -> ImageError:
 
 
 def _truncated(exc: BaseException) -> ImageError:
-    return ImageError(
-        "truncated_image", f"The image is truncated or corrupt and cannot be decoded ({exc}).", 415
-    )
+    return ImageError("truncated_image", f"The image is truncated or corrupt and cannot be decoded ({exc}).", 415)
 
 
 def _read(source: bytes | str | Path) -> bytes:

@@ -2,6 +2,7 @@
 
 Pure data and encoding; the Redis reads and writes are JobStore's (jobs.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -10,10 +11,10 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Iterable, Optional
 
 
 class JobStatus(str, Enum):
@@ -45,49 +46,49 @@ def new_job_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def iso(ts: Optional[float]) -> Optional[str]:
+def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
 class Job:
     id: str
     status: JobStatus = JobStatus.QUEUED
-    stage: Optional[Stage] = None
+    stage: Stage | None = None
     created_at: float = field(default_factory=time.time)
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    caption: Optional[str] = None
-    story: Optional[str] = None
-    audio_key: Optional[str] = None
-    audio_seconds: Optional[float] = None
-    subtitles_key: Optional[str] = None  # the WebVTT of the spoken words, stored with the audio
-    error: Optional[str] = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    caption: str | None = None
+    story: str | None = None
+    audio_key: str | None = None
+    audio_seconds: float | None = None
+    subtitles_key: str | None = None  # the WebVTT of the spoken words, stored with the audio
+    error: str | None = None
     timings: dict = field(default_factory=dict)
-    words: Optional[int] = None
-    seed: Optional[int] = None
+    words: int | None = None
+    seed: int | None = None
     # The story style (shared/styles.py) resolved at submit: the default's name when the job named
     # none; None when no styles are configured (the base model, or STORY_ADAPTER).
-    style: Optional[str] = None
-    input_key: Optional[str] = None
-    content_type: Optional[str] = None
-    filename: Optional[str] = None
+    style: str | None = None
+    input_key: str | None = None
+    content_type: str | None = None
+    filename: str | None = None
     # Who may see the job: "key:<name>" (an API key), "session:<id>" (a browser session), or None
     # (an anonymous API call: reachable by its id only, never listed).
-    owner: Optional[str] = None
-    webhook: Optional[str] = None  # POSTed (signed) when the job ends
+    owner: str | None = None
+    webhook: str | None = None  # POSTed (signed) when the job ends
     # How many runs were started; a run that ended with its worker dying counts (MAX_ATTEMPTS).
     attempts: int = 0
     # Succeeded at submit from the result cache (shared/result_cache.py), without a run of its own.
     cached: bool = False
-    image_sha256: Optional[str] = None  # the photo's, for the result cache's key (seeded jobs only)
+    image_sha256: str | None = None  # the photo's, for the result cache's key (seeded jobs only)
     # Worker bookkeeping (not shown by the API): the run that holds the job, until when its lease
     # holds (Redis server time), and how many jobs shared its batch.
-    worker: Optional[str] = None
-    lease_until: Optional[float] = None
-    batch_size: Optional[int] = None
+    worker: str | None = None
+    lease_until: float | None = None
+    batch_size: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: enum values as strings, timestamps as ISO 8601 UTC."""
@@ -99,11 +100,12 @@ class Job:
         return out
 
     def to_redis(self) -> dict[str, str]:
-        return {k: v for k, v in ((f.name, encode(f.name, getattr(self, f.name))) for f in fields(self))
-                if v is not None}
+        return {
+            k: v for k, v in ((f.name, encode(f.name, getattr(self, f.name))) for f in fields(self)) if v is not None
+        }
 
     @classmethod
-    def from_redis(cls, raw: dict) -> "Job":
+    def from_redis(cls, raw: dict) -> Job:
         data = {_text(k): _text(v) for k, v in raw.items()}
         known = {f.name for f in fields(cls)}
         kwargs: dict = {k: v for k, v in data.items() if k in known}
@@ -126,7 +128,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def encode(name: str, value) -> Optional[str]:
+def encode(name: str, value) -> str | None:
     """How one field is stored in the Redis hash; None means 'remove the field'."""
     if value is None:
         return None

@@ -4,19 +4,27 @@ This is the job lifecycle's single source of truth. Status changes go through Lu
 and write in one step, so a worker finishing a job, a user canceling it and the reaper taking it
 back from a dead worker cannot both win. The Job record and its encoding live in job_schema.py.
 """
+
 from __future__ import annotations
 
 import builtins
-
 import time
+from collections.abc import Iterable
 from dataclasses import fields
-from typing import Iterable, Optional
 
 # The schema is re-exported: callers import Job, JobStatus, Stage, ... from shared.jobs.
 from shared.job_schema import (  # noqa: F401
-    Job, JobStatus, Stage, _text, decode_cursor, encode, encode_cursor, iso, new_job_id, statuses,
+    Job,
+    JobStatus,
+    Stage,
+    _text,
+    decode_cursor,
+    encode,
+    encode_cursor,
+    iso,
+    new_job_id,
+    statuses,
 )
-
 
 # Job hashes are "job:<id>"; the scripts name them from ids, so they assume one Redis (or one
 # Sentinel-managed master), not a cluster. Leases use the Redis server's clock (TIME), so workers
@@ -47,7 +55,9 @@ end
 # KEYS: the job hash, the queued index, the running index. ARGV: ttl, allowed statuses ("" = any),
 # claimant ("" = anyone; else the job's `worker` must be it), job id, n, n field/value pairs, fields
 # to delete. The indexes follow the resulting status. -1: no such job, 0: not allowed, 1: written.
-_APPLY_LUA = _QUEUES + """
+_APPLY_LUA = (
+    _QUEUES
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local current = redis.call('HGET', KEYS[1], 'status') or ''
 if ARGV[2] ~= '' then
@@ -67,13 +77,17 @@ if status == 'queued' then enqueue(ARGV[4], KEYS[1]) else dequeue(ARGV[4], owner
 if status ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 1
 """
+)
 
 # KEYS: queued, running. ARGV: claimant, lease seconds, limit, first id ("" = none), ttl, started_at.
 # Fair: after `first`, the batch is filled round-robin across owners with queued jobs, each owner's
 # oldest first, so one owner's backlog delays another owner's job by about one batch at most. A job
 # that ran before (its worker died) runs alone, so a photo that kills workers cannot take its
 # batch-mates down with it.
-_CLAIM_LUA = _NOW + _QUEUES + """
+_CLAIM_LUA = (
+    _NOW
+    + _QUEUES
+    + """
 local lease, limit = now + tonumber(ARGV[2]), tonumber(ARGV[3])
 local claimed, solo = {}, false
 local function try(id, o)
@@ -117,10 +131,13 @@ end
 for _, id in ipairs(claimed) do redis.call('HSET', 'job:' .. id, 'batch_size', tostring(#claimed)) end
 return claimed
 """
+)
 
 # KEYS: running. ARGV: claimant, lease seconds, ids. Extends the leases the claimant still holds;
 # returns the ids it no longer holds (canceled, finished, or taken back after its lease lapsed).
-_RENEW_LUA = _NOW + """
+_RENEW_LUA = (
+    _NOW
+    + """
 local lease = now + tonumber(ARGV[2])
 local lost = {}
 for i = 3, #ARGV do
@@ -134,11 +151,15 @@ for i = 3, #ARGV do
 end
 return lost
 """
+)
 
 # KEYS: running, queued. ARGV: max attempts, error for a job out of attempts, ttl, finished_at, cap.
 # Every running job whose lease lapsed goes back to the queue at its old place (or fails once it
 # has used its attempts). Returns {requeued ids, failed ids}.
-_REAP_LUA = _NOW + _QUEUES + """
+_REAP_LUA = (
+    _NOW
+    + _QUEUES
+    + """
 local requeued, failed = {}, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))) do
   local key = 'job:' .. id
@@ -165,13 +186,16 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0
 end
 return {requeued, failed}
 """
+)
 
 _WRITABLE = {f.name for f in fields(Job)} - {"id", "created_at"}
 
 
 def died_message(attempts: int) -> str:
-    return (f"the worker stopped while running this job, {attempts} times (MAX_ATTEMPTS); "
-            "the photo may be one the models cannot handle")
+    return (
+        f"the worker stopped while running this job, {attempts} times (MAX_ATTEMPTS); "
+        "the photo may be one the models cannot handle"
+    )
 
 
 class JobStore:
@@ -193,7 +217,7 @@ class JobStore:
         return f"jobs:index:{owner}"
 
     @staticmethod
-    def owner_queue(owner: Optional[str]) -> str:
+    def owner_queue(owner: str | None) -> str:
         return f"jobs:queued:{owner or '-'}"
 
     def __init__(self, redis_client, ttl_seconds: int):
@@ -225,7 +249,7 @@ class JobStore:
         pipe.execute()
         return job
 
-    def get(self, job_id: str) -> Optional[Job]:
+    def get(self, job_id: str) -> Job | None:
         raw = self.redis.hgetall(self.key(job_id))
         return Job.from_redis(raw) if raw else None
 
@@ -242,7 +266,7 @@ class JobStore:
             pipe.zrem(index, job_id)
         pipe.execute()
 
-    def queued_count(self, owner: Optional[str] = None) -> int:
+    def queued_count(self, owner: str | None = None) -> int:
         """All queued jobs, or one owner's."""
         return int(self.redis.zcard(self.owner_queue(owner) if owner else self.QUEUED))
 
@@ -256,7 +280,7 @@ class JobStore:
         """
         return self._apply(job_id, None, changes)
 
-    def transition(self, job_id: str, allowed_from: Iterable, to, claimant: Optional[str] = None, **changes) -> bool:
+    def transition(self, job_id: str, allowed_from: Iterable, to, claimant: str | None = None, **changes) -> bool:
         """Atomically: if the status is one of `allowed_from` (and the job is held by `claimant`,
         when given), set it to `to` plus `changes`. False when the job is missing, in another status
         (e.g. canceled meanwhile) or held by another run. Finishing statuses get `finished_at`."""
@@ -268,19 +292,26 @@ class JobStore:
             changes.setdefault("finished_at", time.time())
         return self._apply(job_id, allowed, {**changes, "status": to}, claimant)
 
-    def _apply(self, job_id: str, allowed: Optional[set], changes: dict, claimant: Optional[str] = None) -> bool:
+    def _apply(self, job_id: str, allowed: set | None, changes: dict, claimant: str | None = None) -> bool:
         unknown = set(changes) - _WRITABLE
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
         encoded = {name: encode(name, value) for name, value in changes.items()}
         sets = [item for name, value in encoded.items() if value is not None for item in (name, value)]
         dels = [name for name, value in encoded.items() if value is None]
-        args = [self.ttl, statuses(allowed) if allowed is not None else "", claimant or "", job_id,
-                len(sets) // 2, *sets, *dels]
+        args = [
+            self.ttl,
+            statuses(allowed) if allowed is not None else "",
+            claimant or "",
+            job_id,
+            len(sets) // 2,
+            *sets,
+            *dels,
+        ]
         return self._apply_script(keys=[self.key(job_id), self.QUEUED, self.RUNNING], args=args) == 1
 
     # The worker's vocabulary. A claimant names one run of one worker (see worker.runner).
-    def claim(self, claimant: str, limit: int = 1, lease_seconds: float = 20, first: Optional[str] = None) -> list[str]:
+    def claim(self, claimant: str, limit: int = 1, lease_seconds: float = 20, first: str | None = None) -> list[str]:
         """Take up to `limit` queued jobs for `claimant` (`first`, then round-robin across owners), each
         leased for `lease_seconds`. A job that already ran once is only ever taken alone."""
         if limit <= 0:
@@ -300,7 +331,8 @@ class JobStore:
         Returns (requeued, failed); the caller wakes a worker for each requeued job."""
         requeued, failed = self._reap_script(
             keys=[self.RUNNING, self.QUEUED],
-            args=[max_attempts, died_message(max_attempts), self.ttl, repr(time.time()), cap])
+            args=[max_attempts, died_message(max_attempts), self.ttl, repr(time.time()), cap],
+        )
         return [_text(i) for i in requeued], [_text(i) for i in failed]
 
     def release(self, job_id: str, claimant: str) -> bool:
@@ -309,32 +341,58 @@ class JobStore:
         job = self.get(job_id)
         if job is None:
             return False
-        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED, claimant=claimant, stage=None,
-                               started_at=None, worker=None, lease_until=None, caption=None, story=None,
-                               timings={}, attempts=max(0, job.attempts - 1))
+        return self.transition(
+            job_id,
+            {JobStatus.RUNNING},
+            JobStatus.QUEUED,
+            claimant=claimant,
+            stage=None,
+            started_at=None,
+            worker=None,
+            lease_until=None,
+            caption=None,
+            story=None,
+            timings={},
+            attempts=max(0, job.attempts - 1),
+        )
 
-    def progress(self, job_id: str, stage, claimant: Optional[str] = None, **changes) -> bool:
-        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, claimant=claimant, stage=Stage(stage),
-                               **changes)
+    def progress(self, job_id: str, stage, claimant: str | None = None, **changes) -> bool:
+        return self.transition(
+            job_id, {JobStatus.RUNNING}, JobStatus.RUNNING, claimant=claimant, stage=Stage(stage), **changes
+        )
 
-    def succeed(self, job_id: str, audio_key: str, audio_seconds: float, claimant: Optional[str] = None,
-                **changes) -> bool:
-        return self.transition(job_id, {JobStatus.RUNNING}, JobStatus.SUCCEEDED, claimant=claimant, stage=None,
-                               audio_key=audio_key, audio_seconds=float(audio_seconds), error=None,
-                               worker=None, lease_until=None, **changes)
+    def succeed(
+        self, job_id: str, audio_key: str, audio_seconds: float, claimant: str | None = None, **changes
+    ) -> bool:
+        return self.transition(
+            job_id,
+            {JobStatus.RUNNING},
+            JobStatus.SUCCEEDED,
+            claimant=claimant,
+            stage=None,
+            audio_key=audio_key,
+            audio_seconds=float(audio_seconds),
+            error=None,
+            worker=None,
+            lease_until=None,
+            **changes,
+        )
 
-    def fail(self, job_id: str, error: str, claimant: Optional[str] = None, **changes) -> bool:
+    def fail(self, job_id: str, error: str, claimant: str | None = None, **changes) -> bool:
         """A run passes itself as claimant, so it can only fail a job it still holds."""
         allowed = {JobStatus.RUNNING} if claimant else {JobStatus.QUEUED, JobStatus.RUNNING}
-        return self.transition(job_id, allowed, JobStatus.FAILED, claimant=claimant, error=error,
-                               worker=None, lease_until=None, **changes)
+        return self.transition(
+            job_id, allowed, JobStatus.FAILED, claimant=claimant, error=error, worker=None, lease_until=None, **changes
+        )
 
     def cancel(self, job_id: str) -> bool:
-        return self.transition(job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED,
-                               worker=None, lease_until=None)
+        return self.transition(
+            job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.CANCELED, worker=None, lease_until=None
+        )
 
-    def list(self, limit: int = 20, cursor: Optional[str] = None,
-             owner: Optional[str] = None) -> tuple[list[Job], Optional[str]]:
+    def list(
+        self, limit: int = 20, cursor: str | None = None, owner: str | None = None
+    ) -> tuple[list[Job], str | None]:
         """Newest first: one owner's jobs, or (owner None) everyone's. The cursor names the last job
         returned, so inserts made between pages (always newer) neither repeat nor skip entries. Ids
         whose record expired are pruned."""
@@ -349,7 +407,7 @@ class JobStore:
             for job_id, _ in rows:
                 pipe.hgetall(self.key(job_id))
             expired: list[str] = []
-            for (job_id, score), raw in zip(rows, pipe.execute()):
+            for (job_id, score), raw in zip(rows, pipe.execute(), strict=True):
                 if raw:
                     found.append((Job.from_redis(raw), score))
                 else:
@@ -362,7 +420,7 @@ class JobStore:
         return [job for job, _ in page], next_cursor
 
     # builtins.list: inside the class, `list` is the method above.
-    def _after(self, index: str, pos: Optional[tuple[float, str]], count: int) -> builtins.list[tuple[str, float]]:
+    def _after(self, index: str, pos: tuple[float, str] | None, count: int) -> builtins.list[tuple[str, float]]:
         """Index entries strictly after `pos` in newest-first order (equal scores: id descending)."""
         if pos is None:
             rows = self.redis.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)

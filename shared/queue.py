@@ -8,9 +8,10 @@ whose message was lost. So there are no late acks, no visibility timeouts to tun
 The web process builds the same Celery app to enqueue by task name, so it never imports the
 worker package (and with it torch).
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from celery import Celery
 
@@ -47,8 +48,7 @@ def make_celery(settings: Settings, name: str = "narrator") -> Celery:
     return app
 
 
-def wake(celery: Celery, job_ids: Iterable[str], retry_policy: Optional[dict] = None) -> None:
+def wake(celery: Celery, job_ids: Iterable[str], retry_policy: dict | None = None) -> None:
     """Send one wake-up per job. The web passes each new job's id as the message id too."""
     for job_id in job_ids:
-        celery.send_task(NARRATE_TASK, args=[job_id], retry=retry_policy is not None,
-                         retry_policy=retry_policy or {})
+        celery.send_task(NARRATE_TASK, args=[job_id], retry=retry_policy is not None, retry_policy=retry_policy or {})

@@ -16,10 +16,10 @@ the database number, the password (and user) and TLS (`rediss://`), its host and
 Sentinels themselves are reached without a password (the stock sentinel.conf has none); the Redis
 servers get REDIS_URL's.
 """
+
 from __future__ import annotations
 
 import socket
-from typing import Optional
 from urllib.parse import urlsplit
 
 import redis
@@ -97,8 +97,12 @@ def broker_transport_options(settings: Settings) -> dict:
     promotes another. TCP keepalive probes (the connection is never idle for more than the 1 s BRPOP
     timeout while the master lives) and TCP_USER_TIMEOUT (for unacknowledged data) turn that into a
     connection error within about 10 s, and the worker reconnects to the master Sentinel names."""
-    options = {"socket_timeout": 10, "socket_connect_timeout": 5,
-               "socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
+    options = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+    }
     if uses_sentinel(settings):
         options.update(master_name=settings.redis_master_name, sentinel_kwargs=dict(SENTINEL_SOCKET))
     return options
@@ -112,8 +116,14 @@ def limiter_storage(settings: Settings, client: redis.Redis) -> tuple[str, dict]
     return settings.redis_url, {"connection_pool": client.connection_pool}
 
 
-def wait_for_replicas(client: redis.Redis, settings: Settings, key: str, ttl: int,
-                      replicas: int = WAIT_REPLICAS, timeout_ms: int = WAIT_TIMEOUT_MS) -> Optional[int]:
+def wait_for_replicas(
+    client: redis.Redis,
+    settings: Settings,
+    key: str,
+    ttl: int,
+    replicas: int = WAIT_REPLICAS,
+    timeout_ms: int = WAIT_TIMEOUT_MS,
+) -> int | None:
     """With Sentinel: block until `replicas` replicas have every write made before this call, or
     `timeout_ms` passed; returns how many acknowledged (None without Sentinel: nothing to wait for).
 

@@ -13,13 +13,13 @@ succeeds at once from that job's result, without a worker (RESULT_CACHE, default
 
 Nothing here imports Flask, torch or the worker package.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import time
-from typing import Optional
 
 from shared import styles
 from shared.job_schema import Job, JobStatus
@@ -32,11 +32,18 @@ log = logging.getLogger(__name__)
 RESULT_VERSION = 1
 # Settings that make another result from the same photo and seed, besides the location of the job's
 # style (STORY_STYLES). Device and dtype are left out: they change numerics, not the recipe.
-MODEL_SETTINGS = ("caption_model", "story_model", "story_adapter", "speech_model", "quantize",
-                  "story_temperature", "story_top_p")
+MODEL_SETTINGS = (
+    "caption_model",
+    "story_model",
+    "story_adapter",
+    "speech_model",
+    "quantize",
+    "story_temperature",
+    "story_top_p",
+)
 
 
-def applies(settings, seed: Optional[int]) -> bool:
+def applies(settings, seed: int | None) -> bool:
     return bool(getattr(settings, "result_cache", False)) and seed is not None
 
 
@@ -44,13 +51,13 @@ def image_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_versions(settings, style: Optional[str] = None) -> dict:
+def model_versions(settings, style: str | None = None) -> dict:
     versions = {name: getattr(settings, name, None) for name in MODEL_SETTINGS}
     versions["style_adapter"] = style_location(settings, style)
     return versions
 
 
-def style_location(settings, style: Optional[str]) -> Optional[str]:
+def style_location(settings, style: str | None) -> str | None:
     """Where the style's adapter comes from: only that style's entry counts, so adding or moving
     another style leaves this one's results cached."""
     if not style:
@@ -61,13 +68,19 @@ def style_location(settings, style: Optional[str]) -> Optional[str]:
         return None
 
 
-def cache_key(settings, image_sha256: str, words: Optional[int], seed: int, style: Optional[str]) -> str:
-    recipe = {"v": RESULT_VERSION, "image": image_sha256, "words": words, "seed": seed, "style": style,
-              "models": model_versions(settings, style)}
+def cache_key(settings, image_sha256: str, words: int | None, seed: int, style: str | None) -> str:
+    recipe = {
+        "v": RESULT_VERSION,
+        "image": image_sha256,
+        "words": words,
+        "seed": seed,
+        "style": style,
+        "models": model_versions(settings, style),
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def job_key(settings, job: Job) -> Optional[str]:
+def job_key(settings, job: Job) -> str | None:
     """The key of a job's result, or None for a job the cache does not serve."""
     if not job.image_sha256 or job.seed is None:
         return None
@@ -80,13 +93,20 @@ def redis_key(key: str) -> str:
 
 def remember(redis_client, ttl_seconds: int, key: str, job: Job) -> None:
     """The worker, once `job` succeeded: its result now answers every submit with the same key."""
-    entry = {"job_id": job.id, "audio_key": job.audio_key, "subtitles_key": getattr(job, "subtitles_key", None),
-             "caption": job.caption, "story": job.story, "audio_seconds": job.audio_seconds,
-             "timings": job.timings, "finished_at": job.finished_at}
+    entry = {
+        "job_id": job.id,
+        "audio_key": job.audio_key,
+        "subtitles_key": getattr(job, "subtitles_key", None),
+        "caption": job.caption,
+        "story": job.story,
+        "audio_seconds": job.audio_seconds,
+        "timings": job.timings,
+        "finished_at": job.finished_at,
+    }
     redis_client.set(redis_key(key), json.dumps(entry), ex=max(1, int(ttl_seconds)))
 
 
-def lookup(redis_client, key: str) -> Optional[dict]:
+def lookup(redis_client, key: str) -> dict | None:
     raw = redis_client.get(redis_key(key))
     if raw is None:
         return None
@@ -130,7 +150,7 @@ def serve(redis_client, storage: Storage, settings, job: Job) -> bool:
     return True
 
 
-def _copy_subtitles(storage: Storage, source: str, job_id: str) -> Optional[str]:
+def _copy_subtitles(storage: Storage, source: str, job_id: str) -> str | None:
     """The subtitles go with the MP3 when they are there; a job without them still has its story."""
     target = f"subtitles/{job_id}/cached.vtt"
     try:

@@ -2,11 +2,12 @@
 
 Both the web front end and the GPU workers read it; nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
     audio_url_ttl: int = Field(3600, gt=0)
     # Clients may reach the S3 server at another address than the services do (compose: minio:9000
     # inside, localhost:9000 outside); presigned URLs must be signed for the address clients use.
-    public_s3_endpoint_url: Optional[str] = None
+    public_s3_endpoint_url: str | None = None
 
     # Behind a reverse proxy (TLS terminator, load balancer): how many proxies' X-Forwarded-*
     # headers to trust, so absolute URLs (audio_url, Location) use the client's scheme and host.
@@ -62,16 +63,16 @@ class Settings(BaseSettings):
     # Owners (web): API keys, browser sessions, limits per owner
     require_api_key: bool = False  # true: API calls without `Authorization: Bearer KEY` are 401
     # Signs the browser-session cookie. Required in production (`make up` writes one to .env).
-    secret_key: Optional[str] = None
+    secret_key: str | None = None
     submit_rate_limit: str = "2/second;60/minute"  # per key, else per session, else per client address
     read_rate_limit: str = "20/second"
     max_queued_per_owner: int = Field(1000, ge=1)
     # Absolute URLs (audio_url, Location) come from here, or from a trusted proxy (PROXY_HOPS), never
     # from a raw Host header.
-    public_base_url: Optional[str] = None
+    public_base_url: str | None = None
 
     # Webhooks: POSTed when a job ends, signed per Standard Webhooks
-    webhook_secret: Optional[str] = None  # whsec_...: signs the webhooks of ownerless jobs
+    webhook_secret: str | None = None  # whsec_...: signs the webhooks of ownerless jobs
     webhook_allow_private: bool = False  # allow http:// and private/loopback addresses (tests, intranets)
 
     # Uploads
@@ -81,12 +82,12 @@ class Settings(BaseSettings):
     # Models: a hub id or a local folder each
     caption_model: str = "Salesforce/blip-image-captioning-base"
     story_model: str = "Qwen/Qwen2.5-1.5B-Instruct"
-    story_adapter: Optional[str] = None  # local folder or s3://bucket/prefix
+    story_adapter: str | None = None  # local folder or s3://bucket/prefix
     # Story styles (shared/styles.py): comma-separated name=location pairs, each location as
     # STORY_ADAPTER takes it; one worker serves them all, a job picks one (`style`). Checked at
     # start-up (worker model load, create_app), so a typo is a clear error there, not here.
     story_styles: str = ""
-    story_default_style: Optional[str] = None  # a STORY_STYLES name; unset: the first listed
+    story_default_style: str | None = None  # a STORY_STYLES name; unset: the first listed
     speech_model: str = "facebook/mms-tts-eng"
     model_cache_dir: str = Field(default_factory=lambda: os.path.abspath(".cache/adapters"))
 
@@ -98,8 +99,8 @@ class Settings(BaseSettings):
     # Metrics (Prometheus): web/metrics.py serves GET /metrics; METRICS_TOKEN, when set, makes a scrape
     # send `Authorization: Bearer <token>`. A worker serves its own on WORKER_METRICS_PORT (None: off);
     # one worker process per GPU on one host needs one port each (9101, 9102, ...).
-    metrics_token: Optional[str] = None
-    worker_metrics_port: Optional[int] = Field(None, ge=1, le=65535)
+    metrics_token: str | None = None
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
     worker_metrics_bind: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host or container
 
     # Story defaults

@@ -5,31 +5,34 @@ Connection problems surface as StorageUnavailable so callers can retry or answer
 This module is the one callers import: open_storage() picks the backend, and the contract
 (storage_base.py) and backends (storage_local.py, storage_s3.py) are re-exported from here.
 """
+
 from __future__ import annotations
 
-from typing import Optional
-
 from shared.storage_base import (  # noqa: F401
-    Storage, StorageError, StorageNotFound, StorageUnavailable, check_key,
+    Storage,
+    StorageError,
+    StorageNotFound,
+    StorageUnavailable,
+    check_key,
 )
 from shared.storage_local import LocalStorage
 from shared.storage_s3 import S3Storage
 
 
-def open_storage(url: str, public_endpoint_url: Optional[str] = None) -> Storage:
+def open_storage(url: str, public_endpoint_url: str | None = None) -> Storage:
     """`s3://bucket/prefix`, `file:///abs/path`, `file://./relative` (or a bare path).
 
     public_endpoint_url (default: $PUBLIC_S3_ENDPOINT_URL) is where clients reach S3, for presigning.
     """
     if url.startswith("s3://"):
-        bucket, _, prefix = url[len("s3://"):].partition("/")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise StorageError(f"STORAGE_URL {url!r} names no bucket")
         return S3Storage(bucket, prefix.strip("/"), public_endpoint_url)
     if url.startswith("file://"):
-        url = url[len("file://"):]
+        url = url[len("file://") :]
         if url.startswith("localhost/"):
-            url = url[len("localhost"):]
+            url = url[len("localhost") :]
     elif "://" in url:
         raise StorageError(f"unsupported STORAGE_URL {url!r} (use s3://bucket/prefix or file:///path)")
     if not url:

@@ -3,11 +3,11 @@
 Callers see only these errors, whatever the backend: StorageUnavailable means "retry later or answer
 503", StorageNotFound a missing key, StorageError anything else.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional
 
 
 class StorageError(Exception):
@@ -38,7 +38,7 @@ class Storage(ABC):
     url: str
 
     @abstractmethod
-    def put(self, key: str, data: bytes, content_type: Optional[str] = None) -> None: ...
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
 
     @abstractmethod
     def get(self, key: str) -> bytes: ...
@@ -52,12 +52,13 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]: ...
 
-    def presigned_url(self, key: str, expires: int, content_type: str = "audio/mpeg",
-                      filename: Optional[str] = None) -> Optional[str]:
+    def presigned_url(
+        self, key: str, expires: int, content_type: str = "audio/mpeg", filename: str | None = None
+    ) -> str | None:
         """A URL anyone can GET for `expires` seconds; None where the backend has none (local)."""
         return None
 
-    def local_path(self, key: str) -> Optional[Path]:
+    def local_path(self, key: str) -> Path | None:
         return None
 
     @abstractmethod

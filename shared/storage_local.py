@@ -1,4 +1,5 @@
 """Storage in a local folder (development, tests, single-machine deployments)."""
+
 from __future__ import annotations
 
 import errno
@@ -10,11 +11,27 @@ from shared.storage_base import Storage, StorageError, StorageNotFound, StorageU
 
 # The folder, not the key, is at fault: full, read-only, denied, failing disk, a file where the
 # folder should be. Callers retry these or answer 503, as for S3 being down.
-_ENVIRONMENT_ERRNOS = frozenset({
-    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
-    errno.ENOENT, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY, errno.EAGAIN,
-    errno.ETIMEDOUT, errno.ENODEV, errno.ENXIO,
-})
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.ENOTDIR,
+        errno.ENOENT,
+        errno.ESTALE,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.ETIMEDOUT,
+        errno.ENODEV,
+        errno.ENXIO,
+    }
+)
 
 
 def _os_error(what: str, exc: OSError) -> StorageError:

@@ -1,10 +1,10 @@
 """Storage in an S3 bucket (AWS, MinIO, moto, ...); boto3 is imported only when one is opened."""
+
 from __future__ import annotations
 
 import os
 import time
 from contextlib import contextmanager
-from typing import Optional
 
 from shared.storage_base import Storage, StorageError, StorageNotFound, StorageUnavailable, check_key
 
@@ -59,12 +59,12 @@ class S3Storage(Storage):
     environment or ~/.aws as boto3 reads them; nothing is hard-coded here.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", public_endpoint_url: Optional[str] = None):
+    def __init__(self, bucket: str, prefix: str = "", public_endpoint_url: str | None = None):
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix
-        self._unreachable: tuple[Optional[float], str] = (None, "")  # when ensure_ready last failed
+        self._unreachable: tuple[float | None, str] = (None, "")  # when ensure_ready last failed
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # Custom endpoints (a "minio" host in compose) rarely resolve bucket.host names: use paths.
@@ -77,13 +77,24 @@ class S3Storage(Storage):
         # Browsers may reach the server under another name than the services do (compose's
         # "minio:9000" vs localhost:9000): presigned URLs are signed for the public name.
         public = public_endpoint_url or os.environ.get("PUBLIC_S3_ENDPOINT_URL")
-        self._signer = session.client("s3", endpoint_url=public, config=Config(
-            s3={"addressing_style": "path"}, **signing, **timeouts)) if public else self._client
+        self._signer = (
+            session.client(
+                "s3", endpoint_url=public, config=Config(s3={"addressing_style": "path"}, **signing, **timeouts)
+            )
+            if public
+            else self._client
+        )
         # Readiness probes must answer quickly, so they get one attempt and shorter timeouts.
-        self._probe = session.client("s3", config=Config(
-            connect_timeout=min(PROBE_CONNECT_TIMEOUT, timeouts["connect_timeout"]),
-            read_timeout=min(PROBE_READ_TIMEOUT, timeouts["read_timeout"]),
-            s3=s3_opts, retries={"mode": "standard", "total_max_attempts": 1}, **signing))
+        self._probe = session.client(
+            "s3",
+            config=Config(
+                connect_timeout=min(PROBE_CONNECT_TIMEOUT, timeouts["connect_timeout"]),
+                read_timeout=min(PROBE_READ_TIMEOUT, timeouts["read_timeout"]),
+                s3=s3_opts,
+                retries={"mode": "standard", "total_max_attempts": 1},
+                **signing,
+            ),
+        )
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -111,8 +122,12 @@ class S3Storage(Storage):
 
     def put(self, key, data, content_type=None):
         with self._errors(f"put {key}"):
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                    ContentType=content_type or "application/octet-stream")
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentType=content_type or "application/octet-stream",
+            )
 
     def get(self, key):
         with self._errors(key):
@@ -134,10 +149,9 @@ class S3Storage(Storage):
         base = f"{self.prefix}/" if self.prefix else ""
         keys: list[str] = []
         with self._errors(f"list {prefix}"):
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=base + prefix)
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
             for page in pages:
-                keys.extend(obj["Key"][len(base):] for obj in page.get("Contents", []))
+                keys.extend(obj["Key"][len(base) :] for obj in page.get("Contents", []))
         return sorted(keys)
 
     def presigned_url(self, key, expires, content_type="audio/mpeg", filename=None):

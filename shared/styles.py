@@ -6,6 +6,7 @@ jobs that name none. Parsed here, without torch, so the web app checks a job's `
 very names the workers serve. A bad value is an error at start-up (the worker's model load,
 create_app), never at import: Settings() itself must still load to report it.
 """
+
 from __future__ import annotations
 
 import re
@@ -52,11 +53,15 @@ def parse_styles(raw: str | None, default: str | None = None, adapter: str | Non
             continue  # a trailing comma
         name, sep, location = (part.strip() for part in item.partition("="))
         if not sep or not location:
-            raise StyleError(f"STORY_STYLES: {item.strip()!r} is not name=location "
-                             "(e.g. bedtime=adapters/bedtime,adventure=s3://bucket/adventure)")
+            raise StyleError(
+                f"STORY_STYLES: {item.strip()!r} is not name=location "
+                "(e.g. bedtime=adapters/bedtime,adventure=s3://bucket/adventure)"
+            )
         if not NAME.fullmatch(name):
-            raise StyleError(f"STORY_STYLES: style name {name!r} must be 1-40 letters, digits, '_' or '-' "
-                             "(starting with a letter or digit)")
+            raise StyleError(
+                f"STORY_STYLES: style name {name!r} must be 1-40 letters, digits, '_' or '-' "
+                "(starting with a letter or digit)"
+            )
         if name in locations:
             raise StyleError(f"STORY_STYLES names the style {name!r} twice")
         locations[name] = location
@@ -66,14 +71,20 @@ def parse_styles(raw: str | None, default: str | None = None, adapter: str | Non
             raise StyleError(f"STORY_DEFAULT_STYLE={default!r} but STORY_STYLES is empty: set both, or neither")
         return Styles()
     if adapter:
-        raise StyleError("STORY_ADAPTER and STORY_STYLES are both set: serve that adapter as one of the styles "
-                         f"(STORY_STYLES=...,name={adapter}) and unset STORY_ADAPTER")
+        raise StyleError(
+            "STORY_ADAPTER and STORY_STYLES are both set: serve that adapter as one of the styles "
+            f"(STORY_STYLES=...,name={adapter}) and unset STORY_ADAPTER"
+        )
     if default is not None and default not in locations:
-        raise StyleError(f"STORY_DEFAULT_STYLE={default!r} is not one of the STORY_STYLES names "
-                         f"({', '.join(locations)})")
+        raise StyleError(
+            f"STORY_DEFAULT_STYLE={default!r} is not one of the STORY_STYLES names ({', '.join(locations)})"
+        )
     return Styles(locations, default or next(iter(locations)))
 
 
 def from_settings(settings) -> Styles:
-    return parse_styles(getattr(settings, "story_styles", ""), getattr(settings, "story_default_style", None),
-                        getattr(settings, "story_adapter", None))
+    return parse_styles(
+        getattr(settings, "story_styles", ""),
+        getattr(settings, "story_default_style", None),
+        getattr(settings, "story_adapter", None),
+    )

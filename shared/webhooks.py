@@ -17,6 +17,7 @@
 
 Nothing here imports Flask, torch or the worker package.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,9 +32,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable, Optional
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -46,12 +47,29 @@ log = logging.getLogger(__name__)
 WEBHOOK_QUEUE = "webhooks"
 DELIVER_TASK = "deliver_webhook"
 MAX_URL_LENGTH = 2048
-EVENTS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
-          JobStatus.CANCELED: "job.canceled"}
+EVENTS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed", JobStatus.CANCELED: "job.canceled"}
 # What GET /api/v1/jobs/<id> shows of a job, in this order (web.api.job_view uses it too).
-PUBLIC_FIELDS = ("id", "status", "stage", "created_at", "started_at", "finished_at", "caption", "story",
-                 "audio_url", "audio_seconds", "subtitles_url", "error", "timings", "words", "seed", "style",
-                 "filename", "attempts", "cached")
+PUBLIC_FIELDS = (
+    "id",
+    "status",
+    "stage",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "caption",
+    "story",
+    "audio_url",
+    "audio_seconds",
+    "subtitles_url",
+    "error",
+    "timings",
+    "words",
+    "seed",
+    "style",
+    "filename",
+    "attempts",
+    "cached",
+)
 AUDIO_PATH = "/api/v1/jobs/{id}/audio"
 SUBTITLES_PATH = "/api/v1/jobs/{id}/subtitles.vtt"
 SECRET_PREFIX = "whsec_"
@@ -81,7 +99,7 @@ class DeliveryPolicy(BaseSettings):
     retry_max_seconds: float = Field(1800, gt=0, le=3000)
     timeout: float = Field(10, gt=0, le=60)
 
-    def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based): exponential, +-10% jitter,
         at least what the receiver's Retry-After asked for, never above the cap."""
         wait = self.retry_seconds * 2 ** min(attempt - 1, 30) * random.uniform(0.9, 1.1)
@@ -92,9 +110,11 @@ class DeliveryPolicy(BaseSettings):
 
 # --- URLs -----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Target:
     """A checked webhook URL and the addresses it may be called at."""
+
     url: str
     scheme: str
     host: str  # ASCII (IDNA) host name or IP literal, without brackets
@@ -108,7 +128,7 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
 
 
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if addr.ipv4_mapped:
         return addr.ipv4_mapped
     if addr.sixtofour:
@@ -120,7 +140,7 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Addres
     return None
 
 
-def address_problem(address: str, allow_private: bool) -> Optional[str]:
+def address_problem(address: str, allow_private: bool) -> str | None:
     """Why a webhook may not be sent to this address, or None when it may."""
     addr = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
     if isinstance(addr, ipaddress.IPv6Address):
@@ -132,8 +152,15 @@ def address_problem(address: str, allow_private: bool) -> Optional[str]:
     if addr.is_multicast or addr.is_unspecified:
         return f"{addr} is not a host address"
     if not allow_private and not addr.is_global:
-        kind = ("a loopback" if addr.is_loopback else "a link-local" if addr.is_link_local
-                else "a private" if addr.is_private else "a reserved")
+        kind = (
+            "a loopback"
+            if addr.is_loopback
+            else "a link-local"
+            if addr.is_link_local
+            else "a private"
+            if addr.is_private
+            else "a reserved"
+        )
         return f"{addr} is {kind} address (allowed only with WEBHOOK_ALLOW_PRIVATE=true)"
     return None
 
@@ -192,7 +219,7 @@ def resolve_webhook(url: str, allow_private: bool) -> Target:
         except (socket.gaierror, UnicodeError, OSError) as exc:
             raise DeliveryError(f"the host name {host} does not resolve ({exc})") from None
         if not addresses:
-            raise DeliveryError(f"the host name {host} has no address")
+            raise DeliveryError(f"the host name {host} has no address") from None
     for address in addresses:
         problem = address_problem(address, allow_private)
         if problem:
@@ -210,21 +237,24 @@ def check_webhook_url(url: str, allow_private: bool) -> str:
         raise InvalidWebhook(f"The webhook URL cannot be used: {exc}.") from None
 
 
-def webhook_for_submit(raw: Optional[str], owner: Optional[str], settings) -> Optional[str]:
+def webhook_for_submit(raw: str | None, owner: str | None, settings) -> str | None:
     """The submit's `webhook` field: None when absent or blank, else the checked URL. An ownerless
     job's webhook is signed with WEBHOOK_SECRET, so without one it is refused."""
     if raw is None or not raw.strip():
         return None
     url = check_webhook_url(raw, settings.webhook_allow_private)
     if owner is None and not settings.webhook_secret:
-        raise InvalidWebhook("Webhooks need an API key here: this server has no WEBHOOK_SECRET to sign "
-                             "the webhooks of requests without one.")
+        raise InvalidWebhook(
+            "Webhooks need an API key here: this server has no WEBHOOK_SECRET to sign "
+            "the webhooks of requests without one."
+        )
     return url
 
 
 # --- the job as the API shows it ----------------------------------------------------------------
 
-def public_job(job: Job, base_url: Optional[str] = None) -> dict:
+
+def public_job(job: Job, base_url: str | None = None) -> dict:
     """The job as GET /api/v1/jobs/<id> shows it, without a request: `audio_url` (and
     `subtitles_url`) are absolute under `base_url` (PUBLIC_BASE_URL) once the job succeeded, None
     without a base URL."""
@@ -238,6 +268,7 @@ def public_job(job: Job, base_url: Optional[str] = None) -> dict:
 
 
 # --- secrets --------------------------------------------------------------------------------------
+
 
 def new_secret() -> str:
     """A Standard Webhooks symmetric secret: 32 random bytes, base64, prefixed `whsec_`."""
@@ -256,11 +287,12 @@ def owner_secret(redis_client, owner: str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def signing_secret(redis_client, owner: Optional[str], settings) -> Optional[str]:
+def signing_secret(redis_client, owner: str | None, settings) -> str | None:
     return owner_secret(redis_client, owner) if owner else settings.webhook_secret
 
 
 # --- enqueueing -----------------------------------------------------------------------------------
+
 
 def webhook_id(job_id: str, event: str) -> str:
     """The same for every attempt of one job's event; no '.' (the spec's signed content is
@@ -291,8 +323,14 @@ def notify_finished(celery, store, job_ids: Iterable[str]) -> list[str]:
             if not pipe.execute()[0]:
                 continue  # enqueued before
             try:
-                celery.send_task(DELIVER_TASK, args=[job.id, event], queue=WEBHOOK_QUEUE,
-                                 task_id=webhook_id(job.id, event), retry=True, retry_policy=PUBLISH_RETRY)
+                celery.send_task(
+                    DELIVER_TASK,
+                    args=[job.id, event],
+                    queue=WEBHOOK_QUEUE,
+                    task_id=webhook_id(job.id, event),
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY,
+                )
             except Exception:
                 store.redis.delete(key)
                 raise
@@ -304,8 +342,10 @@ def notify_finished(celery, store, job_ids: Iterable[str]) -> list[str]:
 
 # --- one delivery attempt -------------------------------------------------------------------------
 
-def build_request(job: Job, event: str, secret: str, base_url: Optional[str],
-                  now: Optional[float] = None) -> tuple[bytes, dict[str, str]]:
+
+def build_request(
+    job: Job, event: str, secret: str, base_url: str | None, now: float | None = None
+) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one attempt, signed with `secret` at `now`."""
     from standardwebhooks import Webhook
 
@@ -313,19 +353,24 @@ def build_request(job: Job, event: str, secret: str, base_url: Optional[str],
     body = json.dumps(payload, separators=(",", ":"))  # ASCII: the signed text is the bytes sent
     msg_id = webhook_id(job.id, event)
     stamp = math.floor(time.time() if now is None else now)
-    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), body)
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "webhook-id": msg_id,
-               "webhook-timestamp": str(stamp), "webhook-signature": signature}
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, UTC), body)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": signature,
+    }
     return body.encode("ascii"), headers
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     if value and value.strip().isdigit():
         return float(value.strip())
     return None  # an HTTP date is rare from webhook receivers; the backoff applies
 
 
-def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Optional[float]]:
+def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, float | None]:
     """POST to one of the checked addresses (never a fresh lookup), within `timeout` seconds in
     all: connect, TLS (certificate checked for the host name), send, answer. Redirects are not
     followed. Returns (status, Retry-After seconds); DeliveryError when no answer came."""
@@ -384,7 +429,7 @@ def _shut(sock) -> None:
 _UNLOCK_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def deliver(redis_client, store, settings, policy: DeliveryPolicy, job_id: str, event: str) -> Optional[float]:
+def deliver(redis_client, store, settings, policy: DeliveryPolicy, job_id: str, event: str) -> float | None:
     """One attempt at delivering a job's final event. Returns the seconds to wait before the next
     attempt, or None when the series is over (delivered, refused, out of attempts, or another
     copy of this message is already at it)."""
@@ -403,7 +448,7 @@ def deliver(redis_client, store, settings, policy: DeliveryPolicy, job_id: str, 
         redis_client.register_script(_UNLOCK_LUA)(keys=[lock], args=[token])
 
 
-def _attempt(redis_client, store, settings, policy, job_id, event, key) -> Optional[float]:
+def _attempt(redis_client, store, settings, policy, job_id, event, key) -> float | None:
     msg_id = webhook_id(job_id, event)
 
     def end(state: str, last: str, level=logging.WARNING) -> None:

@@ -3,11 +3,11 @@
 Each worker writes `worker:<id>` (its state, expiring with its lease) and its expiry in the sorted
 set `workers` at every heartbeat; a worker that stops beating drops out of both by itself.
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Optional
 
 WORKERS = "workers"
 MODEL_ERROR = "workers:model_error"
@@ -32,8 +32,7 @@ def retire(redis_client, worker: str) -> None:
 
 
 def live_workers(redis_client) -> list[dict]:
-    ids = [i.decode() if isinstance(i, bytes) else i
-           for i in redis_client.zrangebyscore(WORKERS, time.time(), "+inf")]
+    ids = [i.decode() if isinstance(i, bytes) else i for i in redis_client.zrangebyscore(WORKERS, time.time(), "+inf")]
     if not ids:
         return []
     return [json.loads(raw) for raw in redis_client.mget([f"worker:{i}" for i in ids]) if raw]
@@ -44,6 +43,6 @@ def record_model_error(redis_client, worker: str, message: str) -> None:
     redis_client.set(MODEL_ERROR, json.dumps(record), ex=MODEL_ERROR_TTL)
 
 
-def last_model_error(redis_client) -> Optional[dict]:
+def last_model_error(redis_client) -> dict | None:
     raw = redis_client.get(MODEL_ERROR)
     return json.loads(raw) if raw else None

@@ -2,6 +2,7 @@
 
 Nothing here reaches a model hub: HF_HUB_OFFLINE is set before transformers can be imported.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,22 @@ def redis_base_url(tmp_path_factory) -> str:
     if binary:
         port = free_port()
         workdir = tmp_path_factory.mktemp("redis")
-        with serving([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                      "--dir", str(workdir)], port):
+        with serving(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            port,
+        ):
             yield f"redis://127.0.0.1:{port}/{TEST_REDIS_DB}"
         return
     parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -164,10 +179,27 @@ def celery_worker_process(service_env, tmp_path):
     env = {**os.environ, **service_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.app",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--hostname",
+                f"test-{uuid.uuid4().hex[:8]}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 60
     while b"ready." not in log.read_bytes():
@@ -186,8 +218,14 @@ def celery_worker_process(service_env, tmp_path):
 def create_api_key(env: dict, name: str) -> str:
     """A key made the way an operator makes one, `flask --app web.app keys create NAME` (with the
     test's REDIS_URL and SECRET_KEY): the key is the command's last line of output."""
-    result = subprocess.run([sys.executable, "-m", "flask", "--app", "web.app", "keys", "create", name],
-                            cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "web.app", "keys", "create", name],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().splitlines()[-1]
 

@@ -1,5 +1,6 @@
 """Real processes to break on purpose: a Redis with AOF that can be restarted, a TCP proxy that can
 cut a connection, and Celery workers that can be killed and are replaced like a supervisor would."""
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,25 @@ class RedisServer:
         # Another address than loopback: protected mode would refuse the other namespaces' clients.
         protected = [] if self.host == "127.0.0.1" else ["--protected-mode", "no"]
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", self.host, *protected,
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                shutil.which("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                *protected,
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_address(self.host, self.port)
 
     def stop(self) -> None:
@@ -131,16 +148,35 @@ class Worker:
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
-                 "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{name}@%h"],
-                cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-                stdout=out, stderr=subprocess.STDOUT)
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.app",
+                    "worker",
+                    "--pool",
+                    "solo",
+                    "--loglevel",
+                    "INFO",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--hostname",
+                    f"{name}@%h",
+                ],
+                cwd=ROOT,
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self, timeout: float = 90) -> "Worker":
+    def wait_ready(self, timeout: float = 90) -> Worker:
         deadline = time.monotonic() + timeout
         while b"ready." not in self.log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -1,5 +1,6 @@
 """The deployment files: docker-compose.yml validated by Debian's docker-compose (no engine needed),
 the nginx proxy's config and the gunicorn config they run."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from tests.conftest import requires_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,17 +20,39 @@ needs_compose = requires_tool(COMPOSE is not None, "docker-compose")
 
 
 # MinIO's administrator (create-bucket only) and the app's own user (web, worker, webhooks).
-SECRETS = {"MINIO_ROOT_USER": "admin", "MINIO_ROOT_PASSWORD": "root-password",
-           "S3_ACCESS_KEY": "story-app", "S3_SECRET_KEY": "app-password", "SECRET_KEY": "session-signing-key"}
+SECRETS = {
+    "MINIO_ROOT_USER": "admin",
+    "MINIO_ROOT_PASSWORD": "root-password",
+    "S3_ACCESS_KEY": "story-app",
+    "S3_SECRET_KEY": "app-password",
+    "SECRET_KEY": "session-signing-key",
+}
 APP_SERVICES = ("web", "worker", "webhooks")
 
 
 def compose_config(*options: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("MINIO_", "PORT", "BIND", "S3_", "BUCKET", "PUBLIC_", "SECRET_KEY", "WEBHOOK_",
-                                  "REQUIRE_API_KEY", "REDIS_", "COMPOSE_"))}
-    return subprocess.run([COMPOSE, *options, "config"], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            (
+                "MINIO_",
+                "PORT",
+                "BIND",
+                "S3_",
+                "BUCKET",
+                "PUBLIC_",
+                "SECRET_KEY",
+                "WEBHOOK_",
+                "REQUIRE_API_KEY",
+                "REDIS_",
+                "COMPOSE_",
+            )
+        )
+    }
+    return subprocess.run(
+        [COMPOSE, *options, "config"], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 def compose_services(*options: str, **env: str) -> dict:
@@ -80,8 +102,9 @@ def test_compose_refuses_to_start_without_secrets():
 def test_compose_publishes_only_the_proxy_port():
     services = compose_services()
     # Profile metrics' Prometheus publishes its UI on this machine only (its own test, below).
-    published = {name: _ports(service) for name, service in services.items()
-                 if service.get("ports") and name != "prometheus"}
+    published = {
+        name: _ports(service) for name, service in services.items() if service.get("ports") and name != "prometheus"
+    }
     assert published == {"proxy": [("127.0.0.1", "8000", "8000")]}, "only the proxy, on this machine by default"
     assert "ports" not in services["minio"], "MinIO's API and console are reached through the proxy or not at all"
     # BIND and PORT move the proxy and nothing else.
@@ -106,8 +129,11 @@ def test_app_services_use_their_own_minio_user_not_root():
         assert not {"admin", "root-password"} & {str(value) for value in env.values()}, name
         assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000" and env["STORAGE_URL"] == "s3://narrator/jobs", name
     # Root's credentials go to MinIO itself and to the one-shot that sets it up, nowhere else.
-    holders = {name for name, service in services.items()
-               if "root-password" in {str(value) for value in (service.get("environment") or {}).values()}}
+    holders = {
+        name
+        for name, service in services.items()
+        if "root-password" in {str(value) for value in (service.get("environment") or {}).values()}
+    }
     assert holders == {"minio", "create-bucket"}
 
 
@@ -116,8 +142,20 @@ def test_webhooks_service_runs_the_webhooks_queue_on_the_light_image():
     services = compose_services()
     webhooks = services["webhooks"]
     assert webhooks["build"]["dockerfile"] == "Dockerfile.web", "no torch: the web image"
-    assert webhooks["command"] == ["celery", "-A", "web.tasks", "worker", "-Q", "webhooks", "--pool", "threads",
-                                   "--concurrency", "8", "--loglevel", "INFO"]
+    assert webhooks["command"] == [
+        "celery",
+        "-A",
+        "web.tasks",
+        "worker",
+        "-Q",
+        "webhooks",
+        "--pool",
+        "threads",
+        "--concurrency",
+        "8",
+        "--loglevel",
+        "INFO",
+    ]
     assert "redis" in webhooks["depends_on"] and webhooks["restart"] == "unless-stopped"
     assert not webhooks.get("ports") and not webhooks.get("expose")
     assert "deploy" not in webhooks, "no GPU"
@@ -129,27 +167,44 @@ def test_webhooks_service_runs_the_webhooks_queue_on_the_light_image():
     assert "SECRET_KEY" not in env and web_env["SECRET_KEY"] == "session-signing-key"
     assert not {"SECRET_KEY", "WEBHOOK_SECRET"} & set(services["worker"]["environment"])
     hooks = compose_services(WEBHOOK_SECRET="whsec_abc", PUBLIC_BASE_URL="https://stories.example.com")
-    assert hooks["webhooks"]["environment"]["WEBHOOK_SECRET"] == hooks["web"]["environment"]["WEBHOOK_SECRET"] == "whsec_abc"
+    assert (
+        hooks["webhooks"]["environment"]["WEBHOOK_SECRET"]
+        == hooks["web"]["environment"]["WEBHOOK_SECRET"]
+        == "whsec_abc"
+    )
     assert hooks["webhooks"]["environment"]["PUBLIC_BASE_URL"] == "https://stories.example.com"
     # The web image's own health check asks gunicorn on :8000, which does not run in this container.
     check = " ".join(webhooks["healthcheck"]["test"])
-    assert ":8000" not in check and "redis_client(get_settings()" in check, "REDIS_URL's server or the Sentinels' master"
+    assert ":8000" not in check and "redis_client(get_settings()" in check, (
+        "REDIS_URL's server or the Sentinels' master"
+    )
 
 
 # --- profile sentinel: a replica and three Sentinels; the app asks them for the master ---------------
 
 SENTINEL_SERVICES = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
-SENTINEL_ENV = {"REDIS_SENTINELS": "sentinel1:26379,sentinel2:26379,sentinel3:26379", "REDIS_MIN_REPLICAS_TO_WRITE": "1"}
+SENTINEL_ENV = {
+    "REDIS_SENTINELS": "sentinel1:26379,sentinel2:26379,sentinel3:26379",
+    "REDIS_MIN_REPLICAS_TO_WRITE": "1",
+}
 
 
 @needs_compose
 def test_compose_profile_sentinel_adds_a_replica_and_three_sentinels():
-    listed = subprocess.run([COMPOSE, "config", "--profiles"], cwd=ROOT, env={**os.environ, **SECRETS},
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [COMPOSE, "config", "--profiles"],
+        cwd=ROOT,
+        env={**os.environ, **SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0 and listed.stdout.split() == ["metrics", "sentinel"], listed.stderr
     services = compose_services("--profile", "sentinel", **SENTINEL_ENV)
     # Only the new services belong to the profile: a plain `up` runs what it ran before.
-    assert {name for name, service in services.items() if "sentinel" in service.get("profiles", [])} == SENTINEL_SERVICES
+    assert {
+        name for name, service in services.items() if "sentinel" in service.get("profiles", [])
+    } == SENTINEL_SERVICES
     assert all(services[name]["profiles"] == ["sentinel"] for name in SENTINEL_SERVICES)
     assert not any(services[name].get("ports") for name in SENTINEL_SERVICES), "nothing published"
     # Each Sentinel: its own name and volume (it rewrites its config file), quorum 2 of 3 on `redis`.
@@ -166,13 +221,19 @@ def test_compose_profile_sentinel_adds_a_replica_and_three_sentinels():
     assert len(volumes) == 3
     replica = services["redis-replica"]
     assert replica["command"] == services["redis"]["command"], "one start script for both data nodes"
-    assert replica["environment"]["DEFAULT_MASTER"] == "redis 6379" and replica["environment"]["SELF"] == "redis-replica"
+    assert (
+        replica["environment"]["DEFAULT_MASTER"] == "redis 6379" and replica["environment"]["SELF"] == "redis-replica"
+    )
     assert {name: services[name]["environment"]["MIN_REPLICAS"] for name in ("redis", "redis-replica")} == {
-        "redis": "1", "redis-replica": "1"}
+        "redis": "1",
+        "redis-replica": "1",
+    }
     # Every app service finds the master through the Sentinels; REDIS_URL still gives the database.
     for name in APP_SERVICES:
         env = services[name]["environment"]
-        assert env["REDIS_SENTINELS"] == SENTINEL_ENV["REDIS_SENTINELS"] and env["REDIS_MASTER_NAME"] == "mymaster", name
+        assert env["REDIS_SENTINELS"] == SENTINEL_ENV["REDIS_SENTINELS"] and env["REDIS_MASTER_NAME"] == "mymaster", (
+            name
+        )
         assert env["REDIS_URL"] == "redis://redis:6379/0", name
     # Without the profile's settings: no Sentinels, no minimum of replicas.
     plain = compose_services()
@@ -230,10 +291,15 @@ def _start_redis_node(tmp_path: Path, service: str, sentinels: str) -> list[str]
     for name, text in (("redis-cli", FAKE_REDIS_CLI), ("redis-server", FAKE_SERVER)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    env = {**{k: str(v) for k, v in node["environment"].items()}, "PATH": f"{bin_dir}:/usr/bin:/bin",
-           "FAKE_STATE": str(state), "FAKE_SENTINELS": sentinels}
-    result = subprocess.run(["/bin/sh", "-c", _unescape(node["command"][0])], env=env, capture_output=True,
-                            text=True, timeout=30)
+    env = {
+        **{k: str(v) for k, v in node["environment"].items()},
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "FAKE_STATE": str(state),
+        "FAKE_SENTINELS": sentinels,
+    }
+    result = subprocess.run(
+        ["/bin/sh", "-c", _unescape(node["command"][0])], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     return (state / "server-args").read_text().split()
 
@@ -246,17 +312,17 @@ def test_redis_nodes_follow_the_master_the_sentinels_name(tmp_path):
     assert "--replicaof" not in alone and all(arg in alone for arg in base)
     assert alone[alone.index("--replica-announce-ip") + 1] == "redis"
     first = _start_redis_node(tmp_path, "redis-replica", "")
-    assert first[first.index("--replicaof"):][:3] == ["--replicaof", "redis", "6379"]
+    assert first[first.index("--replicaof") :][:3] == ["--replicaof", "redis", "6379"]
     assert first[first.index("--replica-announce-ip") + 1] == "redis-replica"
     # After a failover the Sentinels name redis-replica: the old master restarts as its replica, and
     # the new master restarts as a master (not as a replica of a replica).
     failed_over = "sentinel1=redis-replica 6379"
     old = _start_redis_node(tmp_path, "redis", failed_over)
-    assert old[old.index("--replicaof"):][:3] == ["--replicaof", "redis-replica", "6379"]
+    assert old[old.index("--replicaof") :][:3] == ["--replicaof", "redis-replica", "6379"]
     assert "--replicaof" not in _start_redis_node(tmp_path, "redis-replica", failed_over)
     # A Sentinel that is down or knows no master is skipped for the next one.
     skipped = _start_redis_node(tmp_path, "redis", "sentinel2=nil;sentinel3=redis-replica 6379")
-    assert skipped[skipped.index("--replicaof"):][:3] == ["--replicaof", "redis-replica", "6379"]
+    assert skipped[skipped.index("--replicaof") :][:3] == ["--replicaof", "redis-replica", "6379"]
 
 
 @needs_compose
@@ -273,18 +339,36 @@ def test_compose_sentinel_and_redis_configs_are_ones_redis_accepts(tmp_path):
     master_port, sentinel_port = free_port(), free_port()
     procs = []
     try:
-        procs.append(subprocess.Popen([shutil.which("redis-server"), *args, "--port", str(master_port),
-                                       "--bind", "127.0.0.1", "--dir", str(tmp_path), "--replica-announce-ip", "127.0.0.1"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    shutil.which("redis-server"),
+                    *args,
+                    "--port",
+                    str(master_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(tmp_path),
+                    "--replica-announce-ip",
+                    "127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         wait_for_port(master_port, timeout=10)
         master = redis.Redis(port=master_port)
         assert master.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
         # The Sentinel's first start writes its config; run the script with /data moved to tmp_path.
         script = _unescape(services["sentinel1"]["command"][0]).replace("/data/", f"{tmp_path}/")
-        script = script.replace(" redis 6379 2", f" 127.0.0.1 {master_port} 2").replace("port 26379", f"port {sentinel_port}")
+        script = script.replace(" redis 6379 2", f" 127.0.0.1 {master_port} 2").replace(
+            "port 26379", f"port {sentinel_port}"
+        )
         env = {"PATH": os.environ["PATH"], "SELF": "127.0.0.1", "REDIS_MASTER_NAME": "mymaster"}
-        procs.append(subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
         wait_for_port(sentinel_port, timeout=10)
         sentinel = redis.Redis(port=sentinel_port, decode_responses=True)
         assert sentinel.sentinel_get_master_addr_by_name("mymaster") == ("127.0.0.1", master_port)
@@ -306,8 +390,9 @@ case "$*" in
   "ilm rule add "*) touch "$state/ilm" ;;
   "admin policy create "*) cp "$6" "$state/policy-$5.json" ;;
   "admin policy attach "*)
-    [ -n "${FAKE_MC_ATTACH_FAILS:-}" ] && { echo "mc: <ERROR> Unable to make user/group policy association. $FAKE_MC_ATTACH_FAILS" >&2; exit 1; }
-    [ -f "$state/attached" ] && { echo "mc: <ERROR> Unable to make user/group policy association. The specified policy change is already in effect." >&2; exit 1; }
+    refused="mc: <ERROR> Unable to make user/group policy association."
+    [ -n "${FAKE_MC_ATTACH_FAILS:-}" ] && { echo "$refused $FAKE_MC_ATTACH_FAILS" >&2; exit 1; }
+    [ -f "$state/attached" ] && { echo "$refused The specified policy change is already in effect." >&2; exit 1; }
     touch "$state/attached" ;;
 esac
 exit 0
@@ -325,8 +410,12 @@ def _run_create_bucket(tmp_path: Path, env: dict, state: Path) -> subprocess.Com
     (bin_dir / "mc").chmod(stat.S_IRWXU)
     state.mkdir(exist_ok=True)
     # Only the service's own environment, and a PATH without grep or sed (the mc image has neither).
-    run_env = {**{k: str(v) for k, v in service["environment"].items()}, **env,
-               "PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_MC_STATE": str(state)}
+    run_env = {
+        **{k: str(v) for k, v in service["environment"].items()},
+        **env,
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "FAKE_MC_STATE": str(state),
+    }
     return subprocess.run(["/bin/sh", "-c", script], env=run_env, capture_output=True, text=True, timeout=30)
 
 
@@ -345,11 +434,18 @@ def test_create_bucket_makes_the_app_user_with_a_policy_on_its_bucket_alone(tmp_
     assert len(created) == 1
     assert calls.index(created[0]) < calls.index("admin policy attach local narrator-app --user story-app")
     policy = json.loads((state / "policy-narrator-app.json").read_text())
-    allowed = {(action, resource) for statement in policy["Statement"] if statement["Effect"] == "Allow"
-               for action in statement["Action"] for resource in statement["Resource"]}
+    allowed = {
+        (action, resource)
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in statement["Action"]
+        for resource in statement["Resource"]
+    }
     assert allowed == {
-        ("s3:GetBucketLocation", "arn:aws:s3:::narrator"), ("s3:ListBucket", "arn:aws:s3:::narrator"),
-        ("s3:GetObject", "arn:aws:s3:::narrator/*"), ("s3:PutObject", "arn:aws:s3:::narrator/*"),
+        ("s3:GetBucketLocation", "arn:aws:s3:::narrator"),
+        ("s3:ListBucket", "arn:aws:s3:::narrator"),
+        ("s3:GetObject", "arn:aws:s3:::narrator/*"),
+        ("s3:PutObject", "arn:aws:s3:::narrator/*"),
         ("s3:DeleteObject", "arn:aws:s3:::narrator/*"),
     }
     assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
@@ -365,8 +461,9 @@ def test_create_bucket_makes_the_app_user_with_a_policy_on_its_bucket_alone(tmp_
 
 @needs_compose
 def test_create_bucket_fails_on_real_errors(tmp_path):
-    broken = _run_create_bucket(tmp_path, {"FAKE_MC_ATTACH_FAILS": "The specified user does not exist."},
-                                tmp_path / "a")
+    broken = _run_create_bucket(
+        tmp_path, {"FAKE_MC_ATTACH_FAILS": "The specified user does not exist."}, tmp_path / "a"
+    )
     assert broken.returncode != 0 and "does not exist" in broken.stderr
     # Refused before MinIO is touched: the app as root, or a bucket path that hides the app's own.
     same_as_root = _run_create_bucket(tmp_path, {"S3_ACCESS_KEY": "admin"}, tmp_path / "b")
@@ -393,6 +490,7 @@ def test_worker_image_runs_one_solo_worker_on_cuda_pytorch():
 
 
 # --- the proxy in front of web, and gunicorn's own settings ----------------------------------------
+
 
 def _ports(service: dict) -> list[tuple[str, str, str]]:
     """(host_ip, published, target) of each published port, in v1's short or v2's long syntax."""
@@ -429,9 +527,10 @@ def test_web_is_reached_only_through_a_buffering_proxy():
     assert _ports(proxy) == [("127.0.0.1", "8000", "8000")]
     assert not services["minio"].get("ports")
     # The nginx image's entrypoint writes /etc/nginx/nginx.conf from the template, filling in BUCKET only.
-    assert any(Path(source) == ROOT / "deploy" / "nginx.conf"
-               and target == "/etc/nginx/templates/nginx.conf.template" and ro
-               for source, target, ro in _mounts(proxy))
+    assert any(
+        Path(source) == ROOT / "deploy" / "nginx.conf" and target == "/etc/nginx/templates/nginx.conf.template" and ro
+        for source, target, ro in _mounts(proxy)
+    )
     env = proxy["environment"]
     assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
     assert _unescape(env["NGINX_ENVSUBST_FILTER"]) == "^BUCKET$"
@@ -469,7 +568,7 @@ def _nginx_locations(text: str) -> dict[str, str]:
         while depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
-        found[match.group(1)] = text[match.end():i - 1]
+        found[match.group(1)] = text[match.end() : i - 1]
     return found
 
 
@@ -503,6 +602,7 @@ def test_nginx_passes_only_presigned_reads_of_the_bucket_to_minio():
     albums = _directives(locations["= /jobs"])
     assert "= /jobs" in locations["/"] and albums["proxy_pass"] == ["http://web"]
     from web.albums import MAX_PHOTOS, PART_OVERHEAD
+
     assert _size_bytes(albums["client_max_body_size"][0]) >= MAX_PHOTOS * (10 * 1024 * 1024 + PART_OVERHEAD)
     # Prometheus reaches web:8000 directly; the public gets no metrics.
     assert _directives(locations["= /metrics"]) == {"return": ["404"]}
@@ -510,7 +610,7 @@ def test_nginx_passes_only_presigned_reads_of_the_bucket_to_minio():
 
 
 def _size_bytes(value: str) -> int:
-    units = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
     number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()
     return int(number) * units[unit]
 
@@ -527,8 +627,14 @@ def test_nginx_config_buffers_bounds_and_forwards():
     body_limit = _size_bytes(d["client_max_body_size"][0])
     assert upload + FORM_OVERHEAD <= body_limit <= upload + 2 * 1024 * 1024
     assert d.get("proxy_request_buffering", ["on"]) == ["on"], "bodies must be buffered before gunicorn sees them"
-    for name in ("client_header_timeout", "client_body_timeout", "send_timeout", "proxy_connect_timeout",
-                 "proxy_send_timeout", "proxy_read_timeout"):
+    for name in (
+        "client_header_timeout",
+        "client_body_timeout",
+        "send_timeout",
+        "proxy_connect_timeout",
+        "proxy_send_timeout",
+        "proxy_read_timeout",
+    ):
         assert name in d, name
     # nginx gives up on gunicorn later than a submit can take (S3 timeouts: about 15 s).
     assert int(d["proxy_read_timeout"][0].rstrip("s")) >= 30
@@ -544,18 +650,21 @@ def test_nginx_config_buffers_bounds_and_forwards():
 
 def _gunicorn_conf(env: dict) -> dict:
     """The settings web/gunicorn_conf.py gives under `env`, as gunicorn itself reads them."""
-    code = ("import json, sys; from gunicorn.app.base import Application\n"
-            "class A(Application):\n"
-            "    def init(self, *a): return None\n"
-            "    def load(self): return None\n"
-            "sys.argv = ['gunicorn', '-c', 'web/gunicorn_conf.py', 'x:y']\n"
-            "app = A()\n"
-            "print(json.dumps({k: getattr(app.cfg, k) for k in ('bind', 'worker_class_str', 'workers', 'worker_connections', "
-            "'timeout', 'graceful_timeout', 'keepalive', 'limit_request_line', 'limit_request_fields', "
-            "'limit_request_field_size', 'preload_app')}))\n")
+    code = (
+        "import json, sys; from gunicorn.app.base import Application\n"
+        "class A(Application):\n"
+        "    def init(self, *a): return None\n"
+        "    def load(self): return None\n"
+        "sys.argv = ['gunicorn', '-c', 'web/gunicorn_conf.py', 'x:y']\n"
+        "app = A()\n"
+        "print(json.dumps({k: getattr(app.cfg, k) for k in ('bind', 'worker_class_str', 'workers', "
+        "'worker_connections', 'timeout', 'graceful_timeout', 'keepalive', 'limit_request_line', "
+        "'limit_request_fields', 'limit_request_field_size', 'preload_app')}))\n"
+    )
     clean = {k: v for k, v in os.environ.items() if k not in ("BIND", "PORT", "WEB_CONCURRENCY")}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     import json
 

@@ -1,18 +1,25 @@
 """The product as a user meets it: real headless Chromium, the web app, a real Celery worker,
 Redis, moto's S3 server and the tiny models. Nothing is played by the test."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import requires_tool
 from PIL import Image
 
+from tests.conftest import requires_tool
+
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = requires_tool(Path(CHROMIUM).exists(), "Debian's chromium")
 
@@ -26,8 +33,9 @@ def test_upload_a_photo_and_listen_to_its_story(celery_worker_process, web_serve
 
     # A photo of real size (about half a megabyte of JPEG), not a few hundred bytes.
     photo = tmp_path / "garden.jpg"
-    Image.fromarray(np.random.default_rng(3).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(photo, "JPEG",
-                                                                                                  quality=92)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(
+        photo, "JPEG", quality=92
+    )
     assert photo.stat().st_size > 400_000
 
     with sync_playwright() as pw:

@@ -2,6 +2,7 @@
 a Redis restart (AOF), a storage outage behind a TCP proxy. Each asserts that nothing is lost, nothing
 runs twice without need, and how long recovery took; the figures are printed (pytest -s) and quoted
 in the README's reliability section."""
+
 from __future__ import annotations
 
 import io
@@ -33,11 +34,21 @@ def photo(index: int) -> bytes:
 
 def post_job(base: str, index: int, filename: str = "p.jpg", timeout: float = 30) -> tuple[int, dict]:
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="words"\r\n\r\n12\r\n'
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="words"\r\n\r\n12\r\n'
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo(index) + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{base}/api/v1/jobs", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo(index)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{base}/api/v1/jobs",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)
@@ -50,7 +61,13 @@ class Stack:
 
     def __init__(self, redis_server: RedisServer, proxy: TcpProxy, storage_url: str, base: str, env: dict, logdir):
         self.redis_server, self.proxy, self.storage_url, self.base, self.env, self.logdir = (
-            redis_server, proxy, storage_url, base, env, logdir)
+            redis_server,
+            proxy,
+            storage_url,
+            base,
+            env,
+            logdir,
+        )
         self.store = JobStore(redis.Redis.from_url(redis_server.url), 3600)
 
     @property
@@ -91,14 +108,28 @@ def stack(tmp_path, s3_env, s3_endpoint, tiny_models_dir, monkeypatch):
     proxy = TcpProxy(int(s3_endpoint.rsplit(":", 1)[1]))
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
     env = {
-        "REDIS_URL": redis_server.url, "STORAGE_URL": s3_env, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.port}",
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "CAPTION_MODEL": str(tiny_models_dir / "caption"), "STORY_MODEL": str(tiny_models_dir / "story"),
-        "SPEECH_MODEL": str(tiny_models_dir / "speech"), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-        "DEVICE": "cpu", "TEST_FAULT_HOOKS": "1",
+        "REDIS_URL": redis_server.url,
+        "STORAGE_URL": s3_env,
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "CAPTION_MODEL": str(tiny_models_dir / "caption"),
+        "STORY_MODEL": str(tiny_models_dir / "story"),
+        "SPEECH_MODEL": str(tiny_models_dir / "speech"),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "DEVICE": "cpu",
+        "TEST_FAULT_HOOKS": "1",
     }
-    app = create_app(Settings(redis_url=redis_server.url, storage_url=s3_env, secret_key=TEST_SECRET_KEY,
-                              submit_rate_limit=GENEROUS_RATE_LIMIT, read_rate_limit=GENEROUS_RATE_LIMIT))
+    app = create_app(
+        Settings(
+            redis_url=redis_server.url,
+            storage_url=s3_env,
+            secret_key=TEST_SECRET_KEY,
+            submit_rate_limit=GENEROUS_RATE_LIMIT,
+            read_rate_limit=GENEROUS_RATE_LIMIT,
+        )
+    )
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield Stack(redis_server, proxy, s3_env, f"http://127.0.0.1:{server.server_port}", env, tmp_path)
@@ -108,8 +139,11 @@ def stack(tmp_path, s3_env, s3_endpoint, tiny_models_dir, monkeypatch):
 
 
 def running_on(store: JobStore, ids, pid: int) -> list[str]:
-    return [job_id for job_id in ids if (job := store.get(job_id)) and job.status is JobStatus.RUNNING
-            and job.worker and f":{pid}:" in job.worker]
+    return [
+        job_id
+        for job_id in ids
+        if (job := store.get(job_id)) and job.status is JobStatus.RUNNING and job.worker and f":{pid}:" in job.worker
+    ]
 
 
 def test_a_killed_worker_s_jobs_finish_on_another_within_a_minute(stack):
@@ -131,8 +165,10 @@ def test_a_killed_worker_s_jobs_finish_on_another_within_a_minute(stack):
     jobs = stack.wait_all(ids, timeout=90)
     assert all(job.status is JobStatus.SUCCEEDED for job in jobs.values()), {j: v.error for j, v in jobs.items()}
     recovery = max(jobs[job_id].finished_at for job_id in held) - killed_at
-    print(f"\nSIGKILL mid-batch: {len(held)} job(s) held by the dead worker finished {recovery:.1f}s after the kill; "
-          f"{len(ids)} jobs, all succeeded")
+    print(
+        f"\nSIGKILL mid-batch: {len(held)} job(s) held by the dead worker finished {recovery:.1f}s after the kill; "
+        f"{len(ids)} jobs, all succeeded"
+    )
     assert recovery < 60 and len(held) == 8  # WORKER_BATCH_SIZE
     assert all(jobs[job_id].attempts == 2 for job_id in held)
     assert all(jobs[job_id].attempts == 1 for job_id in ids if job_id not in held)
@@ -152,8 +188,10 @@ def test_a_poison_photo_fails_after_max_attempts_and_spares_its_batch_mates(stac
     finally:
         supervisor.stop()
     bad = jobs[poison]
-    print(f"\npoison photo: failed after {bad.attempts} attempts, {supervisor.deaths} worker deaths, "
-          f"{bad.finished_at - bad.created_at:.1f}s after it was submitted")
+    print(
+        f"\npoison photo: failed after {bad.attempts} attempts, {supervisor.deaths} worker deaths, "
+        f"{bad.finished_at - bad.created_at:.1f}s after it was submitted"
+    )
     assert bad.status is JobStatus.FAILED and bad.attempts == 3 and "worker stopped" in bad.error
     assert supervisor.deaths == 3
     assert all(jobs[job_id].status is JobStatus.SUCCEEDED for job_id in ids)
@@ -186,8 +224,10 @@ def test_sigterm_hands_a_long_batch_back_at_once_after_the_grace_period(stack):
     exited = time.time() - stopped
     jobs = stack.wait_all(ids, timeout=60)
     last = max(job.finished_at for job in jobs.values()) - stopped
-    print(f"\nSIGTERM past the grace period: the worker exited after {exited:.1f}s; all {len(ids)} jobs "
-          f"finished on the other worker {last:.1f}s after the signal (no lease waited out)")
+    print(
+        f"\nSIGTERM past the grace period: the worker exited after {exited:.1f}s; all {len(ids)} jobs "
+        f"finished on the other worker {last:.1f}s after the signal (no lease waited out)"
+    )
     assert exited < 10
     assert all(job.status is JobStatus.SUCCEEDED and job.attempts == 1 for job in jobs.values())
     assert last < 20  # under one LEASE_SECONDS: the handed-back jobs did not wait for a lease
@@ -240,8 +280,10 @@ def test_a_redis_restart_loses_nothing(stack):
     thread.join()
     jobs = stack.wait_all(accepted, timeout=120)
     statuses = Counter(job.status.value for job in jobs.values())
-    print(f"Redis restart: {len(accepted)} accepted, {dict(statuses)}; refused while down: {dict(refused)}; "
-          f"polls while down: {[(code, round(t, 2)) for code, t in polls]}")
+    print(
+        f"Redis restart: {len(accepted)} accepted, {dict(statuses)}; refused while down: {dict(refused)}; "
+        f"polls while down: {[(code, round(t, 2)) for code, t in polls]}"
+    )
     assert not errors, errors
     assert all(code == 503 and took < 5 for code, took in polls)
     assert set(refused) <= {(503, "redis_unavailable"), (503, "queue_unavailable")} and refused
@@ -263,8 +305,10 @@ def test_a_storage_outage_delays_jobs_but_loses_none(stack):
     time.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
     stack.proxy.restore()
     jobs = stack.wait_all(ids, timeout=120)
-    print(f"\nstorage cut for 10s: a submit got {status} in {refused_in:.2f}s; "
-          f"{Counter(j.status.value for j in jobs.values())}, attempts {Counter(j.attempts for j in jobs.values())}")
+    print(
+        f"\nstorage cut for 10s: a submit got {status} in {refused_in:.2f}s; "
+        f"{Counter(j.status.value for j in jobs.values())}, attempts {Counter(j.attempts for j in jobs.values())}"
+    )
     assert status == 503 and body["error"]["code"] == "storage_unavailable" and refused_in < 15
     assert all(job.status is JobStatus.SUCCEEDED and job.attempts == 1 for job in jobs.values())
     stack.one_mp3_each(jobs)

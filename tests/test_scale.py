@@ -12,6 +12,7 @@ makes them (the image in storage, the record in the job store, a Celery wake-up)
 Traffic stays on the test's own namespaces, bridge and loopback: the namespaces have no route beyond
 the bridge's /24. Needs root; skips, saying why, only where network namespaces cannot be created.
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,8 +48,11 @@ from worker.runner import audio_key
 IP = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), None)
 TASKSET = shutil.which("taskset")  # util-linux: on every Debian
 CPUS = sorted(os.sched_getaffinity(0))
-pytestmark = [requires_tool(bool(shutil.which("redis-server")), "redis-server"),
-              requires_tool(IP is not None, "ip (iproute2)"), pytest.mark.serial]
+pytestmark = [
+    requires_tool(bool(shutil.which("redis-server")), "redis-server"),
+    requires_tool(IP is not None, "ip (iproute2)"),
+    pytest.mark.serial,
+]
 
 HOSTS = ("a", "b", "c")
 BATCH = 8  # WORKER_BATCH_SIZE's default
@@ -128,7 +132,7 @@ def host_network(count: int):
         ip("link", "add", bridge, "type", "bridge")
         ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
         ip("link", "set", bridge, "up")
-        for i, (name, ns) in enumerate(zip(HOSTS, namespaces)):
+        for i, (name, ns) in enumerate(zip(HOSTS, namespaces, strict=True)):
             veth, address = f"nrv{tag}{i}", f"{subnet}.{11 + i}"
             ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             ip("link", "set", veth, "master", bridge, "up")
@@ -190,8 +194,15 @@ class Cluster:
                 self.storage.put(f"inputs/scale-{i}", photo(i))
                 self.inputs.append(f"inputs/scale-{i}")
         job_id = new_job_id()
-        self.store.create(Job(id=job_id, input_key=self.inputs[index % len(self.inputs)], words=16,
-                              filename=filename, content_type="image/jpeg"))
+        self.store.create(
+            Job(
+                id=job_id,
+                input_key=self.inputs[index % len(self.inputs)],
+                words=16,
+                filename=filename,
+                content_type="image/jpeg",
+            )
+        )
         return job_id
 
     def consume(self, names) -> None:
@@ -210,8 +221,14 @@ class Cluster:
             time.sleep(0.2)
 
     def running_on(self, ids, worker: Worker) -> list[str]:
-        return [job_id for job_id in ids if (job := self.store.get(job_id)) and job.status is JobStatus.RUNNING
-                and job.worker and f":{worker.pid}:" in job.worker]
+        return [
+            job_id
+            for job_id in ids
+            if (job := self.store.get(job_id))
+            and job.status is JobStatus.RUNNING
+            and job.worker
+            and f":{worker.pid}:" in job.worker
+        ]
 
 
 class Feeder:
@@ -224,7 +241,7 @@ class Feeder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Feeder":
+    def __enter__(self) -> Feeder:
         self._thread.start()
         return self
 
@@ -259,8 +276,12 @@ def servers(network, tmp_path_factory):
     redis_server.start()
     port = free_port()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", bridge, "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", bridge, "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_address(bridge, port)
         yield redis_server, f"http://{bridge}:{port}"
@@ -275,16 +296,29 @@ def cluster(network, servers, tiny_models_dir, tmp_path, monkeypatch):
     bridge, hosts = network
     redis_server, s3 = servers
     no_proxy = ",".join(filter(None, [bridge, os.environ.get("NO_PROXY", "")]))
-    aws = {"AWS_ENDPOINT_URL_S3": s3, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+    aws = {
+        "AWS_ENDPOINT_URL_S3": s3,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "NO_PROXY": no_proxy,
+        "no_proxy": no_proxy,
+    }
     for name, value in aws.items():
         monkeypatch.setenv(name, value)
     storage_url = f"s3://scale-{uuid.uuid4().hex[:12]}/narrator"
     open_storage(storage_url).ensure_ready()
-    env = {**aws, "REDIS_URL": redis_server.url, "STORAGE_URL": storage_url,
-           "CAPTION_MODEL": str(tiny_models_dir / "caption"), "STORY_MODEL": str(tiny_models_dir / "story"),
-           "SPEECH_MODEL": str(tiny_models_dir / "speech"), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-           "DEVICE": "cpu", "TEST_FAULT_HOOKS": "0"}
+    env = {
+        **aws,
+        "REDIS_URL": redis_server.url,
+        "STORAGE_URL": storage_url,
+        "CAPTION_MODEL": str(tiny_models_dir / "caption"),
+        "STORY_MODEL": str(tiny_models_dir / "story"),
+        "SPEECH_MODEL": str(tiny_models_dir / "speech"),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "DEVICE": "cpu",
+        "TEST_FAULT_HOOKS": "0",
+    }
     cluster = Cluster(hosts, redis_server.url, storage_url, env, tmp_path)
     cluster.redis.flushdb()
     try:
@@ -296,8 +330,11 @@ def cluster(network, servers, tiny_models_dir, tmp_path, monkeypatch):
 
 
 # Celery logs what each wake-up's task returned: {job id: outcome} for the jobs its run held.
-TASK_LINE = re.compile(r"^(\S+ \S+) INFO celery\.app\.trace: Task narrate_job\[[^]]+\] succeeded in [\d.]+s: "
-                       r"(\{.*\})$", re.M)
+TASK_LINE = re.compile(
+    r"^(\S+ \S+) INFO celery\.app\.trace: Task narrate_job\[[^]]+\] succeeded in [\d.]+s: "
+    r"(\{.*\})$",
+    re.M,
+)
 
 
 def log_time(stamp: str) -> float:
@@ -361,11 +398,15 @@ def test_throughput_grows_with_hosts(cluster):
     best = {count: max(values) for count, values in rates.items()}
     cores = ", ".join(f"{name} {cpu_of(worker)}" for name, worker in workers.items())
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nthroughput on the tiny models, WORKER_BATCH_SIZE {BATCH}, {len(feeder.ids)} jobs in all "
-          f"(CPU cores of the hosts' workers: {cores}; load average {load}):")
+    print(
+        f"\nthroughput on the tiny models, WORKER_BATCH_SIZE {BATCH}, {len(feeder.ids)} jobs in all "
+        f"(CPU cores of the hosts' workers: {cores}; load average {load}):"
+    )
     for count in (1, 2, 3):
-        print(f"  {count} host(s): {best[count]:.2f} jobs/s, {best[count] / best[1]:.2f}x one host "
-              f"(best of {', '.join(f'{r:.2f}' for r in rates[count])})")
+        print(
+            f"  {count} host(s): {best[count]:.2f} jobs/s, {best[count] / best[1]:.2f}x one host "
+            f"(best of {', '.join(f'{r:.2f}' for r in rates[count])})"
+        )
     failed = {j: job.error for j, job in finished.items() if job.status is JobStatus.FAILED}
     assert not failed, failed
     one_mp3_each(cluster, {j: job for j, job in finished.items() if job.status is JobStatus.SUCCEEDED})
@@ -405,8 +446,10 @@ def test_a_host_cut_off_mid_batch_loses_its_jobs_to_the_others_and_its_late_work
         cut_at = time.time()
         while not all(cluster.store.get(job_id).status.finished for job_id in ids):
             if time.time() - cut_at > 60:
-                pytest.fail(f"host c's jobs unfinished 60s after the cut: "
-                            f"{Counter(cluster.store.get(j).status.value for j in ids)}")
+                pytest.fail(
+                    f"host c's jobs unfinished 60s after the cut: "
+                    f"{Counter(cluster.store.get(j).status.value for j in ids)}"
+                )
             time.sleep(0.2)
         recovered = {job_id: cluster.store.get(job_id) for job_id in ids}
         recovery = max(job.finished_at for job in recovered.values()) - cut_at
@@ -429,12 +472,14 @@ def test_a_host_cut_off_mid_batch_loses_its_jobs_to_the_others_and_its_late_work
     outcomes = ast.literal_eval(outcome.group(2))
     after = {job_id: cluster.store.get(job_id) for job_id in ids}
     log_c, log_ab = c.log.read_text(), a.log.read_text() + b.log.read_text()
-    print(f"\nhost c ({host.address}) cut off mid-batch: its {len(ids)} jobs finished on the other hosts "
-          f"{recovery:.1f}s after the cut "
-          f"(attempts {dict(Counter(j.attempts for j in after.values()))}); back on the network "
-          f"{restored_at - cut_at:.1f}s after the cut, its stale run ended {stale_ended - restored_at:.1f}s later "
-          f"with {dict(Counter(outcomes.values()))}; heartbeat noticed: {'no longer holding' in log_c}; "
-          f"{len(feeder.ids)} stream jobs submitted meanwhile")
+    print(
+        f"\nhost c ({host.address}) cut off mid-batch: its {len(ids)} jobs finished on the other hosts "
+        f"{recovery:.1f}s after the cut "
+        f"(attempts {dict(Counter(j.attempts for j in after.values()))}); back on the network "
+        f"{restored_at - cut_at:.1f}s after the cut, its stale run ended {stale_ended - restored_at:.1f}s later "
+        f"with {dict(Counter(outcomes.values()))}; heartbeat noticed: {'no longer holding' in log_c}; "
+        f"{len(feeder.ids)} stream jobs submitted meanwhile"
+    )
     assert outcomes == dict.fromkeys(ids, "lost")
     assert all(job.status is JobStatus.SUCCEEDED and job.attempts == 2 for job in after.values()), after
     assert all(f"'{job_id}': 'succeeded'" in log_ab for job_id in ids)  # finished by a or b
@@ -442,7 +487,11 @@ def test_a_host_cut_off_mid_batch_loses_its_jobs_to_the_others_and_its_late_work
         # The newer run's result stands: nothing of the stale run was written, in the record or in storage.
         before = recovered[job_id]
         assert (job.audio_key, job.caption, job.story, job.finished_at) == (
-            before.audio_key, before.caption, before.story, before.finished_at)
+            before.audio_key,
+            before.caption,
+            before.story,
+            before.finished_at,
+        )
         assert job.audio_key != audio_key(job_id, stale_run)
         assert cluster.storage.list(f"audio/{job_id}/") == [job.audio_key]
     stream = {j: job for j in feeder.ids if (job := cluster.store.get(j)) and job.status is JobStatus.SUCCEEDED}

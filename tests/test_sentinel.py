@@ -9,6 +9,7 @@ service must answer 503 only during the switch (never a 500, never a request slo
 every job it accepted (202) must end `succeeded` with one MP3: the web app waits for a replica to
 have each job before its 202 (WAIT), so a failover cannot lose one. The figures are printed
 (pytest -s) and quoted in the README."""
+
 from __future__ import annotations
 
 import re
@@ -28,7 +29,13 @@ import redis
 from shared.jobs import JobStore
 from shared.queue import celery_config
 from shared.redis_conn import (
-    WAIT_TIMEOUT_MS, broker_transport_options, broker_url, limiter_storage, redis_client, sentinels, uses_sentinel,
+    WAIT_TIMEOUT_MS,
+    broker_transport_options,
+    broker_url,
+    limiter_storage,
+    redis_client,
+    sentinels,
+    uses_sentinel,
     wait_for_replicas,
 )
 from shared.settings import Settings
@@ -61,9 +68,13 @@ class Node:
         self.args = args
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Node":
-        self.proc = subprocess.Popen([shutil.which("redis-server"), *self.args, "--logfile", str(self.log)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir)
+    def start(self) -> Node:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), *self.args, "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.workdir,
+        )
         wait_for_port(self.port, timeout=10)
         return self
 
@@ -84,8 +95,22 @@ def data_node(workdir: Path, name: str, master_port: int | None = None) -> Node:
     folder = workdir / name
     folder.mkdir()
     port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder),
-            "--requirepass", PASSWORD, "--masterauth", PASSWORD]
+    args = [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+        "--requirepass",
+        PASSWORD,
+        "--masterauth",
+        PASSWORD,
+    ]
     if master_port:
         args += ["--replicaof", "127.0.0.1", str(master_port)]
     return Node(workdir, name, args, port)
@@ -103,7 +128,8 @@ def sentinel_node(workdir: Path, name: str, master_port: int) -> Node:
         f"sentinel auth-pass {MASTER_NAME} {PASSWORD}\n"
         f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
         f"sentinel failover-timeout {MASTER_NAME} 3000\n"
-        f"sentinel parallel-syncs {MASTER_NAME} 2\n")
+        f"sentinel parallel-syncs {MASTER_NAME} 2\n"
+    )
     return Node(workdir, name, [str(conf), "--sentinel"], port)
 
 
@@ -133,8 +159,13 @@ def topology(tmp_path):
     try:
         master = started(data_node(tmp_path, "master"))
         replicas = [started(data_node(tmp_path, f"replica{i}", master.port)) for i in (1, 2)]
-        wait_until(lambda: all(r.client(password=PASSWORD).info("replication").get("master_link_status") == "up"
-                               for r in replicas), 20, "replicas did not sync")
+        wait_until(
+            lambda: all(
+                r.client(password=PASSWORD).info("replication").get("master_link_status") == "up" for r in replicas
+            ),
+            20,
+            "replicas did not sync",
+        )
         sentinels = [started(sentinel_node(tmp_path, f"sentinel{i}", master.port)) for i in (1, 2, 3)]
 
         def formed():
@@ -154,8 +185,9 @@ def reconnected_after(log: str, killed: float) -> float | None:
     lost_at = log.find("Connection to broker lost")
     if lost_at < 0:
         return None
-    match = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO \S+: Connected to sentinel://",
-                      log[lost_at:], re.M)
+    match = re.search(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO \S+: Connected to sentinel://", log[lost_at:], re.M
+    )
     if not match:
         return None
     at = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
@@ -173,8 +205,12 @@ class Submit:
 
 
 def sentinel_env(sentinels: list[Node], tmp_path: Path) -> dict:
-    return {"REDIS_URL": UNUSED_REDIS_URL, "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in sentinels),
-            "REDIS_MASTER_NAME": MASTER_NAME, "STORAGE_URL": f"file://{tmp_path}/data"}
+    return {
+        "REDIS_URL": UNUSED_REDIS_URL,
+        "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in sentinels),
+        "REDIS_MASTER_NAME": MASTER_NAME,
+        "STORAGE_URL": f"file://{tmp_path}/data",
+    }
 
 
 def web_app(settings: Settings):
@@ -189,8 +225,12 @@ def web_app(settings: Settings):
 
 
 def app_settings(env: dict) -> Settings:
-    return Settings(**{k.lower(): v for k, v in env.items()}, secret_key=TEST_SECRET_KEY,
-                    submit_rate_limit=GENEROUS_RATE_LIMIT, read_rate_limit=GENEROUS_RATE_LIMIT)
+    return Settings(
+        **{k.lower(): v for k, v in env.items()},
+        secret_key=TEST_SECRET_KEY,
+        submit_rate_limit=GENEROUS_RATE_LIMIT,
+        read_rate_limit=GENEROUS_RATE_LIMIT,
+    )
 
 
 @needs_redis
@@ -198,9 +238,17 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
     master, replicas, sentinels = topology
     common = sentinel_env(sentinels, tmp_path)
     storage_url = common["STORAGE_URL"]
-    env = {**common, "CAPTION_MODEL": str(tiny_models_dir / "caption"), "STORY_MODEL": str(tiny_models_dir / "story"),
-           "SPEECH_MODEL": str(tiny_models_dir / "speech"), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-           "DEVICE": "cpu", "STORY_WORDS": "12", "HEARTBEAT_SECONDS": "2", "LEASE_SECONDS": "8"}
+    env = {
+        **common,
+        "CAPTION_MODEL": str(tiny_models_dir / "caption"),
+        "STORY_MODEL": str(tiny_models_dir / "story"),
+        "SPEECH_MODEL": str(tiny_models_dir / "speech"),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "DEVICE": "cpu",
+        "STORY_WORDS": "12",
+        "HEARTBEAT_SECONDS": "2",
+        "LEASE_SECONDS": "8",
+    }
     settings = app_settings(common)
     store = JobStore(redis_client(settings, socket_timeout=2, socket_connect_timeout=1), 3600)
     server, base = web_app(settings)
@@ -224,8 +272,16 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
                     errors.append(f"{exc!r} after {time.time() - started:.1f}s")
                     continue
                 error = (body.get("error") if status != 202 else None) or {}
-                submits.append(Submit(started, time.time() - started, status, error.get("code", ""),
-                                      error.get("message", ""), body.get("id", "")))
+                submits.append(
+                    Submit(
+                        started,
+                        time.time() - started,
+                        status,
+                        error.get("code", ""),
+                        error.get("message", ""),
+                        body.get("id", ""),
+                    )
+                )
                 time.sleep(0.25)
 
         thread = threading.Thread(target=submit_continuously, daemon=True)
@@ -241,8 +297,11 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
 
         promoted = wait_until(lambda: (address := master_address()) != old and address, 30, "no replica was promoted")
         promoted_after = time.time() - killed
-        wait_until(lambda: any(s.start > killed and s.status == 202 for s in submits), 30,
-                   "the service did not accept jobs again after the failover")
+        wait_until(
+            lambda: any(s.start > killed and s.status == 202 for s in submits),
+            30,
+            "the service did not accept jobs again after the failover",
+        )
         time.sleep(5)
         stop.set()
         thread.join(timeout=15)
@@ -272,13 +331,15 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
         lost = statuses.pop("lost", 0)
         slowest = max(s.took for s in submits)
         not_replicated = sum("replica" in s.message for s in refused)
-        print(f"\nSentinel failover: master SIGKILLed; Sentinel promoted {promoted} {promoted_after:.1f}s later; "
-              f"the service refused submits for {switch:.1f}s ({len(refused)} x "
-              f"{dict(Counter((s.status, s.code) for s in refused))}, {not_replicated} of them for want of a "
-              f"replica's acknowledgement); accepted {len(accepted)}, finished {sum(statuses.values())} "
-              f"({dict(statuses)}), lost {lost}, the last {done_after:.1f}s after the kill; slowest request "
-              f"{slowest:.2f}s; {len(submits)} submits in all; the workers' Celery consumers reconnected "
-              f"{', '.join(f'{t:.1f}s' if t is not None else 'never' for t in reconnected)} after the kill")
+        print(
+            f"\nSentinel failover: master SIGKILLed; Sentinel promoted {promoted} {promoted_after:.1f}s later; "
+            f"the service refused submits for {switch:.1f}s ({len(refused)} x "
+            f"{dict(Counter((s.status, s.code) for s in refused))}, {not_replicated} of them for want of a "
+            f"replica's acknowledgement); accepted {len(accepted)}, finished {sum(statuses.values())} "
+            f"({dict(statuses)}), lost {lost}, the last {done_after:.1f}s after the kill; slowest request "
+            f"{slowest:.2f}s; {len(submits)} submits in all; the workers' Celery consumers reconnected "
+            f"{', '.join(f'{t:.1f}s' if t is not None else 'never' for t in reconnected)} after the kill"
+        )
 
         assert not errors, errors
         assert slowest < 5, "no request may hang"
@@ -295,7 +356,7 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
         assert new_master[DB].dbsize() > 0 and new_master[0].dbsize() == 0
         # The workers reconnected to the new master by themselves: alive, and their Celery consumer
         # lost the broker and connected again (kombu's Sentinel transport asked the Sentinels).
-        for worker, after in zip(workers, reconnected):
+        for worker, after in zip(workers, reconnected, strict=True):
             assert worker.alive() and after is not None, worker.log.read_text()[-3000:]
     finally:
         for worker in workers:
@@ -336,6 +397,7 @@ def test_a_job_no_replica_acknowledges_is_refused_and_undone(topology, tmp_path)
 
 # --- the one place that decides how to reach Redis (no server needed) ------------------------------
 
+
 def test_without_sentinels_everything_uses_redis_url(tmp_path):
     settings = Settings(redis_url="redis://:pw@queue.internal:6380/2")
     assert not uses_sentinel(settings)
@@ -344,18 +406,28 @@ def test_without_sentinels_everything_uses_redis_url(tmp_path):
     client = redis_client(settings, socket_timeout=5)
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"], kwargs["socket_timeout"]) == (
-        "queue.internal", 6380, 2, "pw", 5)
+        "queue.internal",
+        6380,
+        2,
+        "pw",
+        5,
+    )
     assert wait_for_replicas(client, settings, "job:x", 60) is None  # no round trip: no replica to wait for
-    assert limiter_storage(settings, client) == ("redis://:pw@queue.internal:6380/2",
-                                                 {"connection_pool": client.connection_pool})
+    assert limiter_storage(settings, client) == (
+        "redis://:pw@queue.internal:6380/2",
+        {"connection_pool": client.connection_pool},
+    )
 
 
 def test_with_sentinels_every_client_asks_them_for_the_master():
     from kombu import Connection
     from redis.sentinel import SentinelConnectionPool
 
-    settings = Settings(redis_url="redis://app:s3cret%2Fpass@ignored.invalid:1/3",
-                        redis_sentinels=" s1.internal:26379, 10.0.0.2:26380 ,", redis_master_name="queue")
+    settings = Settings(
+        redis_url="redis://app:s3cret%2Fpass@ignored.invalid:1/3",
+        redis_sentinels=" s1.internal:26379, 10.0.0.2:26380 ,",
+        redis_master_name="queue",
+    )
     assert settings.redis_sentinels == "s1.internal:26379,10.0.0.2:26380"
     assert sentinels(settings) == [("s1.internal", 26379), ("10.0.0.2", 26380)]
     client = redis_client(settings, socket_timeout=10, health_check_interval=10)
@@ -365,8 +437,10 @@ def test_with_sentinels_every_client_asks_them_for_the_master():
     assert "host" not in kwargs and (kwargs["db"], kwargs["username"], kwargs["password"]) == (3, "app", "s3cret/pass")
     assert kwargs["socket_timeout"] == 10 and kwargs["health_check_interval"] == 10
     manager = pool.sentinel_manager
-    assert [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-            for s in manager.sentinels] == [("s1.internal", 26379), ("10.0.0.2", 26380)]
+    assert [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in manager.sentinels
+    ] == [("s1.internal", 26379), ("10.0.0.2", 26380)]
     for sentinel in manager.sentinels:  # the Sentinels get short timeouts and no password
         sentinel_kwargs = sentinel.connection_pool.connection_kwargs
         assert sentinel_kwargs["socket_timeout"] == 1.0 and not sentinel_kwargs.get("password")

@@ -1,5 +1,6 @@
 """`make up`'s script: Ctrl-C stops web and worker promptly and quietly, and a second `make up` on
 the same Redis database is told that it shares the queue."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ import pytest
 from shared import workers
 from tests.conftest import ROOT, TEST_SECRET_KEY, free_port
 
-
 pytestmark = pytest.mark.serial  # measures how fast things stop: alone on the machine
 
 
@@ -25,15 +25,25 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
     # Another `make up` (its worker) already uses this database.
     workers.announce(redis.Redis.from_url(redis_url), "other@host", {"state": "idle"}, ttl=60)
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "MODELS": "tiny",
-           "TINY_MODELS_DIR": str(tiny_models_dir), "VENV": str(Path(sys.executable).parent.parent),
-           "SECRET_KEY": TEST_SECRET_KEY, "STORAGE_URL": f"file://{tmp_path}/data", "WEB_CONCURRENCY": "2",
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PORT": str(port),
+        "MODELS": "tiny",
+        "TINY_MODELS_DIR": str(tiny_models_dir),
+        "VENV": str(Path(sys.executable).parent.parent),
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "STORAGE_URL": f"file://{tmp_path}/data",
+        "WEB_CONCURRENCY": "2",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         # Its own session, like a terminal's foreground job: Ctrl-C signals the whole group.
-        proc = subprocess.Popen(["bash", "scripts/up.sh"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "scripts/up.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 90
         while b"ready." not in log.read_bytes() or not _answers(port):

@@ -4,6 +4,7 @@ The prompt is the engine's own chat messages rendered with add_generation_prompt
 text the model sees at serving time. Only the story and its end-of-turn token are learned; prompt
 and padding labels are -100 (the seed's notebook trained on both, teaching the model to echo).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ Two formats: a JSON array of objects (the seed's format) and JSON Lines. Every p
 with the row it is on (a line number, or an item number plus its line for arrays) so a bad file
 costs seconds, not a model load. No torch here: the CLI validates with only the standard library.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -76,7 +77,10 @@ def _parse_array(path: Path, text: str) -> list[tuple[object, str]]:
             pos += 1
         starts.append(pos)
         pos = decoder.raw_decode(text, pos)[1]
-    return [(item, f"item {i} (line {_line_of(text, start)})") for i, (item, start) in enumerate(zip(data, starts), 1)]
+    return [
+        (item, f"item {i} (line {_line_of(text, start)})")
+        for i, (item, start) in enumerate(zip(data, starts, strict=True), 1)
+    ]
 
 
 def _check_row(path: Path, row: object, where: str) -> Example:

@@ -3,6 +3,7 @@
 Chosen over transformers' Trainer for fewer moving parts: every step that matters for the report
 (which loss is measured, when, on which tokens) is visible here.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,18 @@ def mean_loss(model, loader, device) -> float | None:
     return total / tokens if tokens else None
 
 
-def train_steps(model, loader, device, *, total_steps: int, lr: float, warmup_steps: int,
-                weight_decay: float = 0.0, max_grad_norm: float = 1.0, fp16: bool = False) -> LoopResult:
+def train_steps(
+    model,
+    loader,
+    device,
+    *,
+    total_steps: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    fp16: bool = False,
+) -> LoopResult:
     from tqdm.auto import tqdm
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,6 +3,7 @@
 The files go directly under the prefix (prefix/adapter_config.json, ...), which is the layout the
 worker's adapter resolver downloads. Uses the service's own storage code and AWS settings.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Load the base model, wrap it with LoRA, train, measure, save the adapter and its report."""
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,10 @@ def prompt_words(story: str) -> int:
 def encode_all(tokenizer, examples, args):
     end_id = end_token_id(tokenizer)
     try:
-        encoded = [encode_example(tokenizer, e.prompt, e.story, args.words or prompt_words(e.story), args.max_length,
-                                  end_id) for e in examples]
+        encoded = [
+            encode_example(tokenizer, e.prompt, e.story, args.words or prompt_words(e.story), args.max_length, end_id)
+            for e in examples
+        ]
     except EncodingError as exc:
         from training.train import UsageError
 
@@ -130,8 +133,14 @@ def run_training(args, train, evals, device, dtype, duplicates_dropped: int = 0)
     initial_eval = mean_loss(model, eval_loader, device)
     started = time.perf_counter()
     result = train_steps(
-        model, train_loader, device, total_steps=steps, lr=args.lr, warmup_steps=warmup,
-        weight_decay=args.weight_decay, fp16=dtype == torch.float16,
+        model,
+        train_loader,
+        device,
+        total_steps=steps,
+        lr=args.lr,
+        warmup_steps=warmup,
+        weight_decay=args.weight_decay,
+        fp16=dtype == torch.float16,
     )
     seconds = time.perf_counter() - started
     report = {
@@ -142,10 +151,21 @@ def run_training(args, train, evals, device, dtype, duplicates_dropped: int = 0)
         # Exact repeats of earlier rows that the loader left out (train + eval counts exclude them).
         "duplicates_dropped": duplicates_dropped,
         "hyperparameters": {
-            "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-            "warmup_steps": warmup, "weight_decay": args.weight_decay, "max_grad_norm": 1.0,
-            "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "target_modules": args.target_modules,
-            "quantize": args.quantize, "words": args.words, "max_length": args.max_length, "seed": args.seed,
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "warmup_steps": warmup,
+            "weight_decay": args.weight_decay,
+            "max_grad_norm": 1.0,
+            "rank": args.rank,
+            "alpha": args.alpha,
+            "dropout": args.dropout,
+            "target_modules": args.target_modules,
+            "quantize": args.quantize,
+            "words": args.words,
+            "max_length": args.max_length,
+            "seed": args.seed,
         },
         "steps": result.steps,
         "epochs_completed": result.epochs,

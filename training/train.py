@@ -4,6 +4,7 @@ Order matters: the dataset and the device/quantization settings are checked firs
 an impossible --quantize exits 2 with one line in a second instead of after a model load.
 Writes DIR/adapter_config.json, DIR/adapter_model.safetensors and DIR/training_report.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings = get_settings()
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="JSON array or JSON Lines of {prompt, story} (default: %(default)s)")
+    p.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="JSON array or JSON Lines of {prompt, story} (default: %(default)s)"
+    )
     p.add_argument("--out", required=True, help="folder for the adapter and training_report.json")
-    p.add_argument("--base", default=settings.story_model, help="base model: hub id or folder (default: STORY_MODEL, %(default)s)")
+    p.add_argument(
+        "--base", default=settings.story_model, help="base model: hub id or folder (default: STORY_MODEL, %(default)s)"
+    )
     p.add_argument("--epochs", type=float, default=3, help="passes over the training split (default: %(default)s)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up")
@@ -37,18 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=32, help="LoRA alpha (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout (default: %(default)s)")
     p.add_argument(
-        "--target-modules", default="q_proj,v_proj",
+        "--target-modules",
+        default="q_proj,v_proj",
         help="comma-separated module names, or all-linear. Default q_proj,v_proj (the seed's recipe, "
-             "fewest parameters). The QLoRA paper (Dettmers et al., 2023) found adapting every linear "
-             "layer is needed to match full fine-tuning; try all-linear with --rank 16 when quality matters more than size.",
+        "fewest parameters). The QLoRA paper (Dettmers et al., 2023) found adapting every linear "
+        "layer is needed to match full fine-tuning; try all-linear with --rank 16 when quality matters more than size.",
     )
-    p.add_argument("--quantize", choices=("none", "8bit", "4bit"), default="none", help="QLoRA base weights via bitsandbytes (CUDA only)")
-    p.add_argument("--device", default=settings.device, help="auto | cpu | cuda | cuda:N (default: DEVICE, %(default)s)")
-    p.add_argument("--eval-fraction", type=float, default=0.1, help="held-out share for eval_loss (default: %(default)s)")
+    p.add_argument(
+        "--quantize",
+        choices=("none", "8bit", "4bit"),
+        default="none",
+        help="QLoRA base weights via bitsandbytes (CUDA only)",
+    )
+    p.add_argument(
+        "--device", default=settings.device, help="auto | cpu | cuda | cuda:N (default: DEVICE, %(default)s)"
+    )
+    p.add_argument(
+        "--eval-fraction", type=float, default=0.1, help="held-out share for eval_loss (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--words", type=int, default=None,
-                   help="story length written into every prompt (default: each story's own length, rounded to 5, "
-                        "so the adapter learns to follow the length the service asks for)")
+    p.add_argument(
+        "--words",
+        type=int,
+        default=None,
+        help="story length written into every prompt (default: each story's own length, rounded to 5, "
+        "so the adapter learns to follow the length the service asks for)",
+    )
     p.add_argument("--max-length", type=int, default=512, help="tokens per example, prompt included")
     p.add_argument("--push", metavar="URL", default=None, help="upload the adapter folder to s3://bucket/prefix")
     return p
@@ -104,9 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     if dataset.duplicates:
         print(f"warning: {dataset.duplicates_message(args.data)}", file=sys.stderr)
     if len(train) < args.batch_size:
-        print(f"warning: {len(train)} training examples is fewer than one batch (--batch-size {args.batch_size})", file=sys.stderr)
+        print(
+            f"warning: {len(train)} training examples is fewer than one batch (--batch-size {args.batch_size})",
+            file=sys.stderr,
+        )
     if args.eval_fraction > 0 and not evals:
-        print(f"warning: the eval split is empty ({len(examples)} examples x {args.eval_fraction}); eval_loss will be null", file=sys.stderr)
+        print(
+            f"warning: the eval split is empty ({len(examples)} examples x {args.eval_fraction}); "
+            "eval_loss will be null",
+            file=sys.stderr,
+        )
 
     from training.run import run_training
 
@@ -119,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if isinstance(exc, (torch.cuda.OutOfMemoryError, FloatingPointError)):
-            hint = " (try a smaller --batch-size or --max-length, or --quantize 4bit)" if isinstance(exc, torch.cuda.OutOfMemoryError) else ""
+            hint = (
+                " (try a smaller --batch-size or --max-length, or --quantize 4bit)"
+                if isinstance(exc, torch.cuda.OutOfMemoryError)
+                else ""
+            )
             print(f"error: {str(exc).splitlines()[0]}{hint}", file=sys.stderr)
             return 1
         raise

@@ -10,11 +10,11 @@
 - SUBMIT_RATE_LIMIT counts a post once in its short windows and each photo in its windows of a
   minute or more (web/limits.py).
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Optional
 
 from flask import Blueprint, g, jsonify, render_template, request, url_for
 
@@ -57,8 +57,7 @@ def form_photos() -> list:
 
 def too_large_message() -> str:
     mb = services().settings.max_upload_mb
-    return (f"The upload is too large: up to {MAX_PHOTOS} photos of up to {mb:g} MB each "
-            f"(or too many form fields).")
+    return f"The upload is too large: up to {MAX_PHOTOS} photos of up to {mb:g} MB each (or too many form fields)."
 
 
 def check_photos(photos: list) -> list[tuple]:
@@ -81,9 +80,12 @@ def check_photos(photos: list) -> list[tuple]:
     if problems:
         first = problems[0][1]
         listed = "; ".join(f"{name}: {exc.message.rstrip('.')}" for name, exc in problems)
-        raise AppError(first.status, first.code,
-                       f"Nothing was uploaded: {len(problems)} of the {len(photos)} photos could not be used "
-                       f"({listed}). Choose the photos again without those.")
+        raise AppError(
+            first.status,
+            first.code,
+            f"Nothing was uploaded: {len(problems)} of the {len(photos)} photos could not be used "
+            f"({listed}). Choose the photos again without those.",
+        )
     return checked
 
 
@@ -93,8 +95,12 @@ def create_album(photos: list, owner: str) -> str:
     checked = check_photos(photos)
     most = svc.settings.max_queued_per_owner
     if svc.jobs.queued_count(owner) + len(checked) > most:
-        raise AppError(429, "too_many_queued", f"These photos would put more than {most} of your jobs in the queue; "
-                       "submit more once some have started (or cancel some).")
+        raise AppError(
+            429,
+            "too_many_queued",
+            f"These photos would put more than {most} of your jobs in the queue; "
+            "submit more once some have started (or cancel some).",
+        )
     jobs: list[Job] = []
     try:
         for upload, name, content_type in checked:
@@ -119,7 +125,7 @@ def load_album(album_id: str) -> list[dict]:
     """The album's jobs as the API shows them (expired ones left out), if the caller owns it."""
     svc = services()
     raw = svc.redis.get(album_key(album_id)) if JOB_ID.fullmatch(album_id) else None
-    record: Optional[dict] = json.loads(raw) if raw else None
+    record: dict | None = json.loads(raw) if raw else None
     if record is None or record.get("owner") != current_owner():
         raise AppError(404, "not_found", "No such album (it may have expired).")
     pipe = svc.redis.pipeline(transaction=False)
@@ -134,11 +140,23 @@ def album_page(album_id: str):
     from web.pages import MESSAGES, STEPS, status_text, step_states  # pages imports this module
 
     jobs = load_album(album_id)
-    cards = [{"job": job, "steps": step_states(job), "status_text": status_text(job),
-              "finished": JobStatus(job["status"]).finished} for job in jobs]
-    return render_template("album.html", cards=cards, finished=all(card["finished"] for card in cards),
-                           feed=url_for("albums.album_jobs", album_id=album_id),
-                           messages=json.dumps(MESSAGES), step_list=json.dumps(STEPS))
+    cards = [
+        {
+            "job": job,
+            "steps": step_states(job),
+            "status_text": status_text(job),
+            "finished": JobStatus(job["status"]).finished,
+        }
+        for job in jobs
+    ]
+    return render_template(
+        "album.html",
+        cards=cards,
+        finished=all(card["finished"] for card in cards),
+        feed=url_for("albums.album_jobs", album_id=album_id),
+        messages=json.dumps(MESSAGES),
+        step_list=json.dumps(STEPS),
+    )
 
 
 @bp.get("/albums/<album_id>/jobs")

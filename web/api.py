@@ -1,8 +1,8 @@
 """JSON API under /api/v1: submit a photo, poll the job, fetch the audio and subtitles, cancel, list."""
+
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from flask import Blueprint, Response, jsonify, redirect, request, send_file, url_for
 
@@ -40,7 +40,7 @@ def public_url(endpoint: str, **values) -> str:
     return url_for(endpoint, **values, _external=bool(settings.proxy_hops))
 
 
-def audio_url(job: Job) -> Optional[str]:
+def audio_url(job: Job) -> str | None:
     """URL of the audio endpoint: it never expires, and it redirects to a fresh presigned URL on
     S3, so the value stays fetchable with a plain GET for as long as the job exists."""
     if job.status != JobStatus.SUCCEEDED or not job.audio_key:
@@ -48,7 +48,7 @@ def audio_url(job: Job) -> Optional[str]:
     return public_url("api.job_audio", job_id=job.id)
 
 
-def subtitles_url(job: Job) -> Optional[str]:
+def subtitles_url(job: Job) -> str | None:
     if job.status != JobStatus.SUCCEEDED or not job.audio_key or not job.subtitles_key:
         return None  # not yet, or a job finished before subtitles were made
     return public_url("api.job_subtitles", job_id=job.id)
@@ -124,8 +124,14 @@ def job_audio(job_id: str):
     path = svc.storage.local_path(job.audio_key)
     if path is None or not path.is_file():
         raise AppError(404, "audio_missing", "The audio file is missing from storage.")
-    response = send_file(path, mimetype="audio/mpeg", download_name=name, conditional=True,
-                         as_attachment=request.args.get("download") == "1", max_age=3600)
+    response = send_file(
+        path,
+        mimetype="audio/mpeg",
+        download_name=name,
+        conditional=True,
+        as_attachment=request.args.get("download") == "1",
+        max_age=3600,
+    )
     response.cache_control.public = False  # an owner's audio: browsers may keep it, shared caches not
     response.cache_control.private = True
     return response

@@ -3,21 +3,20 @@
 It validates uploads, stores them, records jobs and enqueues by task name. It never imports the
 worker package or torch; the models live only in the GPU workers.
 """
+
 from __future__ import annotations
 
 import secrets
 from datetime import timedelta
-from typing import Optional
 
 from flask import Flask
 from flask.helpers import get_debug_flag
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
-from web import albums, api, auth, health, pages
-from web import styles_api, webhooks_api
-from web import openapi
+from web import albums, api, auth, health, openapi, pages, styles_api, webhooks_api
 from web.errors import register_error_handlers
 from web.keys_cli import keys
 from web.limits import init_limits
@@ -33,7 +32,12 @@ NO_SECRET_KEY = (
     "Set it in the environment or in .env to a long random value, e.g. "
     "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') "
     "(`make up` writes one to .env when it is missing). "
-    "For local development only, `flask --app web.app run --debug` makes up a temporary one.")
+    "For local development only, `flask --app web.app run --debug` makes up a temporary one."
+)
+
+
+class OrderedJSON(DefaultJSONProvider):
+    sort_keys = False  # keep the job's fields in their documented order
 
 
 def secret_key(settings: Settings, app: Flask) -> str:
@@ -41,8 +45,9 @@ def secret_key(settings: Settings, app: Flask) -> str:
     `flask run --debug` sets), which gets a random key per process and a warning."""
     if settings.secret_key:
         if len(settings.secret_key) < 16:
-            app.logger.warning("SECRET_KEY is short (%d characters): use 32 or more random characters",
-                               len(settings.secret_key))
+            app.logger.warning(
+                "SECRET_KEY is short (%d characters): use 32 or more random characters", len(settings.secret_key)
+            )
         return settings.secret_key
     if get_debug_flag():
         app.logger.warning("SECRET_KEY is not set: debug mode uses a random one; sessions end with the process")
@@ -50,7 +55,7 @@ def secret_key(settings: Settings, app: Flask) -> str:
     raise RuntimeError(NO_SECRET_KEY)
 
 
-def create_app(settings: Optional[Settings] = None) -> Flask:
+def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config.update(
@@ -68,10 +73,13 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         SESSION_COOKIE_SECURE=(settings.public_base_url or "").lower().startswith("https:"),
         PERMANENT_SESSION_LIFETIME=timedelta(days=SESSION_DAYS),
     )
-    app.json.sort_keys = False  # keep the job's fields in their documented order
+    app.json = OrderedJSON(app)
     if settings.proxy_hops:
         hops = settings.proxy_hops
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
+        # Flask's documented way to add WSGI middleware, which mypy reads as replacing a method.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
 
     styles_api.init_styles(app, settings)  # GET /api/v1/styles; a bad STORY_STYLES stops the app here
     services = Services.build(settings)
@@ -103,7 +111,8 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
             response.headers.setdefault(
                 "Content-Security-Policy",
                 "default-src 'self'; media-src 'self' https: http:; img-src 'self' data:; "
-                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+            )
         return response
 
     return app

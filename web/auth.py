@@ -16,6 +16,7 @@ pages' own POSTs (the form, cancel) are checked for their origin instead (web/pa
 Redis layout: `apikey:<sha256 hex of the key>` -> name, and the hash `apikeys`: name -> JSON record
 {"created_at", "key_hash"}.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,6 @@ import json
 import re
 import secrets
 import time
-from typing import Optional
 from urllib.parse import urlsplit
 
 from flask import g, request, session
@@ -60,16 +60,17 @@ def lookup_key(key_hash_hex: str) -> str:
 
 # --- the key store (used by the `keys` commands and by requests) ---------------------------------
 
+
 def create_key(redis_client, name: str) -> str:
     """A new key for `name`; returns the key, which is never stored."""
     if not NAME_PATTERN.fullmatch(name or ""):
-        raise KeyStoreError("a key name is 1-64 characters: letters, digits, '.', '_' or '-', "
-                        "starting with a letter or digit")
+        raise KeyStoreError(
+            "a key name is 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     digest = key_hash(key)
     record = json.dumps({"created_at": time.time(), "key_hash": digest})
-    created = redis_client.register_script(_CREATE_LUA)(keys=[KEYS_HASH, lookup_key(digest)],
-                                                        args=[name, record])
+    created = redis_client.register_script(_CREATE_LUA)(keys=[KEYS_HASH, lookup_key(digest)], args=[name, record])
     if created != 1:
         raise KeyStoreError(f"a key named '{name}' exists already (revoke it first to replace it)")
     return key
@@ -101,7 +102,7 @@ def revoke_key(redis_client, name: str) -> None:
     pipe.execute()
 
 
-def key_name(redis_client, key: str) -> Optional[str]:
+def key_name(redis_client, key: str) -> str | None:
     """The name of a valid (not revoked) key, else None."""
     if not key or len(key) > 200:
         return None
@@ -113,14 +114,15 @@ def key_name(redis_client, key: str) -> Optional[str]:
 
 # --- requests ---------------------------------------------------------------------------------------
 
+
 class _Unauthorized(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
 
 
-def _bearer_owner() -> Optional[str]:
-    """"key:<name>" for a valid key, None when no Authorization header was sent; raises
+def _bearer_owner() -> str | None:
+    """ "key:<name>" for a valid key, None when no Authorization header was sent; raises
     _Unauthorized for any other Authorization header (a wrong, revoked or malformed key)."""
     header = request.headers.get("Authorization")
     if header is None:
@@ -134,7 +136,7 @@ def _bearer_owner() -> Optional[str]:
     return f"key:{name}"
 
 
-def session_id() -> Optional[str]:
+def session_id() -> str | None:
     value = session.get(SESSION_FIELD)
     return value if isinstance(value, str) and value else None
 
@@ -148,7 +150,7 @@ def _session_counts() -> bool:
     return not request.path.startswith("/api/") or request.method in SAFE_METHODS
 
 
-def _resolve() -> Optional[str]:
+def _resolve() -> str | None:
     """Raises _Unauthorized for a bad Authorization header."""
     owner = _bearer_owner()
     if owner is None and _session_counts():
@@ -157,7 +159,7 @@ def _resolve() -> Optional[str]:
     return owner
 
 
-def current_owner() -> Optional[str]:
+def current_owner() -> str | None:
     """The owner this request acts for: the key's owner if a valid key was sent, else the browser
     session's owner if there is one (in the API: for reads only), else None.
 
@@ -197,12 +199,16 @@ def require_owner() -> str:
     """For endpoints that only make sense for a known caller (listing jobs)."""
     owner = current_owner()
     if owner is None:
-        raise AppError(401, "api_key_required", "Listing jobs needs an API key ('Authorization: Bearer KEY') "
-                       "or a browser session.", {"WWW-Authenticate": CHALLENGE})
+        raise AppError(
+            401,
+            "api_key_required",
+            "Listing jobs needs an API key ('Authorization: Bearer KEY') or a browser session.",
+            {"WWW-Authenticate": CHALLENGE},
+        )
     return owner
 
 
-def may_see(owner_of_job: Optional[str]) -> bool:
+def may_see(owner_of_job: str | None) -> bool:
     """Ownerless jobs are reachable by anyone who has their id; the others by their owner only."""
     return owner_of_job is None or owner_of_job == current_owner()
 
@@ -212,7 +218,7 @@ def may_see(owner_of_job: Optional[str]) -> bool:
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def origin_of(url: str) -> Optional[str]:
+def origin_of(url: str) -> str | None:
     """scheme://host[:port], lower case, without a default port; None for anything else ("null")."""
     try:
         parts = urlsplit(url.strip())
@@ -226,7 +232,7 @@ def origin_of(url: str) -> Optional[str]:
     return f"{parts.scheme}://{host}{suffix}".lower()
 
 
-def public_origin() -> Optional[str]:
+def public_origin() -> str | None:
     """The app's origin as its users reach it: PUBLIC_BASE_URL's when set, else what the request
     says (after ProxyFix, when PROXY_HOPS trusts a proxy's X-Forwarded-* headers)."""
     base = services().settings.public_base_url

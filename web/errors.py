@@ -3,18 +3,17 @@
 Everything a client can send maps to a 4xx; Redis, the broker or storage being down maps to 503.
 Only a genuine bug reaches the last-resort handler (500, logged, no traceback to the client).
 """
+
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import redis
 from flask import Flask, jsonify, render_template, request
+from kombu.exceptions import OperationalError as BrokerError  # send_task's connection errors
 from werkzeug.exceptions import HTTPException
 
 from shared.storage import StorageError, StorageUnavailable
-
-from kombu.exceptions import OperationalError as BrokerError  # send_task's connection errors
 
 try:  # gunicorn raises its parser's errors (a bad chunk size, a body cut short) from wsgi.input.read()
     from gunicorn.http.errors import NoMoreData, ParseException
@@ -25,7 +24,7 @@ except ImportError:  # pragma: no cover - another WSGI server
 
 
 class AppError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
 

@@ -15,6 +15,7 @@ CPU-bound image decoding runs in gevent's native thread pool (web/uploads.py), s
 keeps answering meanwhile. In production nginx (deploy/nginx.conf) sits in front and buffers
 whole request bodies; the limits below also hold when gunicorn faces clients directly.
 """
+
 from __future__ import annotations
 
 import glob

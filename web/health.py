@@ -1,6 +1,7 @@
 """Liveness (/healthz: the process answers) and readiness (/readyz: Redis and storage answer, plus
 what an operator needs to know about the workers: how many are alive, the queue depth and the last
 model-load error)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -27,8 +28,11 @@ def readyz():
         checks["redis"] = "ok"
         live = workers.live_workers(svc.redis)
         # Counts only: worker host names and process ids are nobody else's business.
-        body["workers"] = {"live": len(live), "ready": sum(w.get("state") in ("ready", "busy") for w in live),
-                           "busy": sum(w.get("state") == "busy" for w in live)}
+        body["workers"] = {
+            "live": len(live),
+            "ready": sum(w.get("state") in ("ready", "busy") for w in live),
+            "busy": sum(w.get("state") == "busy" for w in live),
+        }
         body["queue"] = {"queued": svc.jobs.queued_count()}
         error = workers.last_model_error(svc.redis)
         body["last_model_error"] = {"message": error["message"], "at": iso(error["at"])} if error else None
@@ -48,5 +52,4 @@ def readyz():
         warnings = [] if body["workers"]["ready"] else ["no worker is ready: jobs wait in the queue"]
         return jsonify(status="ready", checks=checks, warnings=warnings, **body)
     message = " and ".join(failed) + (" is" if len(failed) == 1 else " are") + " unreachable"
-    return jsonify(status="unavailable", checks=checks, error={"code": "not_ready", "message": message},
-                   **body), 503
+    return jsonify(status="unavailable", checks=checks, error={"code": "not_ready", "message": message}, **body), 503

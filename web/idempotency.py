@@ -16,13 +16,13 @@ so the key is not burned: a waiting duplicate or a later retry creates the job i
 wait for `done`, not for the job record, because a record can still be removed when enqueueing
 fails. The same key with another photo, `words` or `seed` is a 422 `idempotency_key_reused`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
 import time
-from typing import Optional
 
 from flask import current_app
 from werkzeug.datastructures import Headers
@@ -67,14 +67,20 @@ def redis_key(idempotency_key: str) -> str:
     return "idempotency:" + hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()
 
 
-def fingerprint(image: bytes, words: int, seed: Optional[int], webhook: Optional[str] = None,
-                style: Optional[str] = None) -> str:
+def fingerprint(
+    image: bytes, words: int, seed: int | None, webhook: str | None = None, style: str | None = None
+) -> str:
     """What makes two submissions the same request: the photo's bytes and the parameters as the
     job gets them (`words` after the default is applied, the checked `webhook` URL, the resolved
     style). The file name is display only. Without a webhook or style the fingerprint is what it
     was before those existed."""
-    fields = {"v": 1, "words": words, "seed": seed, **({"webhook": webhook} if webhook else {}),
-              **({"style": style} if style else {})}
+    fields = {
+        "v": 1,
+        "words": words,
+        "seed": seed,
+        **({"webhook": webhook} if webhook else {}),
+        **({"style": style} if style else {}),
+    }
     params = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(params + b"\0" + image).hexdigest()
 
@@ -92,22 +98,30 @@ class IdempotentSubmit:
         self.key = key
         self.redis_key = redis_key(key)
         self.replayed = False
-        self._pending: Optional[str] = None  # our reservation's value while we hold it
-        self._done: Optional[str] = None
+        self._pending: str | None = None  # our reservation's value while we hold it
+        self._done: str | None = None
 
     @classmethod
-    def from_headers(cls, headers: Headers) -> Optional["IdempotentSubmit"]:
+    def from_headers(cls, headers: Headers) -> IdempotentSubmit | None:
         value = headers.get(HEADER)
         if value is None:
             return None
         value = value.strip(" \t")  # not part of a field value (RFC 9110); servers differ in trimming it
         if not KEY_PATTERN.fullmatch(value):
-            raise AppError(400, "invalid_idempotency_key",
-                           f"'{HEADER}' must be 1 to 255 printable ASCII characters.")
+            raise AppError(400, "invalid_idempotency_key", f"'{HEADER}' must be 1 to 255 printable ASCII characters.")
         return cls(value)
 
-    def reserve(self, redis_client, jobs, image: bytes, words: int, seed: Optional[int],
-                job_id: str, webhook: Optional[str] = None, style: Optional[str] = None) -> Optional[Job]:
+    def reserve(
+        self,
+        redis_client,
+        jobs,
+        image: bytes,
+        words: int,
+        seed: int | None,
+        job_id: str,
+        webhook: str | None = None,
+        style: str | None = None,
+    ) -> Job | None:
         """Reserve the key for `job_id`, or return the job another request made with it."""
         fp = fingerprint(image, words, seed, webhook, style)
         pending = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "pending"})
@@ -130,8 +144,11 @@ class IdempotentSubmit:
                 self._free(redis_client, raw)
                 continue
             if held_fp != fp:
-                raise AppError(422, "idempotency_key_reused",
-                               f"This {HEADER} was used with a different photo or parameters (words, seed, webhook).")
+                raise AppError(
+                    422,
+                    "idempotency_key_reused",
+                    f"This {HEADER} was used with a different photo or parameters (words, seed, webhook).",
+                )
             if state == "done":
                 job = jobs.get(held_job)
                 if job is not None:
@@ -152,10 +169,12 @@ class IdempotentSubmit:
             return
         try:
             held = redis_client.register_script(_CONFIRM_LUA)(
-                keys=[self.redis_key], args=[self._pending, self._done, max(1, min(TTL_SECONDS, ttl_seconds))])
+                keys=[self.redis_key], args=[self._pending, self._done, max(1, min(TTL_SECONDS, ttl_seconds))]
+            )
             if held != 1:
-                current_app.logger.warning("idempotency key %s passed to another request while its job was made",
-                                           self.redis_key)
+                current_app.logger.warning(
+                    "idempotency key %s passed to another request while its job was made", self.redis_key
+                )
         except Exception as exc:
             current_app.logger.warning("could not settle idempotency key %s: %s", self.redis_key, exc)
         self._pending = None
@@ -173,8 +192,9 @@ class IdempotentSubmit:
 
     @staticmethod
     def _in_use() -> AppError:
-        return AppError(409, "idempotency_key_in_use",
-                        f"A request with this {HEADER} is still being processed; retry shortly.")
+        return AppError(
+            409, "idempotency_key_in_use", f"A request with this {HEADER} is still being processed; retry shortly."
+        )
 
     def _free(self, redis_client, value) -> None:
         redis_client.register_script(_RELEASE_LUA)(keys=[self.redis_key], args=[value])

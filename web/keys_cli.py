@@ -2,6 +2,7 @@
 
 `create NAME` prints the new key as the last line of its output, once: only its SHA-256 is kept.
 """
+
 from __future__ import annotations
 
 import click

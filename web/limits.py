@@ -11,6 +11,7 @@ with PROXY_HOPS, which ProxyFix applies). Over a limit: 429 `rate_limited` with 
 /healthz, /readyz, the pages' GETs and static files are never limited.
 MAX_QUEUED_PER_OWNER (checked in web/uploads.py): 429 `too_many_queued`.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,14 +24,21 @@ from flask_limiter.errors import RateLimitExceeded
 from limits import parse, parse_many
 
 from shared.redis_conn import limiter_storage
+from web import health
 from web.auth import current_owner
 from web.errors import error_response
 
 SUBMIT_ENDPOINTS = ("api.submit", "pages.submit")
 FORM_SUBMIT = "pages.submit"
 PER_PHOTO_WINDOW = 60  # seconds: limits over windows this long count a form post's photos
-READ_ENDPOINTS = ("api.list_jobs", "api.get_job", "api.job_audio", "api.job_image", "api.job_subtitles",
-                  "albums.album_jobs")
+READ_ENDPOINTS = (
+    "api.list_jobs",
+    "api.get_job",
+    "api.job_audio",
+    "api.job_image",
+    "api.job_subtitles",
+    "albums.album_jobs",
+)
 
 
 def split_by_window(value: str) -> tuple[str, str]:
@@ -66,7 +74,10 @@ def init_limits(app: Flask, settings, redis_client) -> Limiter:
     """One Limiter per app, sharing the app's Redis connection pool (Sentinel-managed when
     REDIS_SENTINELS is set); the limits wrap the views already registered under SUBMIT_ENDPOINTS
     and READ_ENDPOINTS."""
-    for name, value in (("SUBMIT_RATE_LIMIT", settings.submit_rate_limit), ("READ_RATE_LIMIT", settings.read_rate_limit)):
+    for name, value in (
+        ("SUBMIT_RATE_LIMIT", settings.submit_rate_limit),
+        ("READ_RATE_LIMIT", settings.read_rate_limit),
+    ):
         try:
             parse_many(value)
         except ValueError:  # Flask-Limiter would log it and quietly limit nothing
@@ -95,7 +106,7 @@ def init_limits(app: Flask, settings, redis_client) -> Limiter:
     for value, cost in ((per_post, 1), (per_photo, form_photo_count)):
         if value:
             _wrap_view(app, FORM_SUBMIT, limiter.shared_limit(value, scope="submit", cost=cost))
-    limiter.exempt(app.blueprints["health"])
+    limiter.exempt(health.bp)
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded):
@@ -106,8 +117,11 @@ def init_limits(app: Flask, settings, redis_client) -> Limiter:
                 retry_after = max(1, math.ceil(hit.window[0] - time.time()))  # the window's end
         except Exception as error:  # the window's end is a hint; the 429 stands without it
             app.logger.warning("rate limit window unavailable: %s", error)
-        return error_response(429, "rate_limited",
-                              f"Too many requests (limit: {exc.limit.limit}); retry in {retry_after} s.",
-                              {"Retry-After": str(retry_after)})
+        return error_response(
+            429,
+            "rate_limited",
+            f"Too many requests (limit: {exc.limit.limit}); retry in {retry_after} s.",
+            {"Retry-After": str(retry_after)},
+        )
 
     return limiter

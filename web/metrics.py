@@ -12,6 +12,7 @@ METRICS_TOKEN (optional): when set, a scrape must send `Authorization: Bearer <t
 is answered before the API-key check and the rate limits run, so it is neither taken for an API
 key nor counted against anyone.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,12 +38,24 @@ METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 HTML_CODES = {403: "cross_site_request", 413: "too_large", 429: "rate_limited"}
 
 REGISTRY = CollectorRegistry()  # this process's own (not the default one, which also gets workers' metrics in tests)
-REQUESTS = Counter("narrator_http_requests", "HTTP requests answered, by route template, method and status",
-                   ["route", "method", "status"], registry=REGISTRY)
-LATENCY = Histogram("narrator_http_request_duration_seconds", "Seconds to answer a request, by route template",
-                    ["route", "method"], registry=REGISTRY)
-SUBMITTED = Counter("narrator_jobs_submitted", "Jobs accepted (202 from the API, a redirect from the form)",
-                    ["source"], registry=REGISTRY)
+REQUESTS = Counter(
+    "narrator_http_requests",
+    "HTTP requests answered, by route template, method and status",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "narrator_http_request_duration_seconds",
+    "Seconds to answer a request, by route template",
+    ["route", "method"],
+    registry=REGISTRY,
+)
+SUBMITTED = Counter(
+    "narrator_jobs_submitted",
+    "Jobs accepted (202 from the API, a redirect from the form)",
+    ["source"],
+    registry=REGISTRY,
+)
 REJECTED = Counter("narrator_jobs_rejected", "Submits refused, by error code", ["source", "code"], registry=REGISTRY)
 
 
@@ -66,10 +79,14 @@ class RedisCollector:
         yield up
         yield GaugeMetricFamily("narrator_queue_depth", "Jobs waiting in the queue", value=queued)
         yield GaugeMetricFamily("narrator_workers_live", "Workers whose heartbeat is current", value=len(live))
-        yield GaugeMetricFamily("narrator_workers_ready", "Live workers with their models loaded (idle or busy)",
-                                value=sum(w.get("state") in ("ready", "busy") for w in live))
-        yield GaugeMetricFamily("narrator_workers_busy", "Live workers running a batch",
-                                value=sum(w.get("state") == "busy" for w in live))
+        yield GaugeMetricFamily(
+            "narrator_workers_ready",
+            "Live workers with their models loaded (idle or busy)",
+            value=sum(w.get("state") in ("ready", "busy") for w in live),
+        )
+        yield GaugeMetricFamily(
+            "narrator_workers_busy", "Live workers running a batch", value=sum(w.get("state") == "busy" for w in live)
+        )
 
 
 @bp.get("/metrics")
@@ -77,9 +94,13 @@ def metrics():
     token = services().settings.metrics_token
     sent = request.headers.get("Authorization", "")
     if token and not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-        return jsonify(error={"code": "invalid_metrics_token",
-                              "message": "Send 'Authorization: Bearer <METRICS_TOKEN>'."}), 401, \
-            {"WWW-Authenticate": 'Bearer realm="metrics"'}
+        return (
+            jsonify(
+                error={"code": "invalid_metrics_token", "message": "Send 'Authorization: Bearer <METRICS_TOKEN>'."}
+            ),
+            401,
+            {"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     scrape = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(scrape)  # every gunicorn process's files, live or exited
@@ -93,6 +114,7 @@ def metrics():
 def note_rejection(create_job):
     """Wraps web/uploads.create_job_from_request: remembers why a submit was refused, which the
     form's page (HTML, status only) does not say."""
+
     @functools.wraps(create_job)
     def wrapper(*args, **kwargs):
         try:
@@ -103,6 +125,7 @@ def note_rejection(create_job):
         except RequestEntityTooLarge:
             g.narrator_reject_code = "too_large"
             raise
+
     return wrapper
 
 

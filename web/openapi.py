@@ -4,6 +4,7 @@ document as a readable page, rendered here on the server (no script, no CDN: the
 Neither asks who is calling (web/auth.py skips this blueprint, as it skips the health checks): the
 contract is public, also with REQUIRE_API_KEY.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,8 +51,15 @@ def type_text(schema: dict) -> str:
 
 def fields(schema: dict) -> list[dict]:
     required = set(schema.get("required", ()))
-    return [{"name": name, "type": type_text(prop), "required": name in required,
-             "description": prop.get("description", "")} for name, prop in schema.get("properties", {}).items()]
+    return [
+        {
+            "name": name,
+            "type": type_text(prop),
+            "required": name in required,
+            "description": prop.get("description", ""),
+        }
+        for name, prop in schema.get("properties", {}).items()
+    ]
 
 
 def error_codes(response: dict) -> list[dict]:
@@ -65,10 +73,13 @@ def response_view(status: str, response: dict) -> dict:
     codes = error_codes(response)  # an error's description is "Reason: `code`: meaning; ..."
     content = response.get("content", {}).items()
     headers = response.get("headers", {}).items()
-    return {"status": status, "codes": codes,
-            "description": response["description"].split(": ", 1)[0] if codes else response["description"],
-            "types": [f"{media}: {'Error' if codes else type_text(body.get('schema', {}))}" for media, body in content],
-            "headers": [{"name": name, "description": h["description"]} for name, h in headers]}
+    return {
+        "status": status,
+        "codes": codes,
+        "description": response["description"].split(": ", 1)[0] if codes else response["description"],
+        "types": [f"{media}: {'Error' if codes else type_text(body.get('schema', {}))}" for media, body in content],
+        "headers": [{"name": name, "description": h["description"]} for name, h in headers],
+    }
 
 
 def security_text(security: list) -> str:
@@ -86,19 +97,39 @@ def docs_view(spec: dict) -> dict:
                 continue
             op = item[method]
             body = op.get("requestBody", {}).get("content", {})
-            operations.append({
-                "id": op["operationId"].replace(".", "-"), "method": method.upper(), "path": path,
-                "tag": op["tags"][0], "summary": op["summary"], "description": op.get("description", ""),
-                "security": security_text(op.get("security", spec.get("security", []))),
-                "parameters": [{"name": p["name"], "in": p["in"], "required": p.get("required", False),
-                                "type": type_text(p["schema"]), "description": p.get("description", "")}
-                               for p in op.get("parameters", [])],
-                "body": [{"media": media, "fields": fields(b["schema"])} for media, b in body.items()],
-                "responses": [response_view(status, r) for status, r in sorted(op["responses"].items())]})
-    schemas = [{"name": name, "description": schema.get("description", ""), "fields": fields(schema)}
-               for name, schema in spec["components"]["schemas"].items()]
-    return {"info": spec["info"], "operations": operations, "schemas": schemas,
-            "codes": [{"code": code, "meaning": text} for code, text in CODES.items()]}
+            operations.append(
+                {
+                    "id": op["operationId"].replace(".", "-"),
+                    "method": method.upper(),
+                    "path": path,
+                    "tag": op["tags"][0],
+                    "summary": op["summary"],
+                    "description": op.get("description", ""),
+                    "security": security_text(op.get("security", spec.get("security", []))),
+                    "parameters": [
+                        {
+                            "name": p["name"],
+                            "in": p["in"],
+                            "required": p.get("required", False),
+                            "type": type_text(p["schema"]),
+                            "description": p.get("description", ""),
+                        }
+                        for p in op.get("parameters", [])
+                    ],
+                    "body": [{"media": media, "fields": fields(b["schema"])} for media, b in body.items()],
+                    "responses": [response_view(status, r) for status, r in sorted(op["responses"].items())],
+                }
+            )
+    schemas = [
+        {"name": name, "description": schema.get("description", ""), "fields": fields(schema)}
+        for name, schema in spec["components"]["schemas"].items()
+    ]
+    return {
+        "info": spec["info"],
+        "operations": operations,
+        "schemas": schemas,
+        "codes": [{"code": code, "meaning": text} for code, text in CODES.items()],
+    }
 
 
 @bp.app_template_filter("ticks")

@@ -1,4 +1,5 @@
 """HTML pages: the upload form and a job page that updates itself (and still works without JS)."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,20 @@ from web.uploads import WORDS_MAX, WORDS_MIN, create_job_from_request
 bp = Blueprint("pages", __name__)
 RECENT = 10  # stories listed on the home page
 
-STEPS = [("queued", "Waiting in the queue"), ("caption", "Describing the photo"),
-         ("story", "Writing the story"), ("speech", "Reading it aloud"), ("upload", "Saving the audio")]
-MESSAGES = {"queued": "Waiting for a worker…", "running": "Working: {stage}…",
-            "succeeded": "Done: your story is ready.", "failed": "Failed: {error}", "canceled": "Canceled."}
+STEPS = [
+    ("queued", "Waiting in the queue"),
+    ("caption", "Describing the photo"),
+    ("story", "Writing the story"),
+    ("speech", "Reading it aloud"),
+    ("upload", "Saving the audio"),
+]
+MESSAGES = {
+    "queued": "Waiting for a worker…",
+    "running": "Working: {stage}…",
+    "succeeded": "Done: your story is ready.",
+    "failed": "Failed: {error}",
+    "canceled": "Canceled.",
+}
 
 
 def step_states(job: dict) -> list[dict]:
@@ -32,15 +43,17 @@ def step_states(job: dict) -> list[dict]:
     current = job["stage"] or ("queued" if not job["started_at"] else "caption")
     index = len(names) if status == "succeeded" else names.index(current) if current in names else 0
     here = {"failed": "failed", "canceled": "canceled"}.get(status, "current")
-    return [{"name": name, "label": label,
-             "state": "done" if i < index else here if i == index else "pending"}
-            for i, (name, label) in enumerate(STEPS)]
+    return [
+        {"name": name, "label": label, "state": "done" if i < index else here if i == index else "pending"}
+        for i, (name, label) in enumerate(STEPS)
+    ]
 
 
 def status_text(job: dict) -> str:
     labels = dict(STEPS)
-    return MESSAGES[job["status"]].format(stage=labels.get(job["stage"] or "", "starting").lower(),
-                                          error=job["error"] or "unknown error")
+    return MESSAGES[job["status"]].format(
+        stage=labels.get(job["stage"] or "", "starting").lower(), error=job["error"] or "unknown error"
+    )
 
 
 def recent_stories() -> list[dict]:
@@ -54,16 +67,33 @@ def recent_stories() -> list[dict]:
     except redis.RedisError as exc:
         current_app.logger.warning("recent stories unavailable: %s", exc)
         return []
-    return [{"id": job.id, "status": JobStatus(job.status).value, "filename": job.filename,
-             "created_at": job.to_dict()["created_at"], "caption": job.caption} for job in jobs]
+    return [
+        {
+            "id": job.id,
+            "status": JobStatus(job.status).value,
+            "filename": job.filename,
+            "created_at": job.to_dict()["created_at"],
+            "caption": job.caption,
+        }
+        for job in jobs
+    ]
 
 
 def form_page(error: str | None = None, status: int = 200, words: str = ""):
     settings = services().settings
-    return render_template("index.html", error=error, words_min=WORDS_MIN, words_max=WORDS_MAX,
-                           default_words=settings.story_words, max_mb=settings.max_upload_mb,
-                           max_photos=albums.MAX_PHOTOS, styles=styles_api.configured(), style=sent_style(),
-                           words=words, recent=recent_stories()), status
+    return render_template(
+        "index.html",
+        error=error,
+        words_min=WORDS_MIN,
+        words_max=WORDS_MAX,
+        default_words=settings.story_words,
+        max_mb=settings.max_upload_mb,
+        max_photos=albums.MAX_PHOTOS,
+        styles=styles_api.configured(),
+        style=sent_style(),
+        words=words,
+        recent=recent_stories(),
+    ), status
 
 
 def sent_words() -> str:
@@ -91,9 +121,12 @@ def _same_origin_posts_only():
     """CSRF: a form post must come from one of our own pages (Origin, else Referer, is the app's
     public origin); another site's post is refused before it does anything."""
     if request.method not in ("GET", "HEAD", "OPTIONS") and not same_origin():
-        return error_response(403, "cross_site_request",
-                              "This form was sent from another site (or without an Origin or Referer "
-                              "header), so it was refused. Use the form on this site.")
+        return error_response(
+            403,
+            "cross_site_request",
+            "This form was sent from another site (or without an Origin or Referer "
+            "header), so it was refused. Use the form on this site.",
+        )
     return None
 
 
@@ -138,8 +171,15 @@ def submit():
 def job_page(job_id: str):
     job = job_view(load_job(job_id))
     finished = JobStatus(job["status"]).finished
-    return render_template("job.html", job=job, steps=step_states(job), status_text=status_text(job),
-                           finished=finished, messages=json.dumps(MESSAGES), step_list=json.dumps(STEPS))
+    return render_template(
+        "job.html",
+        job=job,
+        steps=step_states(job),
+        status_text=status_text(job),
+        finished=finished,
+        messages=json.dumps(MESSAGES),
+        step_list=json.dumps(STEPS),
+    )
 
 
 @bp.post("/jobs/<job_id>/cancel")

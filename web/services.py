@@ -3,6 +3,7 @@
 Built once per app by create_app; nothing here connects at construction (Redis and boto3 clients
 connect lazily), so the app starts even while Redis or storage are down and /readyz says so.
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,11 +34,16 @@ class Services:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def build(cls, settings: Settings) -> "Services":
+    def build(cls, settings: Settings) -> Services:
         # REDIS_URL's server, or the master REDIS_SENTINELS name; no retries: Redis down is a quick 503.
         client = redis_client(settings, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
-        return cls(settings=settings, redis=client, jobs=JobStore(client, settings.job_ttl_seconds),
-                   storage=open_storage(settings.storage_url, settings.public_s3_endpoint_url), celery=make_celery(settings))
+        return cls(
+            settings=settings,
+            redis=client,
+            jobs=JobStore(client, settings.job_ttl_seconds),
+            storage=open_storage(settings.storage_url, settings.public_s3_endpoint_url),
+            celery=make_celery(settings),
+        )
 
     def ensure_storage(self) -> None:
         """Create the bucket/folder once; retried on later requests if storage was down at start."""
@@ -50,8 +56,7 @@ class Services:
 
     def enqueue(self, job_id: str) -> None:
         # Only the id travels: the worker reads the image and parameters from storage and the store.
-        self.celery.send_task(NARRATE_TASK, args=[job_id], task_id=job_id,
-                              retry=True, retry_policy=PUBLISH_RETRY)
+        self.celery.send_task(NARRATE_TASK, args=[job_id], task_id=job_id, retry=True, retry_policy=PUBLISH_RETRY)
 
 
 def services() -> Services:

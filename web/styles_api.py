@@ -4,6 +4,7 @@ The web app never loads a model: it knows the styles from the same settings the 
 them once at create_app (a bad value stops the app there, with the message the worker would give)
 and checks each submit's `style` against them.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app, jsonify

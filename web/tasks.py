@@ -12,11 +12,11 @@ error, 408, 429, 5xx) is republished with a countdown that doubles each time
 webhook-id stays the same. Messages are acknowledged after the attempt (acks_late), so a worker that
 dies mid-attempt leaves its message to be delivered again.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import redis
 
@@ -45,7 +45,7 @@ class Context:
     policy: DeliveryPolicy
 
 
-_context: Optional[Context] = None
+_context: Context | None = None
 
 
 def get_context() -> Context:
@@ -58,8 +58,9 @@ def get_context() -> Context:
     return _context
 
 
-@app.task(name=DELIVER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-          max_retries=None)
+@app.task(
+    name=DELIVER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=None
+)
 def deliver_webhook(self, job_id: str, event: str) -> None:
     ctx = get_context()
     try:

@@ -3,6 +3,7 @@
 Order matters: every check runs before anything is stored or queued, and a failure after the
 image is stored undoes what was done, so clients never see half-created jobs.
 """
+
 from __future__ import annotations
 
 import io
@@ -10,17 +11,17 @@ import re
 import sys
 import threading
 import unicodedata
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import redis
 from flask import current_app, request
 from PIL import Image
 from werkzeug.exceptions import ClientDisconnected
 
+from shared import result_cache
 from shared.images import ImageError, check_image
 from shared.jobs import Job, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
-from shared import result_cache
 from shared.webhooks import InvalidWebhook, notify_finished, webhook_for_submit
 from web.errors import AppError
 from web.metrics import note_rejection
@@ -41,7 +42,7 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "")
 DECODE_SLOTS = threading.BoundedSemaphore(1)
 
 
-def parse_int(raw: Optional[str], name: str, low: int, high: int) -> Optional[int]:
+def parse_int(raw: str | None, name: str, low: int, high: int) -> int | None:
     if raw is None or not raw.strip():
         return None
     raw = raw.strip()
@@ -53,7 +54,7 @@ def parse_int(raw: Optional[str], name: str, low: int, high: int) -> Optional[in
     return value
 
 
-def clean_filename(name: Optional[str]) -> Optional[str]:
+def clean_filename(name: str | None) -> str | None:
     if not name:
         return None
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -65,7 +66,9 @@ def check_request_size() -> None:
     """Decide on Content-Length alone, before a byte of the body is read."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
-        raise AppError(413, "too_large", f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']:g} MB limit.")
+        raise AppError(
+            413, "too_large", f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']:g} MB limit."
+        )
 
 
 class RequestBody(io.RawIOBase):
@@ -78,7 +81,7 @@ class RequestBody(io.RawIOBase):
     its own parser errors from inside wsgi.input.read().)
     """
 
-    def __init__(self, stream, length: Optional[int]):
+    def __init__(self, stream, length: int | None):
         super().__init__()
         self._stream, self._left = stream, length
 
@@ -113,18 +116,19 @@ def guard_request_body() -> None:
         environ["wsgi.input"] = RequestBody(environ["wsgi.input"], request.content_length)
 
 
-def read_image_field(limit: int) -> tuple[bytes, Optional[str]]:
+def read_image_field(limit: int) -> tuple[bytes, str | None]:
     guard_request_body()
     if request.mimetype not in FORM_TYPES:
-        raise AppError(415, "unsupported_media_type",
-                       "Send the photo as multipart/form-data in the field 'image'.")
+        raise AppError(415, "unsupported_media_type", "Send the photo as multipart/form-data in the field 'image'.")
     upload = request.files.get("image")  # parsing is capped by MAX_CONTENT_LENGTH while it reads
     data = upload.stream.read(limit + 1) if upload is not None else b""  # at most one byte past
     # A browser sends an empty part with no filename when no file was chosen.
     if upload is None or (not data and not upload.filename):
         raise AppError(400, "missing_image", "Choose a photo to upload (form field 'image').")
     if len(data) > limit:
-        raise AppError(413, "too_large", f"The photo is larger than the {current_app.config['MAX_UPLOAD_MB']:g} MB limit.")
+        raise AppError(
+            413, "too_large", f"The photo is larger than the {current_app.config['MAX_UPLOAD_MB']:g} MB limit."
+        )
     return data, clean_filename(upload.filename)
 
 
@@ -151,13 +155,14 @@ def validate_image(data: bytes, max_pixels: int) -> str:
     except ImageError as exc:
         raise AppError(exc.http_status, exc.code, exc.message) from None
     except Exception as exc:  # a decoder choking on hostile bytes is still the client's input
-        raise AppError(415, "not_an_image", f"The file could not be decoded as an image ({type(exc).__name__}).") from None
+        raise AppError(
+            415, "not_an_image", f"The file could not be decoded as an image ({type(exc).__name__})."
+        ) from None
     return Image.MIME.get(fmt or "", "application/octet-stream")
 
 
 @note_rejection  # the reason a refused submit gets counted (web/metrics.py)
-def create_job_from_request(idempotency: Optional["IdempotentSubmit"] = None,
-                            owner: Optional[str] = None) -> Job:
+def create_job_from_request(idempotency: IdempotentSubmit | None = None, owner: str | None = None) -> Job:
     """Validate, store, record and enqueue a job of `owner` (web/auth.py; None: ownerless). With
     `idempotency` (the API's Idempotency-Key), a request repeating an earlier one gets that
     request's job back (and `idempotency.replayed`)."""
@@ -168,9 +173,13 @@ def create_job_from_request(idempotency: Optional["IdempotentSubmit"] = None,
     return create_job(data, filename, owner, idempotency)
 
 
-def create_job(data: bytes, filename: Optional[str], owner: Optional[str],
-               idempotency: Optional["IdempotentSubmit"] = None,
-               content_type: Optional[str] = None) -> Job:
+def create_job(
+    data: bytes,
+    filename: str | None,
+    owner: str | None,
+    idempotency: IdempotentSubmit | None = None,
+    content_type: str | None = None,
+) -> Job:
     """One photo's job, with this request's other form fields (`words`, `seed`, ...). The form's
     albums (web/albums.py) call it once per photo, passing the `content_type` they already checked."""
     svc = services()
@@ -180,8 +189,9 @@ def create_job(data: bytes, filename: Optional[str], owner: Optional[str],
     style = job_style(request.form.get("style"))  # the default's name when none is asked for
     content_type = content_type or validate_image(data, settings.max_image_pixels)
 
-    job = Job(id=new_job_id(), words=words, seed=seed, style=style, content_type=content_type, filename=filename,
-              owner=owner)
+    job = Job(
+        id=new_job_id(), words=words, seed=seed, style=style, content_type=content_type, filename=filename, owner=owner
+    )
     if result_cache.applies(settings, seed):  # what the result cache's key is made of
         job.image_sha256 = result_cache.image_digest(data)
     try:  # POSTed, signed, when the job ends (shared/webhooks.py); its host is resolved and checked
@@ -189,12 +199,14 @@ def create_job(data: bytes, filename: Optional[str], owner: Optional[str],
     except InvalidWebhook as exc:
         raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key
-        earlier = idempotency.reserve(svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook,
-                                      style=job.style)
+        earlier = idempotency.reserve(
+            svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook, style=job.style
+        )
         if earlier is not None:
             if earlier.owner != owner:  # never hand one owner's job to another
-                raise AppError(422, "idempotency_key_reused",
-                               "This Idempotency-Key was used by another client; choose another.")
+                raise AppError(
+                    422, "idempotency_key_reused", "This Idempotency-Key was used by another client; choose another."
+                )
             return earlier
     job.input_key = f"inputs/{job.id}"
     try:
@@ -237,21 +249,25 @@ def ensure_replicated(svc, job: Job) -> None:
         acked = 0
     if acked is None or acked >= WAIT_REPLICAS:
         return
-    current_app.logger.warning("job %s: no replica acknowledged it within %d ms; refused with a 503",
-                               job.id, WAIT_TIMEOUT_MS)
+    current_app.logger.warning(
+        "job %s: no replica acknowledged it within %d ms; refused with a 503", job.id, WAIT_TIMEOUT_MS
+    )
     _discard(svc, job, job_created=True)
     raise AppError(503, "redis_unavailable", "The job store could not copy the job to a replica; try again shortly.")
 
 
-def check_queued(svc, owner: Optional[str]) -> None:
+def check_queued(svc, owner: str | None) -> None:
     """MAX_QUEUED_PER_OWNER, before the body is read. Concurrent submits may pass it together, so
     it is a bound of about that many; ownerless submits are bounded by the rate limits alone."""
     if owner is None:
         return
     most = svc.settings.max_queued_per_owner
     if svc.jobs.queued_count(owner) >= most:
-        raise AppError(429, "too_many_queued", f"You already have {most} jobs waiting in the queue; "
-                       "submit more once some have started (or cancel some).")
+        raise AppError(
+            429,
+            "too_many_queued",
+            f"You already have {most} jobs waiting in the queue; submit more once some have started (or cancel some).",
+        )
 
 
 def _discard(svc, job: Job, job_created: bool) -> None:

@@ -4,6 +4,7 @@ One secret per owner (an API key, or a browser session), created on the first re
 in Redis; every webhook of that owner's jobs is signed with it (Standard Webhooks), so receivers
 verify with `standardwebhooks.Webhook(secret).verify(body, headers)`.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
@@ -20,8 +21,12 @@ bp = Blueprint("webhooks_api", __name__, url_prefix="/api/v1/webhooks")
 def secret():
     owner = current_owner()
     if owner is None:
-        raise AppError(401, "api_key_required", "The webhook secret belongs to an API key: send "
-                       "'Authorization: Bearer KEY'.", {"WWW-Authenticate": CHALLENGE})
+        raise AppError(
+            401,
+            "api_key_required",
+            "The webhook secret belongs to an API key: send 'Authorization: Bearer KEY'.",
+            {"WWW-Authenticate": CHALLENGE},
+        )
     response = jsonify(secret=owner_secret(services().redis, owner))
     response.headers["Cache-Control"] = "no-store"
     return response

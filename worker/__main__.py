@@ -1,4 +1,5 @@
 """python -m worker narrate IMAGE -o OUT.mp3 ... (see worker/cli.py)."""
+
 import sys
 
 from worker.cli import main

@@ -8,6 +8,7 @@ Start-up: check the configuration, start the heartbeat, load the three models; o
 worker take messages. A worker whose models cannot load records why in Redis (/readyz shows it)
 and exits with status 2 instead of failing every job it would take.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,7 +60,9 @@ def start_worker(sender=None, **_) -> None:
     try:
         seconds = engine.load()
     except Exception as exc:  # ModelLoadError names the model and the fixes; anything else is shown as is
-        message = str(exc) if isinstance(exc, ConfigError) else f"could not load the models ({type(exc).__name__}: {exc})"
+        message = (
+            str(exc) if isinstance(exc, ConfigError) else f"could not load the models ({type(exc).__name__}: {exc})"
+        )
         log.error("%s", message)
         try:
             workers.record_model_error(ctx.redis, heartbeat.worker, message)
@@ -70,8 +73,11 @@ def start_worker(sender=None, **_) -> None:
     worker_metrics.models_loaded(seconds)
     heartbeat.state = "ready"
     heartbeat._quietly(heartbeat.announce)  # /readyz shows it at once, not at the next beat
-    log.info("models loaded in %.1fs (%s)", sum(seconds.values()),
-             ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()))
+    log.info(
+        "models loaded in %.1fs (%s)",
+        sum(seconds.values()),
+        ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()),
+    )
 
 
 @worker_shutting_down.connect

@@ -7,6 +7,7 @@ unmerged), next to one adapter merged (STORY_ADAPTER); with the tiny models it b
 adapters itself, with --models it needs --styles name=location,... (as STORY_STYLES).
 A script, not a test: the numbers depend on the machine and on what else runs on it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,16 @@ def measure(engine, batch: int, runs: int, words: int) -> dict[str, float]:
     return {stage: statistics.median(values) for stage, values in samples.items()}
 
 
-CAPTIONS = ["a dog running on a beach", "two cats sitting on a window sill", "a red car parked in front of a "
-            "tall building", "a plate of pasta with tomato sauce on a wooden table", "a man riding a bicycle down "
-            "a street at night", "a group of people standing on top of a mountain", "a horse in a field of flowers",
-            "a woman reading a book in a park"]
+CAPTIONS = [
+    "a dog running on a beach",
+    "two cats sitting on a window sill",
+    "a red car parked in front of a tall building",
+    "a plate of pasta with tomato sauce on a wooden table",
+    "a man riding a bicycle down a street at night",
+    "a group of people standing on top of a mountain",
+    "a horse in a field of flowers",
+    "a woman reading a book in a park",
+]
 
 
 def story_run(stage, styles: list | None, batch: int, words: int):
@@ -70,9 +77,16 @@ def story_run(stage, styles: list | None, batch: int, words: int):
     tokens = words * 2 + 32
     inputs = stage.preprocess([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)], words)
     names = stage.adapter_names(styles, batch)
-    options = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, temperature=None, top_p=None,
-                   top_k=None, pad_token_id=stage.tokenizer.pad_token_id,
-                   **({"adapter_names": names} if names else {}))
+    options = dict(
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=stage.tokenizer.pad_token_id,
+        **({"adapter_names": names} if names else {}),
+    )
 
     def run() -> float:
         start = time.perf_counter()
@@ -117,8 +131,15 @@ def compare_styles(overrides: dict, spec: str, runs: int, words: int, batch: int
         torch.cuda.empty_cache()
     stage = Engine(Settings(**overrides, story_styles=spec)).story.load()
     mixed = [styles.names[i % len(styles.names)] for i in range(batch)]
-    results.update(timed({f"{first} only (styles)": story_run(stage, [first] * batch, batch, words),
-                          f"mixed {'/'.join(styles.names)} (styles)": story_run(stage, mixed, batch, words)}, runs))
+    results.update(
+        timed(
+            {
+                f"{first} only (styles)": story_run(stage, [first] * batch, batch, words),
+                f"mixed {'/'.join(styles.names)} (styles)": story_run(stage, mixed, batch, words),
+            },
+            runs,
+        )
+    )
     return results
 
 
@@ -126,8 +147,10 @@ def tiny_styles(models: Path, out: Path) -> str:
     """Two random LoRA adapters on the tiny story model, as a STORY_STYLES value."""
     from worker.tiny_models import adapter
 
-    return ",".join(f"{name}={adapter.build(models / 'story', out / name, seed=seed)}"
-                    for name, seed in (("bedtime", 1), ("adventure", 2)))
+    return ",".join(
+        f"{name}={adapter.build(models / 'story', out / name, seed=seed)}"
+        for name, seed in (("bedtime", 1), ("adventure", 2))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override DEVICE (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--words", type=int, default=40, help="story length")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--styles", default=None, metavar="SPEC",
-                        help="STORY_STYLES to compare single-style and mixed batches of 8 (default with the tiny "
-                             "models: two random adapters; 'none' skips the comparison)")
+    parser.add_argument(
+        "--styles",
+        default=None,
+        metavar="SPEC",
+        help="STORY_STYLES to compare single-style and mixed batches of 8 (default with the tiny "
+        "models: two random adapters; 'none' skips the comparison)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -158,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             from worker.tiny_models import build_all
 
             models = build_all(Path(tmp), seed=0)
-        overrides = dict(caption_model=str(models / "caption"), story_model=str(models / "story"),
-                         speech_model=str(models / "speech"))
+        overrides = dict(
+            caption_model=str(models / "caption"),
+            story_model=str(models / "story"),
+            speech_model=str(models / "speech"),
+        )
         if args.device:
             overrides["device"] = args.device
         engine = Engine(Settings(**overrides))
@@ -175,15 +205,20 @@ def main(argv: list[str] | None = None) -> int:
         style_results = compare_styles(overrides, spec, args.runs, args.words) if spec else {}
 
     cpu = platform.processor() or platform.machine()
-    print(f"machine: {platform.system()} {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"device {engine.device}, dtype {str(engine.dtype).replace('torch.', '')}")
+    print(
+        f"machine: {platform.system()} {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"device {engine.device}, dtype {str(engine.dtype).replace('torch.', '')}"
+    )
     if engine.device.type == "cuda":
         print(f"gpu: {torch.cuda.get_device_name(engine.device)}")
     print(f"models: {models if args.models else 'tiny random-weight models (worker.tiny_models, seed 0)'}")
-    print("model load (s): " + ", ".join(f"{k} {v:.3f}" for k, v in loads.items())
-          + f", total {sum(loads.values()):.3f}")
-    print(f"median of {args.runs} runs after 1 warm-up, story of {args.words} words; seconds per batch "
-          "(per photo in brackets)")
+    print(
+        "model load (s): " + ", ".join(f"{k} {v:.3f}" for k, v in loads.items()) + f", total {sum(loads.values()):.3f}"
+    )
+    print(
+        f"median of {args.runs} runs after 1 warm-up, story of {args.words} words; seconds per batch "
+        "(per photo in brackets)"
+    )
     header = f"{'batch':>5} | " + " | ".join(f"{s:>15}" for s in STAGES + ("total",))
     print(header)
     print("-" * len(header))
@@ -191,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{medians[s]:7.3f} ({medians[s] / batch:5.3f})" for s in STAGES + ("total",)]
         print(f"{batch:>5} | " + " | ".join(cells))
     if style_results:
-        print(f"story styles ({'two tiny random adapters' if args.styles is None else args.styles}): story stage, "
-              f"batch of 8, {args.words * 2 + 32} new tokens per row, median of {args.runs} runs after 1 warm-up")
+        print(
+            f"story styles ({'two tiny random adapters' if args.styles is None else args.styles}): story stage, "
+            f"batch of 8, {args.words * 2 + 32} new tokens per row, median of {args.runs} runs after 1 warm-up"
+        )
         merged, single, mixed = style_results.values()
         for label, seconds in style_results.items():
             print(f"  {label:<40} {seconds:7.3f} s ({seconds / 8:5.3f} per photo), {seconds / merged:5.2f}x merged")

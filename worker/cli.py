@@ -3,6 +3,7 @@
 Runs the engine in-process on the models configured in the environment (CAPTION_MODEL, ...).
 Bad input or configuration exits 2 with one `error: ...` line on stderr and no traceback.
 """
+
 from __future__ import annotations
 
 import argparse

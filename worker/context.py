@@ -3,6 +3,7 @@ created once.
 
 Models load in the engine, at worker start-up (worker/app.py), never in the web process.
 """
+
 from __future__ import annotations
 
 import threading
@@ -34,9 +35,17 @@ class WorkerContext:
     @property
     def redis(self) -> redis.Redis:
         # REDIS_URL's server, or the master REDIS_SENTINELS name (followed through a failover).
-        return self._once("redis", lambda: redis_client(
-            self.settings, socket_connect_timeout=3, socket_timeout=10, health_check_interval=10,
-            retry=REDIS_RETRY, retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError]))
+        return self._once(
+            "redis",
+            lambda: redis_client(
+                self.settings,
+                socket_connect_timeout=3,
+                socket_timeout=10,
+                health_check_interval=10,
+                retry=REDIS_RETRY,
+                retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError],
+            ),
+        )
 
     @property
     def store(self) -> JobStore:
@@ -61,9 +70,13 @@ class WorkerContext:
             from shared.webhooks import notify_finished
 
             celery = make_celery(self.settings, name="worker-wake")
-            return Heartbeat(self.store, self.settings, wake=lambda ids: wake(celery, ids, WAKE_RETRY),
-                             queue_length=lambda: self.redis.llen(QUEUE),
-                             notify=lambda ids: notify_finished(celery, self.store, ids))
+            return Heartbeat(
+                self.store,
+                self.settings,
+                wake=lambda ids: wake(celery, ids, WAKE_RETRY),
+                queue_length=lambda: self.redis.llen(QUEUE),
+                notify=lambda ids: notify_finished(celery, self.store, ids),
+            )
 
         return self._once("heartbeat", build)
 

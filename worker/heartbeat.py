@@ -11,6 +11,7 @@ Every HEARTBEAT_SECONDS it
 On SIGTERM (`stop`) the worker takes no new jobs; a batch still running after WORKER_STOP_GRACE is
 handed back to the queue at once and the process exits.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable
 
 from redis.exceptions import RedisError
 
@@ -38,8 +39,14 @@ def worker_id() -> str:
 
 
 class Heartbeat:
-    def __init__(self, store: JobStore, settings: Settings, wake: Callable[[Iterable[str]], None],
-                 queue_length: Callable[[], int], notify: Callable[[list[str]], object] = lambda ids: None):
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        wake: Callable[[Iterable[str]], None],
+        queue_length: Callable[[], int],
+        notify: Callable[[list[str]], object] = lambda ids: None,
+    ):
         self.store, self.settings, self.wake, self.queue_length = store, settings, wake, queue_length
         self.notify = notify  # webhooks of the jobs the reaper failed
         self.worker = worker_id()
@@ -82,8 +89,12 @@ class Heartbeat:
             self.reap()
 
     def announce(self, busy: int = 0) -> None:
-        workers.announce(self.store.redis, self.worker, {"state": "busy" if busy else self.state, "jobs": busy},
-                         ttl=self.settings.lease_seconds)
+        workers.announce(
+            self.store.redis,
+            self.worker,
+            {"state": "busy" if busy else self.state, "jobs": busy},
+            ttl=self.settings.lease_seconds,
+        )
 
     def reap(self) -> None:
         requeued, failed = self.store.reap(self.settings.max_attempts)
@@ -113,12 +124,20 @@ class Heartbeat:
             time.sleep(0.1)
         with self._lock:
             held = {claimant: list(ids) for claimant, ids in self._held.items()}
-        handed = [job_id for claimant, ids in held.items() for job_id in ids
-                  if self._quietly(self.store.release, job_id, claimant)]
+        handed = [
+            job_id
+            for claimant, ids in held.items()
+            for job_id in ids
+            if self._quietly(self.store.release, job_id, claimant)
+        ]
         self._quietly(self.wake, handed)
         self._quietly(workers.retire, self.store.redis, self.worker)
-        log.warning("stopping: handed %d job(s) back to the queue after %gs: %s", len(handed),
-                    self.settings.worker_stop_grace, ", ".join(handed))
+        log.warning(
+            "stopping: handed %d job(s) back to the queue after %gs: %s",
+            len(handed),
+            self.settings.worker_stop_grace,
+            ", ".join(handed),
+        )
         logging.shutdown()
         os._exit(0)  # the batch cannot be interrupted safely mid-forward pass; its jobs are queued again
 

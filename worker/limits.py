@@ -4,6 +4,7 @@ GPU workers run one process per GPU with the solo pool, and Celery's own time li
 prefork. A SIGALRM timer raises SoftTimeLimitExceeded inside the job (signals reach only the
 main thread, which is where the solo pool runs tasks); elsewhere Celery's limits apply.
 """
+
 from __future__ import annotations
 
 import signal

@@ -8,14 +8,15 @@ narrator_gpu_memory_bytes are read at scrape time.
 
 Every observation swallows its own errors: a metric must never cost a job.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,18 +35,33 @@ log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry()
 for _collector in (ProcessCollector, PlatformCollector, GCCollector):
     _collector(registry=REGISTRY)
-JOBS_FINISHED = Counter("narrator_jobs_finished", "Jobs this worker ended: succeeded, failed, lost (canceled "
-                        "meanwhile, or taken back), missing (expired), abandoned (Redis lost)", ["status"],
-                        registry=REGISTRY)
-JOB_SECONDS = Histogram("narrator_job_seconds", "Seconds from submit to finish, queue wait included", ["status"],
-                        buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600), registry=REGISTRY)
-STAGE_SECONDS = Histogram("narrator_stage_seconds", "Seconds per stage: caption, story, speech per batch; "
-                          "encode, upload per job", ["stage"],
-                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300), registry=REGISTRY)
-BATCH_SIZE = Histogram("narrator_batch_size", "Jobs claimed per run", buckets=(1, 2, 4, 8, 16, 32, 64),
-                       registry=REGISTRY)
-MODEL_LOAD = Gauge("narrator_model_load_seconds", "Seconds the model took to load at start-up", ["model"],
-                   registry=REGISTRY)
+JOBS_FINISHED = Counter(
+    "narrator_jobs_finished",
+    "Jobs this worker ended: succeeded, failed, lost (canceled "
+    "meanwhile, or taken back), missing (expired), abandoned (Redis lost)",
+    ["status"],
+    registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "narrator_job_seconds",
+    "Seconds from submit to finish, queue wait included",
+    ["status"],
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600),
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "narrator_stage_seconds",
+    "Seconds per stage: caption, story, speech per batch; encode, upload per job",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "narrator_batch_size", "Jobs claimed per run", buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY
+)
+MODEL_LOAD = Gauge(
+    "narrator_model_load_seconds", "Seconds the model took to load at start-up", ["model"], registry=REGISTRY
+)
 for _status in ("succeeded", "failed", "lost"):  # present from the start, so rate() has a zero to start from
     JOBS_FINISHED.labels(_status)
 
@@ -57,6 +73,7 @@ def _quietly(observe):
             observe(*args, **kwargs)
         except Exception as exc:
             log.warning("metrics: %s failed: %s", observe.__name__, exc)
+
     return wrapper
 
 
@@ -97,11 +114,13 @@ def jobs_finished(outcomes: dict[str, str], store) -> None:
 
 def count_outcomes(run_wakeup):
     """Wraps worker/runner.run_wakeup: every claimed job's outcome, however the run ended."""
+
     @functools.wraps(run_wakeup)
     def wrapper(job_id, **kwargs):
         outcomes = run_wakeup(job_id, **kwargs)
         jobs_finished(outcomes, kwargs.get("store"))
         return outcomes
+
     return wrapper
 
 
@@ -137,8 +156,9 @@ class _Live:
         torch = sys.modules.get("torch")  # only if the engine imported it: never imported here
         if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return None  # a CPU worker, or CUDA not in use (yet)
-        memory = GaugeMetricFamily("narrator_gpu_memory_bytes", "GPU memory of this process (torch.cuda)",
-                                   labels=["device", "kind"])
+        memory = GaugeMetricFamily(
+            "narrator_gpu_memory_bytes", "GPU memory of this process (torch.cuda)", labels=["device", "kind"]
+        )
         for index in range(torch.cuda.device_count()):
             device = f"cuda:{index}"
             memory.add_metric([device, "allocated"], torch.cuda.memory_allocated(index))
@@ -157,7 +177,9 @@ def start(settings, queue_depth: Callable[[], int]) -> None:
     try:
         start_http_server(port, addr=bind, registry=REGISTRY)
     except OSError as exc:
-        raise OSError(f"WORKER_METRICS_PORT={port} on {bind}: {exc.strerror or exc}; each worker process on "
-                      "a host needs a port of its own (9101, 9102, ...)") from None
+        raise OSError(
+            f"WORKER_METRICS_PORT={port} on {bind}: {exc.strerror or exc}; each worker process on "
+            "a host needs a port of its own (9101, 9102, ...)"
+        ) from None
     REGISTRY.register(_Live(queue_depth))
     log.info("metrics on http://%s:%d/metrics", bind, port)

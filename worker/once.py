@@ -1,8 +1,10 @@
 """Parts built at most once per owner, on first use, even when threads ask for them at the same time."""
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

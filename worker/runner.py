@@ -9,6 +9,7 @@ write names the run (its claimant), so a run that lost its jobs (canceled, or re
 worker stopped beating) changes nothing, and each run writes its MP3 under its own key, so a late
 run can never overwrite a newer result.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ import os
 import re
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
@@ -70,13 +71,15 @@ def run_wakeup(job_id: str | None, *, store: JobStore, storage: Storage, engine,
             return {job_id: fail_job(store, job_id, TIME_LIMIT_MESSAGE, claimant) for job_id in batch}
         except RedisError as exc:
             # Nothing can be recorded now; the leases lapse and the reaper puts the jobs back.
-            log.warning("lost Redis while running %s (%s); they are requeued when their leases lapse",
-                        ", ".join(batch), exc)
+            log.warning(
+                "lost Redis while running %s (%s); they are requeued when their leases lapse", ", ".join(batch), exc
+            )
             return {job_id: "abandoned" for job_id in batch}
 
 
-def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: Storage, engine,
-              settings) -> dict[str, str]:
+def run_batch(
+    job_ids: list[str], claimant: str, *, store: JobStore, storage: Storage, engine, settings
+) -> dict[str, str]:
     """Run claimed jobs through the engine as one batch; every job ends with its own status."""
     outcomes: dict[str, str] = {}
     retry = storage_retry(settings.storage_retry_seconds)
@@ -88,7 +91,7 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
             continue
         try:
             check_style(engine, job)
-            images.append(read_image(storage, job.input_key, settings.max_image_pixels, retry))
+            images.append(read_image(storage, job.input_key or f"inputs/{job.id}", settings.max_image_pixels, retry))
             jobs.append(job)
         except JobFailed as exc:
             outcomes[job_id] = fail_job(store, job_id, str(exc), claimant)
@@ -101,7 +104,7 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
         # Each stage boundary shows what exists so far (caption, story) and notices lost jobs.
         nonlocal stage_now
         stage_now = Stage(stage)
-        for job, changes in zip(jobs, fields):
+        for job, changes in zip(jobs, fields, strict=True):
             if job.id in active and not store.progress(job.id, stage_now, claimant=claimant, **changes):
                 active.discard(job.id)  # canceled, or taken back after this worker's lease lapsed
                 outcomes[job.id] = "lost"
@@ -113,11 +116,12 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
             styles = [getattr(j, "style", None) for j in jobs]
             # One batch mixes styles (each row its own adapter); named only when a job has one.
             extra = {"styles": styles} if any(styles) else {}
-            narrations = engine.narrate_batch(images, words=[j.words for j in jobs], seeds=[j.seed for j in jobs],
-                                              on_progress=publish, **extra)
+            narrations = engine.narrate_batch(
+                images, words=[j.words for j in jobs], seeds=[j.seed for j in jobs], on_progress=publish, **extra
+            )
             metrics.stages_done(narrations)
             publish(Stage.UPLOAD.value, [{} for _ in jobs])
-            for job, narration in zip(jobs, narrations):
+            for job, narration in zip(jobs, narrations, strict=True):
                 if job.id in active:
                     with metrics.stage_timer("upload"):
                         outcomes[job.id] = finish_job(store, storage, job.id, narration, claimant, retry)
@@ -132,15 +136,17 @@ def run_batch(job_ids: list[str], claimant: str, *, store: JobStore, storage: St
             outcomes[job_id] = fail_job(store, job_id, TIME_LIMIT_MESSAGE, claimant)
     except Exception as exc:  # a model error ends these jobs, not the worker
         log.exception("jobs %s failed in stage %s", ", ".join(active), stage_now.value)
-        message = (STORAGE_DOWN_MESSAGE if isinstance(exc, StorageUnavailable)
-                   else f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})")
+        message = (
+            STORAGE_DOWN_MESSAGE
+            if isinstance(exc, StorageUnavailable)
+            else f"the {stage_now.value} stage failed ({type(exc).__name__}: {exc})"
+        )
         for job_id in active - set(outcomes):
             outcomes[job_id] = fail_job(store, job_id, message, claimant)
     return outcomes
 
 
-def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claimant: str,
-               retry: Callable) -> str:
+def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claimant: str, retry: Callable) -> str:
     from worker.engine.subtitles import to_vtt
 
     key, vtt_key = audio_key(job_id, claimant), subtitles_key(job_id, claimant)
@@ -148,8 +154,16 @@ def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claima
     vtt = to_vtt(getattr(narration, "words", None) or []).encode()
     retry(lambda: storage.put(vtt_key, vtt, content_type="text/vtt; charset=utf-8"))
     timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
-    if store.succeed(job_id, key, round(narration.audio_seconds, 3), claimant=claimant, caption=narration.caption,
-                     story=narration.story, timings=timings, subtitles_key=vtt_key):
+    if store.succeed(
+        job_id,
+        key,
+        round(narration.audio_seconds, 3),
+        claimant=claimant,
+        caption=narration.caption,
+        story=narration.story,
+        timings=timings,
+        subtitles_key=vtt_key,
+    ):
         _remove_other_runs_audio(storage, job_id, key, vtt_key)
         return JobStatus.SUCCEEDED.value
     # Canceled meanwhile, or another run holds the job now: this run's audio belongs to no one.
@@ -216,15 +230,15 @@ def read_image(storage: Storage, key: str, max_pixels: int | None, retry: Callab
     try:
         data = retry(lambda: storage.get(key))
     except StorageNotFound:
-        raise JobFailed("the uploaded image is no longer in storage; please upload it again")
+        raise JobFailed("the uploaded image is no longer in storage; please upload it again") from None
     except StorageUnavailable:
-        raise JobFailed(STORAGE_DOWN_MESSAGE)
+        raise JobFailed(STORAGE_DOWN_MESSAGE) from None
     except StorageError as exc:  # e.g. access denied: retrying will not help
-        raise JobFailed(f"storage refused the uploaded image ({exc})")
+        raise JobFailed(f"storage refused the uploaded image ({exc})") from None
     try:
         return load_image(data, max_pixels=max_pixels)
     except ImageError as exc:
-        raise JobFailed(exc.message)
+        raise JobFailed(exc.message) from None
 
 
 def fail_job(store: JobStore, job_id: str, message: str, claimant: str) -> str:

@@ -1,4 +1,5 @@
 """The one Celery task: a wake-up naming a job; the work lives in worker.runner.run_wakeup."""
+
 from __future__ import annotations
 
 from celery import shared_task
@@ -13,8 +14,9 @@ from worker.runner import run_wakeup
 @shared_task(name=NARRATE_TASK, acks_late=False, ignore_result=True)
 def narrate_job(job_id: str) -> dict:
     ctx = get_context()
-    outcomes = run_wakeup(job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine, heartbeat=ctx.heartbeat,
-                          settings=ctx.settings)
+    outcomes = run_wakeup(
+        job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine, heartbeat=ctx.heartbeat, settings=ctx.settings
+    )
     # Jobs that ended here get their webhook (delivered by the light webhooks worker, never here).
     notify_finished(narrate_job.app, ctx.store, [i for i, status in outcomes.items() if status in FINAL])
     return outcomes

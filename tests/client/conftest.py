@@ -1,5 +1,6 @@
 """The client is tested against the real service: web app, Redis, a Celery worker, S3 over HTTP (moto),
 so downloads follow real redirects to presigned storage URLs on another host."""
+
 import pytest
 
 

@@ -1,4 +1,5 @@
 """`python -m narrator_client narrate`: a real photo to a real MP3 through the running service."""
+
 from __future__ import annotations
 
 import fcntl
@@ -18,13 +19,20 @@ from tests.conftest import ROOT, create_api_key
 
 
 def narrate(*args: str, env: dict | None = None, stderr=subprocess.PIPE, timeout=120):
-    return subprocess.run([sys.executable, "-m", "narrator_client", "narrate", *args], cwd=ROOT,
-                          env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=stderr,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "narrator_client", "narrate", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_narrate_writes_the_mp3_prints_the_story_and_shows_the_stages(
-        service_env, web_server, celery_worker_process, tmp_path):
+    service_env, web_server, celery_worker_process, tmp_path
+):
     _, base = web_server
     (tmp_path / "photo.jpg").write_bytes(photo())
     key = create_api_key(service_env, "cli")
@@ -34,8 +42,15 @@ def test_narrate_writes_the_mp3_prints_the_story_and_shows_the_stages(
     seen = bytearray()
     reader = threading.Thread(target=_drain, args=(leader, seen), daemon=True)
     reader.start()
-    result = narrate(str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "story.mp3"), "--words", "12",
-                     env={"NARRATOR_URL": base, "NARRATOR_API_KEY": key}, stderr=follower)
+    result = narrate(
+        str(tmp_path / "photo.jpg"),
+        "-o",
+        str(tmp_path / "story.mp3"),
+        "--words",
+        "12",
+        env={"NARRATOR_URL": base, "NARRATOR_API_KEY": key},
+        stderr=follower,
+    )
     os.close(follower)
     reader.join(timeout=5)
     assert result.returncode == 0
@@ -45,8 +60,9 @@ def test_narrate_writes_the_mp3_prints_the_story_and_shows_the_stages(
     shown = seen.decode(errors="replace")
     assert "5/5 done" in shown and "saved" in shown, shown
 
-    as_json = narrate(str(tmp_path / "photo.jpg"), "--url", base, "--json", "--seed", "3",
-                      "-o", str(tmp_path / "again.mp3"))
+    as_json = narrate(
+        str(tmp_path / "photo.jpg"), "--url", base, "--json", "--seed", "3", "-o", str(tmp_path / "again.mp3")
+    )
     assert as_json.returncode == 0, as_json.stderr
     printed = json.loads(as_json.stdout)
     assert printed["status"] == "succeeded" and printed["seed"] == 3 and printed["output"].endswith("again.mp3")
@@ -77,9 +93,24 @@ def test_exit_2_for_bad_input_and_1_for_a_job_that_ends_without_a_story(service_
     assert unreachable.returncode == 1 and "no answer" in unreachable.stderr
     # No worker runs: the job waits until it is canceled, then the command exits 1.
     key = create_api_key(service_env, "cli-cancel")
-    proc = subprocess.Popen([sys.executable, "-m", "narrator_client", "narrate", str(tmp_path / "photo.jpg"),
-                             "--url", base, "--api-key", key, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "narrator_client",
+            "narrate",
+            str(tmp_path / "photo.jpg"),
+            "--url",
+            base,
+            "--api-key",
+            key,
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client = Client(base, api_key=key)
     deadline = time.monotonic() + 30
     while not (jobs := list(client.jobs())):

@@ -1,4 +1,5 @@
 """narrator_client against the running service: the library calls and their typed errors."""
+
 from __future__ import annotations
 
 import io
@@ -92,10 +93,12 @@ def test_wait_honours_retry_after(slow_reads, service_env, web_server, celery_wo
 def test_the_client_needs_no_service_code():
     """A user installs requests and tqdm only: no flask, torch or the service's packages."""
     blocked = ["flask", "torch", "transformers", "celery", "redis", "shared", "web", "worker"]
-    code = ("import sys\n"
-            f"for name in {blocked!r}: sys.modules[name] = None\n"
-            "import narrator_client, narrator_client.cli\n"
-            "print(narrator_client.Client('http://example.invalid').url)")
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import narrator_client, narrator_client.cli\n"
+        "print(narrator_client.Client('http://example.invalid').url)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "http://example.invalid/"

@@ -1,4 +1,5 @@
 """Real images in every accepted format and mode, built in memory, through load_image."""
+
 from __future__ import annotations
 
 import errno
@@ -186,6 +187,7 @@ def test_decompression_bomb_maps_to_too_many_pixels(monkeypatch):
 
 # --- check_image: the web process's validation, in bounded memory ------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(sample_images()))
 def test_check_image_accepts_what_load_image_accepts(name):
     data = sample_images()[name]
@@ -199,12 +201,15 @@ def check_error_of(source, **kwargs) -> ImageError:
     return info.value
 
 
-@pytest.mark.parametrize("data, code, status", [
-    (b"", "empty_file", 400),
-    (b"hello, this is text\n" * 20, "not_an_image", 415),
-    (encode(gradient(), "PCX"), "unsupported_format", 415),
-    (sample_images()["rgb.jpg"][:300], "truncated_image", 415),
-])
+@pytest.mark.parametrize(
+    "data, code, status",
+    [
+        (b"", "empty_file", 400),
+        (b"hello, this is text\n" * 20, "not_an_image", 415),
+        (encode(gradient(), "PCX"), "unsupported_format", 415),
+        (sample_images()["rgb.jpg"][:300], "truncated_image", 415),
+    ],
+)
 def test_check_image_refuses_with_load_images_codes(data, code, status):
     err = check_error_of(data)
     assert (err.code, err.http_status) == (code, status)
@@ -255,8 +260,9 @@ def test_check_image_of_40_megapixels_stays_small(tmp_path):
         "print(' '.join(formats), grown // 1024)\n"
     )
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-c", code, str(bomb), str(photo)], cwd=root,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(bomb), str(photo)], cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     formats_png, formats_jpeg, grown_mb = result.stdout.split()
     print(f"check_image of 40 MP PNG + JPEG: peak RSS grew by {grown_mb} MB")

@@ -1,4 +1,5 @@
 """shared.jobs against a real Redis database."""
+
 from __future__ import annotations
 
 import threading
@@ -95,8 +96,10 @@ def test_transition_is_atomic_under_a_race(store):
         barrier.wait()
         results.append(fn())
 
-    threads = [threading.Thread(target=attempt, args=(lambda: store.cancel(job.id),)),
-               threading.Thread(target=attempt, args=(lambda: store.succeed(job.id, "audio/x.mp3", 1.0),))]
+    threads = [
+        threading.Thread(target=attempt, args=(lambda: store.cancel(job.id),)),
+        threading.Thread(target=attempt, args=(lambda: store.succeed(job.id, "audio/x.mp3", 1.0),)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -156,8 +159,9 @@ def test_list_handles_equal_timestamps_and_expired_entries(store, client):
     assert client.zscore(JobStore.INDEX, "c") is None
 
 
-@pytest.mark.parametrize("cursor", ["garbage!", "bm90LWEtY3Vyc29y", "%%%", "bm90OmE",
-                                    "bmFuOng", "aW5mOng", "LWluZjp4"])  # nan:x, inf:x, -inf:x
+@pytest.mark.parametrize(
+    "cursor", ["garbage!", "bm90LWEtY3Vyc29y", "%%%", "bm90OmE", "bmFuOng", "aW5mOng", "LWluZjp4"]
+)  # nan:x, inf:x, -inf:x
 def test_bad_cursor(store, cursor):
     with pytest.raises(ValueError):
         decode_cursor(cursor)
@@ -166,6 +170,7 @@ def test_bad_cursor(store, cursor):
 
 
 # The lifecycle's one recovery mechanism: leases that a heartbeat renews, and a reaper.
+
 
 def test_claim_fills_a_batch_oldest_first_after_the_named_job(store):
     now = time.time()

@@ -1,4 +1,5 @@
 """shared.storage against a real folder and moto's S3 server spoken to over HTTP."""
+
 from __future__ import annotations
 
 import errno
@@ -11,8 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from shared.storage import (LocalStorage, StorageError, StorageNotFound, StorageUnavailable,
-                            open_storage)
+from shared.storage import LocalStorage, StorageError, StorageNotFound, StorageUnavailable, open_storage
 
 
 def closed_port() -> int:
@@ -144,7 +144,7 @@ def test_s3_keys_live_under_the_prefix(s3_env, s3_endpoint):
     store = open_storage(s3_env)
     store.ensure_ready()
     store.put("audio/j.mp3", b"ID3", "audio/mpeg")
-    bucket, prefix = s3_env[len("s3://"):].split("/", 1)
+    bucket, prefix = s3_env[len("s3://") :].split("/", 1)
     raw = boto3.client("s3", endpoint_url=s3_endpoint)
     assert [o["Key"] for o in raw.list_objects_v2(Bucket=bucket)["Contents"]] == [f"{prefix}/audio/j.mp3"]
 

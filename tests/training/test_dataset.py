@@ -1,5 +1,6 @@
 """Dataset validation: every bad file is refused with a message naming the row, before any model;
 exact duplicates are dropped and named instead."""
+
 from __future__ import annotations
 
 import hashlib
@@ -79,18 +80,21 @@ def test_top_level_object_is_refused(tmp_path):
     assert "line 1" in error_for(path)
 
 
-@pytest.mark.parametrize("row, expected", [
-    ('["a dog", "a story"]', "expected an object"),
-    ('"just text"', "expected an object"),
-    ("null", "expected an object"),
-    ('{"story": "A story."}', "missing field 'prompt'"),
-    ('{"prompt": "a dog"}', "missing field 'story'"),
-    ('{"prompt": "", "story": "A story."}', "field 'prompt' is empty"),
-    ('{"prompt": "a dog", "story": "  \\n "}', "field 'story' is empty"),
-    ('{"prompt": 42, "story": "A story."}', "field 'prompt' must be a string, got int"),
-    ('{"prompt": "a dog", "story": null}', "field 'story' must be a string, got NoneType"),
-    ('{"prompt": "a dog", "story": ["A", "story"]}', "field 'story' must be a string, got list"),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ('["a dog", "a story"]', "expected an object"),
+        ('"just text"', "expected an object"),
+        ("null", "expected an object"),
+        ('{"story": "A story."}', "missing field 'prompt'"),
+        ('{"prompt": "a dog"}', "missing field 'story'"),
+        ('{"prompt": "", "story": "A story."}', "field 'prompt' is empty"),
+        ('{"prompt": "a dog", "story": "  \\n "}', "field 'story' is empty"),
+        ('{"prompt": 42, "story": "A story."}', "field 'prompt' must be a string, got int"),
+        ('{"prompt": "a dog", "story": null}', "field 'story' must be a string, got NoneType"),
+        ('{"prompt": "a dog", "story": ["A", "story"]}', "field 'story' must be a string, got list"),
+    ],
+)
 def test_bad_rows_in_jsonl_name_the_line(tmp_path, row, expected):
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, OTHER, row])
     message = error_for(path)
@@ -111,8 +115,10 @@ def test_exact_duplicates_are_dropped_and_named(tmp_path):
     assert [(e.prompt, e.where) for e in dataset.examples] == [(GOOD["prompt"], "line 1"), (OTHER["prompt"], "line 2")]
     assert dataset.duplicates == [("line 3", "line 1"), ("line 4", "line 2")]
     message = dataset.duplicates_message("dup.jsonl")
-    assert message == ("dup.jsonl: dropped 2 exact duplicates (same prompt and story): "
-                       "line 3 duplicates line 1; line 4 duplicates line 2")
+    assert message == (
+        "dup.jsonl: dropped 2 exact duplicates (same prompt and story): "
+        "line 3 duplicates line 1; line 4 duplicates line 2"
+    )
     assert load_examples(tmp_path / "dup.jsonl") == dataset.examples
 
 
@@ -142,8 +148,10 @@ def test_seed_like_array_keeps_its_39_distinct_rows(tmp_path):
     assert dataset.duplicates[0] == ("item 40 (line 158)", "item 1 (line 2)")
     assert dataset.duplicates[-1] == ("item 200 (line 798)", "item 5 (line 18)")
     message = dataset.duplicates_message(path)
-    assert message.startswith(f"{path}: dropped 161 exact duplicates (same prompt and story): item 40 (line 158) "
-                              "duplicates item 1 (line 2); item 41 (line 162) duplicates item 2 (line 6); ")
+    assert message.startswith(
+        f"{path}: dropped 161 exact duplicates (same prompt and story): item 40 (line 158) "
+        "duplicates item 1 (line 2); item 41 (line 162) duplicates item 2 (line 6); "
+    )
     assert message.endswith("; 158 more") and "\n" not in message
 
 

@@ -1,4 +1,5 @@
 """The project's own dataset (the default --data): size, length, variety and format."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ def test_prompts_look_like_blip_captions(examples):
 
 def test_stories_are_plain_prose(examples):
     for e in examples:
-        assert e.story[0].isupper() and e.story[-1] in ".!?\"”", e.where
+        assert e.story[0].isupper() and e.story[-1] in '.!?"”', e.where
         assert not re.search(r"[#*_`]|^(title|story)\s*:|\n", e.story, re.I), e.where
 
 

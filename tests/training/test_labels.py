@@ -1,4 +1,5 @@
 """The loss mask: only story tokens (and the end-of-turn token) are learned, in the serving format."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,7 +38,7 @@ def test_whole_example_is_the_rendered_conversation(tiny_tokenizer):
 
 def test_unmasked_tokens_decode_to_the_story_and_end_token(tiny_tokenizer):
     features = encode_example(tiny_tokenizer, CAPTION, STORY)
-    learned = [t for t, label in zip(features["input_ids"], features["labels"]) if label != IGNORE_INDEX]
+    learned = [t for t, label in zip(features["input_ids"], features["labels"], strict=True) if label != IGNORE_INDEX]
     assert tiny_tokenizer.decode(learned) == STORY + "<|im_end|>"
     assert tiny_tokenizer.decode(learned, skip_special_tokens=True) == STORY
 
@@ -54,7 +55,11 @@ def test_collator_pads_inputs_mask_and_labels(tiny_tokenizer):
     assert batch["attention_mask"][0].tolist() == [1] * len(short["input_ids"]) + [0] * pad
     assert batch["input_ids"][0, -pad:].tolist() == [tiny_tokenizer.pad_token_id] * pad
     assert batch["labels"][1].tolist() == long["labels"] and batch["attention_mask"][1].all()
-    learned = [t for t, label in zip(batch["input_ids"][0].tolist(), batch["labels"][0].tolist()) if label != IGNORE_INDEX]
+    learned = [
+        t
+        for t, label in zip(batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), strict=True)
+        if label != IGNORE_INDEX
+    ]
     assert tiny_tokenizer.decode(learned) == "It slept.<|im_end|>"
 
 
@@ -64,8 +69,9 @@ def test_loss_ignores_prompt_and_padding(tiny_story, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_story).eval()
-    batch = Collator(pad_id(tiny_tokenizer))([
-        encode_example(tiny_tokenizer, "a cat", "It slept."), encode_example(tiny_tokenizer, CAPTION, STORY)])
+    batch = Collator(pad_id(tiny_tokenizer))(
+        [encode_example(tiny_tokenizer, "a cat", "It slept."), encode_example(tiny_tokenizer, CAPTION, STORY)]
+    )
     with torch.no_grad():
         loss = model(**batch).loss
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -93,9 +99,11 @@ def test_each_prompt_asks_for_its_own_storys_length_by_default(tiny_tokenizer):
     from training.run import encode_all, prompt_words
 
     assert prompt_words(" ".join(["word"] * 37)) == 35 and prompt_words("two words") == 5
-    examples = [Example(prompt="a dog", story=" ".join(["bark"] * 23), where="line 1"),
-                Example(prompt="a cat", story=" ".join(["purr"] * 41), where="line 2")]
+    examples = [
+        Example(prompt="a dog", story=" ".join(["bark"] * 23), where="line 1"),
+        Example(prompt="a cat", story=" ".join(["purr"] * 41), where="line 2"),
+    ]
     for words, expected in ((None, ["about 25 words", "about 40 words"]), (60, ["about 60 words"] * 2)):
         encoded, _ = encode_all(tiny_tokenizer, examples, Namespace(words=words, max_length=512))
         prompts = [tiny_tokenizer.decode(features["input_ids"]) for features in encoded]
-        assert [want in text for want, text in zip(expected, prompts)] == [True, True]
+        assert [want in text for want, text in zip(expected, prompts, strict=True)] == [True, True]

@@ -1,4 +1,5 @@
 """The story-style datasets (bedtime, adventure): each a usable, original set, and the two distinct."""
+
 from __future__ import annotations
 
 import re
@@ -35,7 +36,7 @@ def test_size_and_no_duplicates(datasets, style):
 def test_stories_are_25_to_50_words_of_plain_prose(datasets, style):
     for e in datasets[style].examples:
         assert 25 <= len(e.story.split()) <= 50, (e.where, len(e.story.split()))
-        assert e.story[0].isupper() and e.story[-1] in ".!?\"”", e.where
+        assert e.story[0].isupper() and e.story[-1] in '.!?"”', e.where
         assert not re.search(r"[#*_`]|^(title|story)\s*:|\n", e.story, re.I), e.where
 
 
@@ -60,8 +61,10 @@ def test_no_template_repeated(datasets, style):
 
 def test_the_styles_and_the_default_set_share_no_story_or_sentence(datasets):
     default = read_dataset(DEFAULT_DATA).examples
-    sets = {name: {s for e in examples for s in sentences(e.story)}
-            for name, examples in (("default", default), *((s, d.examples) for s, d in datasets.items()))}
+    sets = {
+        name: {s for e in examples for s in sentences(e.story)}
+        for name, examples in (("default", default), *((s, d.examples) for s, d in datasets.items()))
+    }
     assert sets["bedtime"].isdisjoint(sets["adventure"])
     assert sets["bedtime"].isdisjoint(sets["default"]) and sets["adventure"].isdisjoint(sets["default"])
 
@@ -69,12 +72,16 @@ def test_the_styles_and_the_default_set_share_no_story_or_sentence(datasets):
 def test_bedtime_is_calm_and_adventure_is_lively(datasets):
     # A rough lexical guard that the styles stay apart as the files grow: most bedtime stories use
     # words of rest and few use words of action; adventure the other way round.
-    calm = re.compile(r"\b(sleep\w*|slept|asleep|dream\w*|drows\w*|yawn\w*|quiet\w*|soft\w*|gentl\w*|slow\w*|"
-                      r"rest\w*|calm|still|warm\w*|hush\w*|doz\w*|nap|lullaby|peaceful\w*|goodnight|snug\w*|curl\w*)\b")
-    lively = re.compile(r"\b(rac\w+|sprint\w*|leap\w*|leapt|dash\w*|charg\w*|chas\w*|climb\w*|scrambl\w*|"
-                        r"grabb?\w*|burst|roar\w*|dodg\w*|swerv\w*|plung\w*|gallop\w*|jump\w*|dove|dived|rescu\w*|"
-                        r"found|spotted|escap\w*|fled|snapp?\w*|crash\w*|storm\w*|won|cheer\w*|triumph\w*|hero|"
-                        r"swung|squeez\w*|kick\w*|haul\w*|heav\w*|tackl\w*|sprang|scal\w*|battl\w*|defend\w*)\b")
+    calm = re.compile(
+        r"\b(sleep\w*|slept|asleep|dream\w*|drows\w*|yawn\w*|quiet\w*|soft\w*|gentl\w*|slow\w*|"
+        r"rest\w*|calm|still|warm\w*|hush\w*|doz\w*|nap|lullaby|peaceful\w*|goodnight|snug\w*|curl\w*)\b"
+    )
+    lively = re.compile(
+        r"\b(rac\w+|sprint\w*|leap\w*|leapt|dash\w*|charg\w*|chas\w*|climb\w*|scrambl\w*|"
+        r"grabb?\w*|burst|roar\w*|dodg\w*|swerv\w*|plung\w*|gallop\w*|jump\w*|dove|dived|rescu\w*|"
+        r"found|spotted|escap\w*|fled|snapp?\w*|crash\w*|storm\w*|won|cheer\w*|triumph\w*|hero|"
+        r"swung|squeez\w*|kick\w*|haul\w*|heav\w*|tackl\w*|sprang|scal\w*|battl\w*|defend\w*)\b"
+    )
 
     def share(style, pattern):
         examples = datasets[style].examples

@@ -1,4 +1,5 @@
 """End to end on the tiny Qwen2 model: train a few steps, save, serve the adapter from disk and S3."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,15 +20,47 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = "a dog sitting on a couch"
-REPORT_FIELDS = {"base_model", "dataset", "dataset_sha256", "duplicates_dropped", "examples", "hyperparameters",
-                 "steps", "seconds", "initial_loss", "final_loss", "eval_loss", "device", "dtype", "peak_memory_mb"}
+REPORT_FIELDS = {
+    "base_model",
+    "dataset",
+    "dataset_sha256",
+    "duplicates_dropped",
+    "examples",
+    "hyperparameters",
+    "steps",
+    "seconds",
+    "initial_loss",
+    "final_loss",
+    "eval_loss",
+    "device",
+    "dtype",
+    "peak_memory_mb",
+}
 
 
 def train_args(data, out, base, *extra) -> list[str]:
     # 6 train + 2 eval examples, one batch per step: 30 steps at a high LoRA learning rate.
-    return ["--data", str(data), "--out", str(out), "--base", str(base), "--device", "cpu",
-            "--max-steps", "30", "--lr", "1e-2", "--batch-size", "8", "--eval-fraction", "0.25",
-            "--seed", "0", *extra]
+    return [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--base",
+        str(base),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "30",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "8",
+        "--eval-fraction",
+        "0.25",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def run_main(args) -> tuple[int, str, str]:
@@ -39,8 +72,9 @@ def run_main(args) -> tuple[int, str, str]:
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def greedy_ids(stage, caption=CAPTION):
@@ -70,9 +104,11 @@ def test_training_lowers_the_loss_and_writes_adapter_and_report(trained):
     out, report = trained["out"], trained["report"]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert REPORT_FIELDS <= report.keys()
-    print(f"\ntiny model, 30 steps: loss {report['initial_loss']:.3f} -> {report['final_loss']:.3f}, "
-          f"eval {report['initial_eval_loss']:.3f} -> {report['eval_loss']:.3f}, {report['seconds']:.2f}s, "
-          f"peak RSS {report['peak_memory_mb']} MB")
+    print(
+        f"\ntiny model, 30 steps: loss {report['initial_loss']:.3f} -> {report['final_loss']:.3f}, "
+        f"eval {report['initial_eval_loss']:.3f} -> {report['eval_loss']:.3f}, {report['seconds']:.2f}s, "
+        f"peak RSS {report['peak_memory_mb']} MB"
+    )
     assert report["final_loss"] < report["initial_loss"] - 0.5
     assert report["steps"] == 30 and report["examples"]["train"] == 6 and report["examples"]["eval"] == 2
     assert report["eval_loss"] is not None and report["seconds"] > 0
@@ -104,7 +140,9 @@ def test_adapter_is_served_by_the_story_stage_and_changes_greedy_output(trained,
     rows, _ = split_eval(load_examples(trained["data"]), 0.25, seed=0)
     features = [encode_example(tuned.tokenizer, e.prompt, e.story, prompt_words(e.story)) for e in rows]
     loader = torch.utils.data.DataLoader(features, batch_size=8, collate_fn=Collator(pad_id(tuned.tokenizer)))
-    assert mean_loss(tuned.model, loader, torch.device("cpu")) == pytest.approx(trained["report"]["final_loss"], abs=1e-3)
+    assert mean_loss(tuned.model, loader, torch.device("cpu")) == pytest.approx(
+        trained["report"]["final_loss"], abs=1e-3
+    )
 
 
 def test_same_seed_same_adapter_and_push_to_s3_is_served(trained, tiny_story, base_stage, s3_env, tmp_path):
@@ -127,8 +165,9 @@ def test_same_seed_same_adapter_and_push_to_s3_is_served(trained, tiny_story, ba
 
 
 def test_empty_eval_split_warns_and_reports_null(tmp_path, tiny_story, small_set):
-    code, _, stderr = run_main(train_args(small_set, tmp_path / "out", tiny_story)[:-4] + [
-        "--eval-fraction", "0.05", "--max-steps", "2"])
+    code, _, stderr = run_main(
+        train_args(small_set, tmp_path / "out", tiny_story)[:-4] + ["--eval-fraction", "0.05", "--max-steps", "2"]
+    )
     assert code == 0
     assert "eval split is empty" in stderr
     report = json.loads((tmp_path / "out" / "training_report.json").read_text())
@@ -144,8 +183,20 @@ def test_style_files_and_a_file_with_duplicates_train(tmp_path, tiny_story, name
         data.write_text(json.dumps(seed_like_rows(), indent=2))
     else:
         data, distinct, dropped = DEFAULT_DATA.parent / name, None, 0
-    code, stdout, stderr = run_main(["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(tiny_story),
-                                     "--device", "cpu", "--max-steps", "2"])
+    code, stdout, stderr = run_main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+            "--base",
+            str(tiny_story),
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+        ]
+    )
     assert code == 0, stderr
     report = json.loads((tmp_path / "out" / "training_report.json").read_text())
     assert report["dataset"] == str(data.resolve()) and report["duplicates_dropped"] == dropped
@@ -154,9 +205,11 @@ def test_style_files_and_a_file_with_duplicates_train(tmp_path, tiny_story, name
     warnings = [line for line in stderr.splitlines() if "exact duplicate" in line]
     if dropped:
         assert total == distinct
-        assert warnings == [f"warning: {data}: dropped 161 exact duplicates (same prompt and story): "
-                            "item 40 (line 158) duplicates item 1 (line 2); item 41 (line 162) duplicates item 2 "
-                            "(line 6); item 42 (line 166) duplicates item 3 (line 10); 158 more"]
+        assert warnings == [
+            f"warning: {data}: dropped 161 exact duplicates (same prompt and story): "
+            "item 40 (line 158) duplicates item 1 (line 2); item 41 (line 162) duplicates item 2 "
+            "(line 6); item 42 (line 166) duplicates item 3 (line 10); 158 more"
+        ]
     else:
         assert total >= 100 and warnings == []
 
@@ -167,8 +220,18 @@ def test_unknown_target_module_exits_2(tmp_path, tiny_story, small_set):
 
 
 def test_quantize_on_cpu_is_a_clear_error_before_loading(tmp_path, small_set):
-    result = run_cli("--data", str(small_set), "--out", str(tmp_path / "out"), "--base", str(tmp_path / "no-model"),
-                     "--device", "cpu", "--quantize", "4bit")
+    result = run_cli(
+        "--data",
+        str(small_set),
+        "--out",
+        str(tmp_path / "out"),
+        "--base",
+        str(tmp_path / "no-model"),
+        "--device",
+        "cpu",
+        "--quantize",
+        "4bit",
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0] and "--quantize" in lines[0], result.stderr
@@ -183,10 +246,13 @@ def test_bad_dataset_exits_2_naming_the_row(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--push", "http://example.com/x"], "--push takes s3://"),
-    (["--rank", "0"], "--rank must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--push", "http://example.com/x"], "--push takes s3://"),
+        (["--rank", "0"], "--rank must be at least 1"),
+    ],
+)
 def test_bad_options_exit_2(tmp_path, small_set, extra, message):
     code, _, stderr = run_main(["--data", str(small_set), "--out", str(tmp_path / "out"), *extra])
     assert code == 2 and message in stderr
@@ -197,12 +263,40 @@ def test_help_lists_every_option(capsys):
         main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--data", "--out", "--base", "--epochs", "--max-steps", "--lr", "--rank", "--alpha", "--dropout",
-                   "--target-modules", "--quantize", "--eval-fraction", "--seed", "--push", "--batch-size", "--words"):
+    for option in (
+        "--data",
+        "--out",
+        "--base",
+        "--epochs",
+        "--max-steps",
+        "--lr",
+        "--rank",
+        "--alpha",
+        "--dropout",
+        "--target-modules",
+        "--quantize",
+        "--eval-fraction",
+        "--seed",
+        "--push",
+        "--batch-size",
+        "--words",
+    ):
         assert option in text
 
 
 def test_missing_base_model_exits_2(tmp_path, small_set):
-    code, _, stderr = run_main(["--data", str(small_set), "--out", str(tmp_path / "out"), "--device", "cpu",
-                                "--batch-size", "4", "--base", str(tmp_path / "no-model")])
+    code, _, stderr = run_main(
+        [
+            "--data",
+            str(small_set),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--base",
+            str(tmp_path / "no-model"),
+        ]
+    )
     assert code == 2 and stderr.strip().splitlines() == [f"error: --base {tmp_path / 'no-model'}: no such model folder"]

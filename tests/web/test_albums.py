@@ -1,6 +1,7 @@
 """Several photos per form post, against the real service (HTTP server, Redis, storage; a real worker
 and Debian's Chromium for the end-to-end case): each photo its own job, one album page for them all,
 all-or-nothing checks, the album only for its session, and photos counted by SUBMIT_RATE_LIMIT."""
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,9 @@ def jpeg(color: str = "plum", size=(40, 30), noise: int = 0) -> bytes:
 
 def post_form(base: str, session: requests.Session, photos: list[tuple[str, bytes]], **fields):
     files = [("image", (name, data, "image/jpeg")) for name, data in photos]
-    return session.post(f"{base}/jobs", files=files, data=fields, headers={"Origin": base},
-                        allow_redirects=False, timeout=30)
+    return session.post(
+        f"{base}/jobs", files=files, data=fields, headers={"Origin": base}, allow_redirects=False, timeout=30
+    )
 
 
 def album_ids(base: str, session: requests.Session, location: str) -> list[str]:

@@ -1,4 +1,5 @@
 """The JSON API with Flask's test client, a real Redis, and both storage backends (folder, moto S3)."""
+
 from __future__ import annotations
 
 import base64
@@ -28,8 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def make_settings(**values) -> Settings:
     """Settings with the SECRET_KEY the app requires, and rate limits these tests never reach."""
-    return Settings(**{"secret_key": TEST_SECRET_KEY, "submit_rate_limit": GENEROUS_RATE_LIMIT,
-                       "read_rate_limit": GENEROUS_RATE_LIMIT, **values})
+    return Settings(
+        **{
+            "secret_key": TEST_SECRET_KEY,
+            "submit_rate_limit": GENEROUS_RATE_LIMIT,
+            "read_rate_limit": GENEROUS_RATE_LIMIT,
+            **values,
+        }
+    )
 
 
 def closed_port() -> int:
@@ -61,8 +68,14 @@ def storage_url(request, tmp_path):
 
 @pytest.fixture
 def settings(redis_url, storage_url):
-    return make_settings(redis_url=redis_url, storage_url=storage_url, max_upload_mb=1,
-                         max_image_pixels=1_000_000, job_ttl_hours=1, audio_url_ttl=120)
+    return make_settings(
+        redis_url=redis_url,
+        storage_url=storage_url,
+        max_upload_mb=1,
+        max_image_pixels=1_000_000,
+        job_ttl_hours=1,
+        audio_url_ttl=120,
+    )
 
 
 def build(settings):
@@ -120,6 +133,7 @@ def finish(app, job_id, audio=True):
 
 # --- submitting ---------------------------------------------------------------------------------
 
+
 def test_submit_stores_creates_and_enqueues(app, client, r):
     response = submit(client, words="50", seed="42")
     assert response.status_code == 202
@@ -127,8 +141,20 @@ def test_submit_stores_creates_and_enqueues(app, client, r):
     assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["words"] == 50 and job["seed"] == 42
     assert job["audio_url"] is None and job["created_at"].endswith("Z")
-    for field in ("id", "status", "stage", "created_at", "started_at", "finished_at", "caption",
-                  "story", "audio_url", "audio_seconds", "error", "timings"):
+    for field in (
+        "id",
+        "status",
+        "stage",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "caption",
+        "story",
+        "audio_url",
+        "audio_seconds",
+        "error",
+        "timings",
+    ):
         assert field in job
     svc = app.extensions["narrator"]
     assert svc.storage.get(f"inputs/{job['id']}") == png()
@@ -150,26 +176,29 @@ def test_default_words_and_distinct_ids(client, settings):
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
-@pytest.mark.parametrize("send, status, code", [
-    (lambda c: c.post("/api/v1/jobs"), 400, "missing_image"),
-    (lambda c: c.post("/api/v1/jobs", data={"words": "40"}), 400, "missing_image"),
-    (lambda c: c.post("/api/v1/jobs", data={"image": (io.BytesIO(b""), "")}), 400, "missing_image"),
-    (lambda c: c.post("/api/v1/jobs", data={"image": (io.BytesIO(b""), "empty.png")}), 400, "empty_file"),
-    (lambda c: c.post("/api/v1/jobs", json={"image": "aGVsbG8="}), 415, "unsupported_media_type"),
-    (lambda c: c.post("/api/v1/jobs", data=png(), content_type="image/png"), 415, "unsupported_media_type"),
-    (lambda c: submit(c, b"plain text, not a picture"), 415, "not_an_image"),
-    (lambda c: submit(c, b"%PDF-1.4\n" + b"0" * 100), 415, "not_an_image"),
-    (lambda c: submit(c, png()[:60]), 415, "truncated_image"),
-    (lambda c: submit(c, words="many"), 400, "invalid_words"),
-    (lambda c: submit(c, words="5"), 400, "invalid_words"),
-    (lambda c: submit(c, words="201"), 400, "invalid_words"),
-    (lambda c: submit(c, words="9" * 1_100_000), 413, "too_large"),  # over the form-field memory cap
-    (lambda c: submit(c, words="9" * 5000), 400, "invalid_words"),
-    (lambda c: submit(c, seed="abc"), 400, "invalid_seed"),
-    (lambda c: submit(c, seed="1.5"), 400, "invalid_seed"),
-    (lambda c: submit(c, seed="-1"), 400, "invalid_seed"),
-    (lambda c: submit(c, seed=str(2**40)), 400, "invalid_seed"),
-])
+@pytest.mark.parametrize(
+    "send, status, code",
+    [
+        (lambda c: c.post("/api/v1/jobs"), 400, "missing_image"),
+        (lambda c: c.post("/api/v1/jobs", data={"words": "40"}), 400, "missing_image"),
+        (lambda c: c.post("/api/v1/jobs", data={"image": (io.BytesIO(b""), "")}), 400, "missing_image"),
+        (lambda c: c.post("/api/v1/jobs", data={"image": (io.BytesIO(b""), "empty.png")}), 400, "empty_file"),
+        (lambda c: c.post("/api/v1/jobs", json={"image": "aGVsbG8="}), 415, "unsupported_media_type"),
+        (lambda c: c.post("/api/v1/jobs", data=png(), content_type="image/png"), 415, "unsupported_media_type"),
+        (lambda c: submit(c, b"plain text, not a picture"), 415, "not_an_image"),
+        (lambda c: submit(c, b"%PDF-1.4\n" + b"0" * 100), 415, "not_an_image"),
+        (lambda c: submit(c, png()[:60]), 415, "truncated_image"),
+        (lambda c: submit(c, words="many"), 400, "invalid_words"),
+        (lambda c: submit(c, words="5"), 400, "invalid_words"),
+        (lambda c: submit(c, words="201"), 400, "invalid_words"),
+        (lambda c: submit(c, words="9" * 1_100_000), 413, "too_large"),  # over the form-field memory cap
+        (lambda c: submit(c, words="9" * 5000), 400, "invalid_words"),
+        (lambda c: submit(c, seed="abc"), 400, "invalid_seed"),
+        (lambda c: submit(c, seed="1.5"), 400, "invalid_seed"),
+        (lambda c: submit(c, seed="-1"), 400, "invalid_seed"),
+        (lambda c: submit(c, seed=str(2**40)), 400, "invalid_seed"),
+    ],
+)
 def test_submit_errors_store_nothing(app, client, r, send, status, code):
     assert_error(send(client), status, code)
     assert_nothing_created(app, r)
@@ -198,9 +227,11 @@ def test_upload_over_the_limit_is_refused_before_reading(app, client, r):
         def read(self, *_):
             raise AssertionError("the body was read")
 
-    response = client.post("/api/v1/jobs", content_type="multipart/form-data; boundary=x",
-                           environ_overrides={"CONTENT_LENGTH": str(50 * 1024 * 1024),
-                                              "wsgi.input": Unreadable()})
+    response = client.post(
+        "/api/v1/jobs",
+        content_type="multipart/form-data; boundary=x",
+        environ_overrides={"CONTENT_LENGTH": str(50 * 1024 * 1024), "wsgi.input": Unreadable()},
+    )
     assert_error(response, 413, "too_large")
     assert_nothing_created(app, r)
 
@@ -223,6 +254,7 @@ def test_enqueue_failure_is_503_and_leaves_nothing(app, client, r, settings):
 
 
 # --- reading, audio, cancel, listing --------------------------------------------------------------
+
 
 def test_get_job_and_unknown_ids(client):
     job = submit(client).get_json()
@@ -304,8 +336,10 @@ def make_key(app, name: str) -> str:
 def test_list_jobs_with_cursor(app, client):
     auth = {"Authorization": f"Bearer {make_key(app, 'lister')}"}
     submit(client)  # ownerless: never listed
-    ids = [client.post("/api/v1/jobs", data={"image": (io.BytesIO(png()), "p.png")}, headers=auth).get_json()["id"]
-           for _ in range(5)]
+    ids = [
+        client.post("/api/v1/jobs", data={"image": (io.BytesIO(png()), "p.png")}, headers=auth).get_json()["id"]
+        for _ in range(5)
+    ]
     first = client.get("/api/v1/jobs?limit=2", headers=auth).get_json()
     assert [j["id"] for j in first["jobs"]] == ids[::-1][:2] and first["next_cursor"]
     second = client.get(f"/api/v1/jobs?limit=2&cursor={first['next_cursor']}", headers=auth).get_json()
@@ -318,13 +352,20 @@ def test_list_jobs_with_cursor(app, client):
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
-@pytest.mark.parametrize("query, code", [
-    ("limit=0", "invalid_limit"), ("limit=101", "invalid_limit"), ("limit=abc", "invalid_limit"),
-    ("cursor=garbage", "invalid_cursor"), ("cursor=" + "A" * 500, "invalid_cursor"),
-    # well-formed cursors whose score Redis would refuse (nan:x, inf:x, -inf:x)
-    ("cursor=bmFuOng", "invalid_cursor"), ("cursor=aW5mOng", "invalid_cursor"),
-    ("cursor=LWluZjp4", "invalid_cursor"),
-])
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        ("limit=0", "invalid_limit"),
+        ("limit=101", "invalid_limit"),
+        ("limit=abc", "invalid_limit"),
+        ("cursor=garbage", "invalid_cursor"),
+        ("cursor=" + "A" * 500, "invalid_cursor"),
+        # well-formed cursors whose score Redis would refuse (nan:x, inf:x, -inf:x)
+        ("cursor=bmFuOng", "invalid_cursor"),
+        ("cursor=aW5mOng", "invalid_cursor"),
+        ("cursor=LWluZjp4", "invalid_cursor"),
+    ],
+)
 def test_list_errors(app, client, query, code):
     auth = {"Authorization": f"Bearer {make_key(app, 'lister')}"}
     assert_error(client.get(f"/api/v1/jobs?{query}", headers=auth), 400, code)
@@ -332,12 +373,23 @@ def test_list_errors(app, client, query, code):
 
 # --- garbage never causes a 500 -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
-@pytest.mark.parametrize("method, path", [
-    ("DELETE", "/api/v1/jobs"), ("PUT", "/api/v1/jobs"), ("PATCH", "/api/v1/jobs/abc"),
-    ("DELETE", "/api/v1/jobs/abc"), ("GET", "/api/v1/jobs/abc/cancel"), ("POST", "/api/v1/jobs/abc/audio"),
-    ("POST", "/healthz"), ("POST", "/readyz"), ("GET", "/api/v1/nothing"), ("GET", "/api/v2/jobs"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("DELETE", "/api/v1/jobs"),
+        ("PUT", "/api/v1/jobs"),
+        ("PATCH", "/api/v1/jobs/abc"),
+        ("DELETE", "/api/v1/jobs/abc"),
+        ("GET", "/api/v1/jobs/abc/cancel"),
+        ("POST", "/api/v1/jobs/abc/audio"),
+        ("POST", "/healthz"),
+        ("POST", "/readyz"),
+        ("GET", "/api/v1/nothing"),
+        ("GET", "/api/v2/jobs"),
+    ],
+)
 def test_wrong_methods_and_paths(client, method, path):
     response = client.open(path, method=method)
     assert response.status_code in (404, 405)
@@ -347,15 +399,21 @@ def test_wrong_methods_and_paths(client, method, path):
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
-@pytest.mark.parametrize("body, content_type", [
-    (b"\xff\xfe garbage", "multipart/form-data; boundary=zzz"),
-    (b"--zzz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\nabc", "multipart/form-data; boundary=zzz"),
-    (b"--zzz--", "multipart/form-data"),
-    (b"{not json", "application/json"),
-    (b"image=abc&words=%ff%fe", "application/x-www-form-urlencoded"),
-    (b"\x00" * 1000, "application/octet-stream"),
-    (b"x", "text/plain; charset=nonsense"),
-])
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"\xff\xfe garbage", "multipart/form-data; boundary=zzz"),
+        (
+            b'--zzz\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\nabc',
+            "multipart/form-data; boundary=zzz",
+        ),
+        (b"--zzz--", "multipart/form-data"),
+        (b"{not json", "application/json"),
+        (b"image=abc&words=%ff%fe", "application/x-www-form-urlencoded"),
+        (b"\x00" * 1000, "application/octet-stream"),
+        (b"x", "text/plain; charset=nonsense"),
+    ],
+)
 def test_garbage_bodies_are_4xx(app, client, r, body, content_type):
     response = client.post("/api/v1/jobs", data=body, content_type=content_type)
     assert 400 <= response.status_code < 500, response.get_data(as_text=True)
@@ -365,6 +423,7 @@ def test_garbage_bodies_are_4xx(app, client, r, body, content_type):
 
 # --- health and readiness -----------------------------------------------------------------------
 
+
 def test_healthz_and_readyz(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -373,8 +432,7 @@ def test_healthz_and_readyz(client):
 
 
 def test_redis_down(storage_url, tmp_path):
-    dead = make_settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", storage_url=storage_url,
-                         max_upload_mb=1)
+    dead = make_settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", storage_url=storage_url, max_upload_mb=1)
     client = build(dead).test_client()
     assert client.get("/healthz").status_code == 200  # the process is alive, just not ready
     ready = client.get("/readyz")
@@ -435,12 +493,13 @@ def test_bucket_is_created_at_start(redis_url, s3_env):
 
 
 def test_web_process_never_imports_torch(tmp_path, redis_url):
-    code = ("import sys, web.app; web.app.create_app(); "
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'worker', 'transformers'))]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, web.app; web.app.create_app(); "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'worker', 'transformers'))]; "
+        "assert not bad, bad"
+    )
     env = dict(os.environ, STORAGE_URL=f"file://{tmp_path}/data", REDIS_URL=redis_url, SECRET_KEY=TEST_SECRET_KEY)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -469,7 +528,7 @@ def test_real_sized_photos_are_accepted(client, settings, megabytes):
     # Noise does not compress: a JPEG of real-photo size, well above the parser's chunk size.
     import numpy as np
 
-    side = int(700 * megabytes ** 0.5)
+    side = int(700 * megabytes**0.5)
     pixels = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=95)

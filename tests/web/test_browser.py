@@ -3,6 +3,7 @@
 The worker's part is played from the test through the job store, so this checks the page alone:
 upload through the form, then watch the job page update itself as the job advances.
 """
+
 from __future__ import annotations
 
 import io
@@ -10,17 +11,24 @@ import re
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import requires_tool
 from PIL import Image
 
+from tests.conftest import requires_tool
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
-pytestmark = [requires_tool(Path(CHROMIUM).exists(), "Debian's chromium"),
-              pytest.mark.parametrize("storage_url", ["local"], indirect=True)]
+pytestmark = [
+    requires_tool(Path(CHROMIUM).exists(), "Debian's chromium"),
+    pytest.mark.parametrize("storage_url", ["local"], indirect=True),
+]
 
 
 def mp3() -> bytes:
@@ -144,7 +152,7 @@ def test_the_home_page_lists_this_browsers_stories(browser, served, photo):
     page.get_by_label("Photo").set_input_files(photo)
     page.get_by_role("button", name="Make my story").click()  # a real same-origin post (Origin checked)
     page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{22}$"))
-    job_path = page.url[len(base):]
+    job_path = page.url[len(base) :]
     page.get_by_role("link", name="Make another story").click()
     recent = page.locator("#recent a")
     assert recent.count() == 1 and recent.first.get_attribute("href") == job_path

@@ -5,6 +5,7 @@ gevent worker, two processes) on a free port, with the test session's Redis and 
 folder or moto's S3 server behind a TCP proxy that can turn into a blackhole. Run with `pytest -s`
 to see the measured latencies and memory figures.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -40,14 +41,22 @@ def png(size=(64, 48), mode="RGB") -> bytes:
 
 
 def multipart(data: bytes, filename: str = "photo.png", content_type: str = "image/png") -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def submit_head(length: int | None, extra: str = "") -> bytes:
     framing = f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
-    return (f"POST /api/v1/jobs HTTP/1.1\r\nHost: test\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{framing}{extra}\r\n").encode()
+    return (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{framing}{extra}\r\n"
+    ).encode()
 
 
 class Server:
@@ -83,8 +92,9 @@ class Server:
 
     def submit(self, data: bytes, timeout=60):
         body = multipart(data)
-        return self.request("POST", "/api/v1/jobs", body, {
-            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}, timeout=timeout)
+        return self.request(
+            "POST", "/api/v1/jobs", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}, timeout=timeout
+        )
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -100,12 +110,25 @@ def memory_mb(pid: int) -> dict[str, float]:
 def gunicorn(tmp_path: Path, env: dict):
     port = free_port()
     log = tmp_path / f"gunicorn-{port}.log"
-    full_env = {**os.environ, "SECRET_KEY": TEST_SECRET_KEY, "SUBMIT_RATE_LIMIT": GENEROUS_RATE_LIMIT,
-                "READ_RATE_LIMIT": GENEROUS_RATE_LIMIT, **env, "BIND": "127.0.0.1", "PORT": str(port),
-                "WEB_CONCURRENCY": str(WORKERS), "PYTHONUNBUFFERED": "1"}
+    full_env = {
+        **os.environ,
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "SUBMIT_RATE_LIMIT": GENEROUS_RATE_LIMIT,
+        "READ_RATE_LIMIT": GENEROUS_RATE_LIMIT,
+        **env,
+        "BIND": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(WORKERS),
+        "PYTHONUNBUFFERED": "1",
+    }
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "web.app:create_app()"],
-                                cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(CONF), "web.app:create_app()"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + 60
@@ -166,6 +189,7 @@ def jobs_created(client: redis.Redis) -> int:
 
 # --- malformed framing: a 4xx or a closed connection, never a 500, never a job -------------------
 
+
 def read_status(sock: socket.socket, timeout: float = 10.0):
     """The status code of the first response, or None when the server closed without one."""
     sock.settimeout(timeout)
@@ -197,7 +221,8 @@ FRAMING_CASES = {
     "Content-Length shorter than the body": submit_head(len(GOOD) - 40) + GOOD,
     "Content-Length and chunked": submit_head(len(GOOD), "Transfer-Encoding: chunked\r\n") + GOOD,
     "two Content-Lengths": submit_head(len(GOOD), f"Content-Length: {len(GOOD) + 5}\r\n") + GOOD,
-    "Content-Length not a number": submit_head(None).replace(b"Transfer-Encoding: chunked", b"Content-Length: 12x") + GOOD,
+    "Content-Length not a number": submit_head(None).replace(b"Transfer-Encoding: chunked", b"Content-Length: 12x")
+    + GOOD,
     "negative Content-Length": submit_head(-5) + GOOD,
     "garbage request line": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
     "request line without a version": b"POST /api/v1/jobs\r\nHost: test\r\n\r\n",
@@ -222,8 +247,10 @@ def test_malformed_framing_is_4xx_or_closed_and_creates_no_job(local_server, r, 
     # A request that is still being processed could create its job after the client left:
     # give the server time, then make sure none appeared.
     time.sleep(1.5 if not half_close else 0.2)
-    print(f"\nframing ({'half-close' if half_close else 'close'}):",
-          ", ".join(f"{name}: {status}" for name, status in statuses.items()))
+    print(
+        f"\nframing ({'half-close' if half_close else 'close'}):",
+        ", ".join(f"{name}: {status}" for name, status in statuses.items()),
+    )
     for name, status in statuses.items():
         assert status in (None, "closed") or 400 <= status < 500, (name, status)
     assert jobs_created(r) == 0
@@ -234,6 +261,7 @@ def test_malformed_framing_is_4xx_or_closed_and_creates_no_job(local_server, r, 
 
 
 # --- slow and stalled clients --------------------------------------------------------------------
+
 
 def test_fifty_stalled_clients_do_not_stop_other_requests(local_server, r):
     heads, uploads = [], []
@@ -257,8 +285,10 @@ def test_fifty_stalled_clients_do_not_stop_other_requests(local_server, r):
             status, _, seconds = local_server.request("GET", f"/api/v1/jobs/{uuid.uuid4().hex[:22]}", timeout=10)
             assert status == 404
             latencies["job"].append(seconds)
-        print(f"\n50 stalled clients: /healthz max {max(latencies['healthz']) * 1000:.1f} ms, "
-              f"GET unknown job max {max(latencies['job']) * 1000:.1f} ms (10 each)")
+        print(
+            f"\n50 stalled clients: /healthz max {max(latencies['healthz']) * 1000:.1f} ms, "
+            f"GET unknown job max {max(latencies['job']) * 1000:.1f} ms (10 each)"
+        )
         assert max(latencies["healthz"]) < 2 and max(latencies["job"]) < 2
 
         # The server does not wait for ever: unfinished heads are dropped after `keepalive`
@@ -267,8 +297,10 @@ def test_fifty_stalled_clients_do_not_stop_other_requests(local_server, r):
         head_seconds = time.monotonic() - started
         upload_ends = [read_status(sock, timeout=15) for sock in uploads]
         upload_seconds = time.monotonic() - started
-        print(f"stalled heads closed after {head_seconds:.1f} s ({set(head_ends)}), "
-              f"stalled uploads answered by {upload_seconds:.1f} s ({set(upload_ends)})")
+        print(
+            f"stalled heads closed after {head_seconds:.1f} s ({set(head_ends)}), "
+            f"stalled uploads answered by {upload_seconds:.1f} s ({set(upload_ends)})"
+        )
         assert all(status is None or 400 <= status < 500 for status in head_ends + upload_ends)
         assert jobs_created(r) == 0
     finally:
@@ -277,6 +309,7 @@ def test_fifty_stalled_clients_do_not_stop_other_requests(local_server, r):
 
 
 # --- memory: many large-pixel uploads at once ----------------------------------------------------
+
 
 def test_concurrent_40_megapixel_uploads_keep_workers_small(local_server, r):
     # 8000 x 5000 = 40 MP, exactly MAX_IMAGE_PIXELS (accepted), a few KiB on the wire: decoded
@@ -289,11 +322,15 @@ def test_concurrent_40_megapixel_uploads_keep_workers_small(local_server, r):
         results = list(pool.map(lambda _: local_server.submit(bomb), range(16)))
     assert [status for status, _, _ in results] == [202] * 16, [body[:200] for _, body, _ in results]
     after = {pid: memory_mb(pid) for pid in workers}
-    print(f"\n16 concurrent 40 MP 1-bit PNG uploads ({len(bomb)} bytes each), slowest "
-          f"{max(seconds for _, _, seconds in results):.2f} s:")
+    print(
+        f"\n16 concurrent 40 MP 1-bit PNG uploads ({len(bomb)} bytes each), slowest "
+        f"{max(seconds for _, _, seconds in results):.2f} s:"
+    )
     for pid in workers:
-        print(f"  worker {pid}: VmRSS {before[pid]['VmRSS']:.0f} MB before, {after[pid]['VmRSS']:.0f} MB after, "
-              f"peak VmHWM {after[pid]['VmHWM']:.0f} MB")
+        print(
+            f"  worker {pid}: VmRSS {before[pid]['VmRSS']:.0f} MB before, {after[pid]['VmRSS']:.0f} MB after, "
+            f"peak VmHWM {after[pid]['VmHWM']:.0f} MB"
+        )
     assert all(after[pid]["VmHWM"] < 400 for pid in workers)
     assert jobs_created(r) == 16
 
@@ -304,9 +341,12 @@ def test_bad_images_are_refused_through_the_decoding_threads(local_server, r):
     truncated = png((300, 200), mode="L")[:-30]
     jpeg = io.BytesIO()
     Image.new("RGB", (640, 480), "teal").save(jpeg, "JPEG")
-    cases = [(b"plain text, not a picture", 415, "not_an_image"), (truncated, 415, "truncated_image"),
-             (png((8001, 5000), mode="1"), 413, "too_many_pixels"),
-             (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], 415, "truncated_image")]
+    cases = [
+        (b"plain text, not a picture", 415, "not_an_image"),
+        (truncated, 415, "truncated_image"),
+        (png((8001, 5000), mode="1"), 413, "too_many_pixels"),
+        (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], 415, "truncated_image"),
+    ]
     for data, status, code in cases:
         got, body, _ = local_server.submit(data)
         assert got == status and f'"{code}"'.encode() in body, body
@@ -316,6 +356,7 @@ def test_bad_images_are_refused_through_the_decoding_threads(local_server, r):
 
 
 # --- storage that hangs --------------------------------------------------------------------------
+
 
 class BlackholeProxy:
     """A TCP proxy to `port` until blackhole() is called; from then on it still accepts
@@ -380,9 +421,14 @@ def test_storage_blackhole_gives_a_quick_503_and_others_are_served(redis_base_ur
     proxy = BlackholeProxy(int(s3_endpoint.rsplit(":", 1)[1]))
     if when == "from the start":
         proxy.blackhole()
-    env = {"REDIS_URL": redis_base_url, "STORAGE_URL": f"s3://test-{uuid.uuid4().hex[:12]}/narrator",
-           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "REDIS_URL": redis_base_url,
+        "STORAGE_URL": f"s3://test-{uuid.uuid4().hex[:12]}/narrator",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     try:
         with gunicorn(tmp_path, env) as server:
             made = 0
@@ -405,11 +451,13 @@ def test_storage_blackhole_gives_a_quick_503_and_others_are_served(redis_base_ur
                     time.sleep(0.25)
                 results = [f.result() for f in submits]
                 ready_status, ready_body, ready_seconds = ready.result()
-            print(f"\nstorage blackholed {when}: 8 concurrent submits answered "
-                  f"{sorted({s for s, _, _ in results})} in "
-                  f"{min(t for _, _, t in results):.1f}-{max(t for _, _, t in results):.1f} s; "
-                  f"/readyz {ready_status} in {ready_seconds:.1f} s; "
-                  f"/healthz max {max(health) * 1000:.0f} ms over {len(health)} requests meanwhile")
+            print(
+                f"\nstorage blackholed {when}: 8 concurrent submits answered "
+                f"{sorted({s for s, _, _ in results})} in "
+                f"{min(t for _, _, t in results):.1f}-{max(t for _, _, t in results):.1f} s; "
+                f"/readyz {ready_status} in {ready_seconds:.1f} s; "
+                f"/healthz max {max(health) * 1000:.0f} ms over {len(health)} requests meanwhile"
+            )
             for status, body, seconds in results:
                 assert status == 503 and b'"storage_unavailable"' in body, body
                 assert seconds < 15

@@ -1,5 +1,6 @@
 """Idempotency-Key on POST /api/v1/jobs, over real HTTP against the app on a real threaded server,
 a real Redis and local storage (the web app never loads a model, so no tiny models are built)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import pytest
@@ -61,13 +62,18 @@ def photo(color="teal") -> bytes:
     return buf.getvalue()
 
 
-def post(base: str, key=None, image: Optional[bytes] = None, filename="p.png", **fields) -> Reply:
+def post(base: str, key=None, image: bytes | None = None, filename="p.png", **fields) -> Reply:
     """A multipart submission; `key` is sent as given (str as latin-1, bytes raw), None sends none."""
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-                 f"Content-Type: image/png\r\n\r\n".encode() + (photo() if image is None else image) + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + (photo() if image is None else image)
+        + b"\r\n"
+    )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     url = urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -106,6 +112,7 @@ def counts(app, r) -> tuple[int, int, int]:
 
 
 # --- replays ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("storage_url", ["local", "s3"], indirect=True)
 def test_replay_returns_the_same_job_in_its_current_state(server, r):
@@ -158,11 +165,22 @@ def test_different_keys_make_different_jobs(server, r):
 
 # --- the key itself --------------------------------------------------------------------------------
 
+
 @LOCAL
 def test_invalid_keys_are_400_and_create_nothing(server, r):
     app, base = server
-    for key in ("", "  ", "x" * 256, "a\x01b", "tab\there", "del\x7f", "nul\x00", "clé".encode(), "鍵".encode(),
-                b"\xff\xfe"):
+    for key in (
+        "",
+        "  ",
+        "x" * 256,
+        "a\x01b",
+        "tab\there",
+        "del\x7f",
+        "nul\x00",
+        "clé".encode(),
+        "鍵".encode(),
+        b"\xff\xfe",
+    ):
         assert_error(post(base, key), 400, "invalid_idempotency_key")
     assert counts(app, r) == (0, 0, 0)
     assert not r.keys("idempotency:*")
@@ -194,6 +212,7 @@ def test_the_reservation_lives_24_hours_and_hides_the_key(server, r, monkeypatch
 
 # --- concurrency -----------------------------------------------------------------------------------
 
+
 @LOCAL
 def test_concurrent_requests_with_one_key_make_one_job(server, r):
     app, base = server
@@ -213,6 +232,7 @@ def test_concurrent_requests_with_one_key_make_one_job(server, r):
 
 # --- failures do not burn the key ------------------------------------------------------------------
 
+
 def dead_redis() -> redis.Redis:
     """A Redis that is down, refused at once (no retries, to keep the tests quick)."""
     return redis.Redis(port=closed_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
@@ -228,13 +248,17 @@ def break_storage(app, monkeypatch):
     def restore():
         root.unlink()
         moved.rename(root)
+
     return restore
 
 
 def break_queue(app, monkeypatch):
     svc = app.extensions["narrator"]
-    monkeypatch.setattr(svc, "celery", make_celery(svc.settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})))
+    monkeypatch.setattr(
+        svc,
+        "celery",
+        make_celery(svc.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})),
+    )
     return monkeypatch.undo
 
 
@@ -250,10 +274,15 @@ def break_redis_after(app, monkeypatch):  # Redis fails when the job record is w
 
 
 @LOCAL
-@pytest.mark.parametrize("breaker, code", [
-    (break_storage, "storage_unavailable"), (break_queue, "queue_unavailable"),
-    (break_redis_before, "redis_unavailable"), (break_redis_after, "redis_unavailable"),
-])
+@pytest.mark.parametrize(
+    "breaker, code",
+    [
+        (break_storage, "storage_unavailable"),
+        (break_queue, "queue_unavailable"),
+        (break_redis_before, "redis_unavailable"),
+        (break_redis_after, "redis_unavailable"),
+    ],
+)
 def test_a_request_that_fails_with_503_does_not_burn_the_key(server, r, monkeypatch, breaker, code):
     app, base = server
     restore = breaker(app, monkeypatch)
@@ -336,5 +365,7 @@ def test_the_style_is_part_of_the_request():
 
     plain = fingerprint(b"photo", 30, 7)
     assert fingerprint(b"photo", 30, 7, style=None) == plain  # keys made before styles still match
-    assert len({plain, fingerprint(b"photo", 30, 7, style="bedtime"),
-                fingerprint(b"photo", 30, 7, style="adventure")}) == 3
+    assert (
+        len({plain, fingerprint(b"photo", 30, 7, style="bedtime"), fingerprint(b"photo", 30, 7, style="adventure")})
+        == 3
+    )

@@ -1,4 +1,5 @@
 """GET /metrics over real HTTP: the web app's own server, and real gunicorn in multiprocess mode."""
+
 from __future__ import annotations
 
 import io
@@ -53,13 +54,22 @@ def post(base: str, path: str, fields: dict, headers: dict | None = None) -> tup
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), "teal").save(buf, "PNG")
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
-                 "Content-Type: image/png\r\n\r\n".encode() + buf.getvalue() + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + buf.getvalue()
+        + b"\r\n"
+    )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{base}{path}", data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
+    request = urllib.request.Request(
+        f"{base}{path}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -156,8 +166,13 @@ def gunicorn(service_env: dict, tmp_path: Path, **env: str):
     full_env = {k: v for k, v in full_env.items() if v is not None}
     log = tmp_path / f"gunicorn-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web.app:create_app()"],
-                                cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web.app:create_app()"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port(port)
         _booted_workers(proc.pid, time.monotonic() + 60)
@@ -195,8 +210,12 @@ def test_gunicorn_starts_from_zero_in_a_given_multiprocess_folder(service_env, t
     directory.mkdir()
     # A count left in the folder by an earlier run must not be added to this run's.
     stale = "from web.metrics import REQUESTS; REQUESTS.labels('/healthz', 'GET', '200').inc(1000)"
-    subprocess.run([sys.executable, "-c", stale],
-                   cwd=ROOT, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}, check=True)
+    subprocess.run(
+        [sys.executable, "-c", stale],
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        check=True,
+    )
     assert list(directory.glob("counter_*.db"))
     with gunicorn(service_env, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(directory)) as (_, base):
         assert get_status(f"{base}/healthz") == 200

@@ -2,6 +2,7 @@
 it is a route (with the view as operationId), every error code the code raises is documented under
 its status, the README's error table says the same, and the document is valid OpenAPI 3.1. The docs
 page renders all of it. (tests/web/test_schemathesis.py checks the live service against it.)"""
+
 from __future__ import annotations
 
 import re
@@ -20,10 +21,17 @@ from web.openapi_schemas import CODES
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 # The HTTPException handler (web/errors.py) names werkzeug's errors; these are the ones the API can meet.
-WERKZEUG_CODES = {(400, "bad_request"), (404, "not_found"), (405, "method_not_allowed"), (413, "too_large"),
-                  (416, "requested_range_not_satisfiable")}
-NOT_API = {(403, "cross_site_request"),  # the HTML form's posts only (web/pages.py)
-           (500, "internal_error")}  # the last resort: a bug, never part of the contract
+WERKZEUG_CODES = {
+    (400, "bad_request"),
+    (404, "not_found"),
+    (405, "method_not_allowed"),
+    (413, "too_large"),
+    (416, "requested_range_not_satisfiable"),
+}
+NOT_API = {
+    (403, "cross_site_request"),  # the HTML form's posts only (web/pages.py)
+    (500, "internal_error"),
+}  # the last resort: a bug, never part of the contract
 PATH_ONLY = {"not_found", "unreadable"}  # shared.images errors for files on disk, never for an upload
 
 
@@ -69,17 +77,23 @@ def raised_codes() -> set[tuple[int, str]]:
         pairs |= {(401, c) for c in re.findall(r'_[Uu]nauthorized\(\s*"([a-z_]+)"', text)}
         pairs |= {(400, "invalid_" + n) for n in re.findall(r'parse_int\((?:[^,()]|\([^()]*\))+,\s*"([a-z_]+)"', text)}
     images = (ROOT / "shared" / "images.py").read_text()  # uploads.validate_image passes these on
-    pairs |= {(int(s), c) for c, s in re.findall(r'ImageError\(\s*"([a-z_]+)",.*?,\s*(\d{3})\s*,?\s*\)', images, re.S)
-              if c not in PATH_ONLY}
+    pairs |= {
+        (int(s), c)
+        for c, s in re.findall(r'ImageError\(\s*"([a-z_]+)",.*?,\s*(\d{3})\s*,?\s*\)', images, re.S)
+        if c not in PATH_ONLY
+    }
     return pairs
 
 
 def readme_codes() -> set[tuple[int, str]]:
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| status | codes | when |"):]
-    table = table[:table.index("\n\n")]
-    return {(int(status), code) for status, codes in re.findall(r"^\| (\d{3}) \| (.*?) \|", table, re.M)
-            for code in re.findall(r"`([a-z_]+)`", codes)}
+    table = readme[readme.index("| status | codes | when |") :]
+    table = table[: table.index("\n\n")]
+    return {
+        (int(status), code)
+        for status, codes in re.findall(r"^\| (\d{3}) \| (.*?) \|", table, re.M)
+        for code in re.findall(r"`([a-z_]+)`", codes)
+    }
 
 
 def test_every_route_is_in_the_spec_and_every_operation_is_a_route(app, spec):
@@ -96,8 +110,13 @@ def test_every_route_is_in_the_spec_and_every_operation_is_a_route(app, spec):
 
 def test_every_error_code_is_documented(spec):
     raised, documented = raised_codes(), documented_codes(spec)
-    assert {(415, "not_an_image"), (400, "invalid_limit"), (401, "invalid_api_key"), (429, "rate_limited"),
-            (413, "too_many_pixels")} <= raised  # the source scan still finds codes
+    assert {
+        (415, "not_an_image"),
+        (400, "invalid_limit"),
+        (401, "invalid_api_key"),
+        (429, "rate_limited"),
+        (413, "too_many_pixels"),
+    } <= raised  # the source scan still finds codes
     assert sorted(raised - NOT_API - documented) == []
     assert sorted(documented - raised) == []  # no code documented that nothing raises
     assert {code for _, code in documented} == set(CODES)

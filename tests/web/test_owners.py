@@ -5,6 +5,7 @@ Two owners never see each other's jobs (404, as for a job that does not exist); 
 reachable by its id and never listed; a browser session lists its own stories on the home page;
 the pages refuse posts from other sites; the Host header never makes it into a URL.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,14 +36,24 @@ def bearer(key: str) -> dict:
 
 def submit(base: str, headers=None, session=None, **fields) -> requests.Response:
     http = session or requests
-    return http.post(f"{base}/api/v1/jobs", files={"image": ("p.png", png(), "image/png")}, data=fields,
-                     headers=headers or {}, timeout=30)
+    return http.post(
+        f"{base}/api/v1/jobs",
+        files={"image": ("p.png", png(), "image/png")},
+        data=fields,
+        headers=headers or {},
+        timeout=30,
+    )
 
 
 def form_submit(base: str, session: requests.Session, headers=None) -> requests.Response:
     """The upload form as a browser posts it from our own page (Origin is the page's)."""
-    return session.post(f"{base}/jobs", files={"image": ("sunset.png", png("orange"), "image/png")},
-                        headers={"Origin": base, **(headers or {})}, allow_redirects=False, timeout=30)
+    return session.post(
+        f"{base}/jobs",
+        files={"image": ("sunset.png", png("orange"), "image/png")},
+        headers={"Origin": base, **(headers or {})},
+        allow_redirects=False,
+        timeout=30,
+    )
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> None:
@@ -60,8 +71,14 @@ def finish(app, job_id: str) -> None:
 
 
 def keys_command(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "web.app", "keys", *args], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "web.app", "keys", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class Links(HTMLParser):
@@ -81,6 +98,7 @@ def job_links(html: str) -> list[str]:
 
 # --- API keys -------------------------------------------------------------------------------------
 
+
 def test_two_keys_never_see_each_others_jobs(web_server, service_env):
     app, base = web_server
     alice, bob = create_api_key(service_env, "alice"), create_api_key(service_env, "bob")
@@ -93,22 +111,27 @@ def test_two_keys_never_see_each_others_jobs(web_server, service_env):
 
     listed = requests.get(f"{base}/api/v1/jobs", headers=bearer(alice), timeout=10).json()
     assert [job["id"] for job in listed["jobs"]] == a_jobs[::-1]
-    assert [job["id"] for job in requests.get(f"{base}/api/v1/jobs", headers=bearer(bob), timeout=10).json()["jobs"]] \
-        == [b_job]
+    assert [
+        job["id"] for job in requests.get(f"{base}/api/v1/jobs", headers=bearer(bob), timeout=10).json()["jobs"]
+    ] == [b_job]
 
     for mine, theirs, key in ((a_jobs[0], b_job, alice), (b_job, a_jobs[0], bob)):
         for suffix in ("", "/audio", "/image"):
-            assert requests.get(f"{base}/api/v1/jobs/{mine}{suffix}", headers=bearer(key), timeout=10).status_code == 200
-            assert_error(requests.get(f"{base}/api/v1/jobs/{theirs}{suffix}", headers=bearer(key), timeout=10),
-                         404, "not_found")
+            assert (
+                requests.get(f"{base}/api/v1/jobs/{mine}{suffix}", headers=bearer(key), timeout=10).status_code == 200
+            )
+            assert_error(
+                requests.get(f"{base}/api/v1/jobs/{theirs}{suffix}", headers=bearer(key), timeout=10), 404, "not_found"
+            )
         # the pages answer the same for a key (a browser never sends one, a script might)
         assert requests.get(f"{base}/jobs/{theirs}", headers=bearer(key), timeout=10).status_code == 404
         # a job of someone else's is as unknown as no job at all
         assert_error(requests.get(f"{base}/api/v1/jobs/{theirs}", timeout=10), 404, "not_found")
 
     # Cancel: bob cannot, alice can.
-    assert_error(requests.post(f"{base}/api/v1/jobs/{a_jobs[1]}/cancel", headers=bearer(bob), timeout=10),
-                 404, "not_found")
+    assert_error(
+        requests.post(f"{base}/api/v1/jobs/{a_jobs[1]}/cancel", headers=bearer(bob), timeout=10), 404, "not_found"
+    )
     assert app.extensions["narrator"].jobs.get(a_jobs[1]).status.value == "queued"
     canceled = requests.post(f"{base}/api/v1/jobs/{a_jobs[1]}/cancel", headers=bearer(alice), timeout=10)
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
@@ -143,10 +166,17 @@ def test_wrong_and_revoked_keys_are_401(web_server, service_env):
     assert keys_command(service_env, "revoke", "carol").returncode != 0  # nothing left to revoke
     assert "carol" not in keys_command(service_env, "list").stdout
 
-    for headers in (bearer(key), bearer("nk_" + "x" * 43), {"Authorization": "Basic YWxhZGRpbjpvcGVu"},
-                    {"Authorization": "Bearer"}):
-        for response in (submit(base, headers), requests.get(f"{base}/api/v1/jobs", headers=headers, timeout=10),
-                         requests.get(f"{base}/api/v1/jobs/abcdefghijklmnopqrstuv", headers=headers, timeout=10)):
+    for headers in (
+        bearer(key),
+        bearer("nk_" + "x" * 43),
+        {"Authorization": "Basic YWxhZGRpbjpvcGVu"},
+        {"Authorization": "Bearer"},
+    ):
+        for response in (
+            submit(base, headers),
+            requests.get(f"{base}/api/v1/jobs", headers=headers, timeout=10),
+            requests.get(f"{base}/api/v1/jobs/abcdefghijklmnopqrstuv", headers=headers, timeout=10),
+        ):
             assert_error(response, 401, "invalid_api_key")
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
     # health checks never look at keys
@@ -167,9 +197,11 @@ def test_require_api_key(strict_server, service_env):
     keyed = submit(base, bearer(key))
     assert keyed.status_code == 202
     job_id = keyed.json()["id"]
-    for response in (requests.get(f"{base}/api/v1/jobs/{job_id}", timeout=10),
-                     requests.get(f"{base}/api/v1/jobs", timeout=10),
-                     requests.post(f"{base}/api/v1/jobs/{job_id}/cancel", timeout=10)):
+    for response in (
+        requests.get(f"{base}/api/v1/jobs/{job_id}", timeout=10),
+        requests.get(f"{base}/api/v1/jobs", timeout=10),
+        requests.post(f"{base}/api/v1/jobs/{job_id}/cancel", timeout=10),
+    ):
         assert_error(response, 401, "api_key_required")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert requests.get(f"{base}/api/v1/jobs/{job_id}", headers=bearer(key), timeout=10).status_code == 200
@@ -192,6 +224,7 @@ def test_require_api_key(strict_server, service_env):
 
 
 # --- browser sessions -------------------------------------------------------------------------------
+
 
 def test_a_browser_session_sees_its_own_stories_only(web_server):
     app, base = web_server
@@ -219,8 +252,9 @@ def test_a_browser_session_sees_its_own_stories_only(web_server):
         assert second.get(f"{base}/jobs/{job_id}", timeout=10).status_code == 404
         assert_error(second.get(f"{base}/api/v1/jobs/{job_id}", timeout=10), 404, "not_found")
         assert second.get(f"{base}/api/v1/jobs/{job_id}/image", timeout=10).status_code == 404
-        canceled = second.post(f"{base}/jobs/{job_id}/cancel", headers={"Origin": base}, timeout=10,
-                               allow_redirects=False)
+        canceled = second.post(
+            f"{base}/jobs/{job_id}/cancel", headers={"Origin": base}, timeout=10, allow_redirects=False
+        )
         assert canceled.status_code == 404
         assert app.extensions["narrator"].jobs.get(job_id).status.value == "queued"
     # and a client with no session at all
@@ -228,13 +262,18 @@ def test_a_browser_session_sees_its_own_stories_only(web_server):
     assert theirs not in job_links(first.get(f"{base}/", timeout=10).text)
 
     # Its own cancel works, from its own page.
-    done = first.post(f"{base}/jobs/{mine[0]}/cancel", headers={"Referer": f"{base}/jobs/{mine[0]}"}, timeout=10,
-                      allow_redirects=False)
+    done = first.post(
+        f"{base}/jobs/{mine[0]}/cancel",
+        headers={"Referer": f"{base}/jobs/{mine[0]}"},
+        timeout=10,
+        allow_redirects=False,
+    )
     assert done.status_code == 303
     assert app.extensions["narrator"].jobs.get(mine[0]).status.value == "canceled"
 
 
 # --- cross-site posts and forged hosts ----------------------------------------------------------------
+
 
 def test_cross_site_form_posts_are_refused(web_server):
     app, base = web_server
@@ -242,18 +281,32 @@ def test_cross_site_form_posts_are_refused(web_server):
     browser = requests.Session()
     job_id = form_submit(base, browser).headers["Location"].rsplit("/", 1)[1]
     evil = "https://evil.example"
-    for headers in ({"Origin": evil}, {"Origin": "null"}, {"Referer": f"{evil}/page"},
-                    {"Origin": evil, "Referer": f"{base}/"}, {}):
+    for headers in (
+        {"Origin": evil},
+        {"Origin": "null"},
+        {"Referer": f"{evil}/page"},
+        {"Origin": evil, "Referer": f"{base}/"},
+        {},
+    ):
         response = browser.post(f"{base}/jobs/{job_id}/cancel", headers=headers, timeout=10, allow_redirects=False)
         assert response.status_code == 403, headers
         assert store.get(job_id).status.value == "queued"
-        response = browser.post(f"{base}/jobs", files={"image": ("x.png", png(), "image/png")}, headers=headers,
-                                timeout=10, allow_redirects=False)
+        response = browser.post(
+            f"{base}/jobs",
+            files={"image": ("x.png", png(), "image/png")},
+            headers=headers,
+            timeout=10,
+            allow_redirects=False,
+        )
         assert response.status_code == 403, headers
     assert [job.id for job in store.list(limit=10)[0]] == [job_id]  # nothing new was made
     # The same posts from our own page go through.
-    assert browser.post(f"{base}/jobs/{job_id}/cancel", headers={"Origin": base}, timeout=10,
-                        allow_redirects=False).status_code == 303
+    assert (
+        browser.post(
+            f"{base}/jobs/{job_id}/cancel", headers={"Origin": base}, timeout=10, allow_redirects=False
+        ).status_code
+        == 303
+    )
     assert store.get(job_id).status.value == "canceled"
 
 

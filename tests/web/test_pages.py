@@ -1,4 +1,5 @@
 """HTML pages with Flask's test client: the form, its errors, and the job page in each state."""
+
 from __future__ import annotations
 
 import io
@@ -40,9 +41,16 @@ def png() -> bytes:
 
 @pytest.fixture
 def app(redis_url, tmp_path):
-    app = create_app(Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data", max_upload_mb=1,
-                              secret_key=TEST_SECRET_KEY, submit_rate_limit=GENEROUS_RATE_LIMIT,
-                              read_rate_limit=GENEROUS_RATE_LIMIT))
+    app = create_app(
+        Settings(
+            redis_url=redis_url,
+            storage_url=f"file://{tmp_path}/data",
+            max_upload_mb=1,
+            secret_key=TEST_SECRET_KEY,
+            submit_rate_limit=GENEROUS_RATE_LIMIT,
+            read_rate_limit=GENEROUS_RATE_LIMIT,
+        )
+    )
     yield app
     app.extensions["narrator"].celery.close()
 
@@ -93,12 +101,15 @@ def test_submit_redirects_to_the_job_page(client, redis_url):
     assert client.get(f"/api/v1/jobs/{job_id}/image").data == png()
 
 
-@pytest.mark.parametrize("send, status, message", [
-    (lambda c: c.post("/jobs", data={}, headers=SAME_ORIGIN), 400, "Choose a photo"),
-    (lambda c: upload(c, b"not an image"), 415, "not a readable image"),
-    (lambda c: upload(c, words="3"), 400, "from 10 to 200"),
-    (lambda c: upload(c, png() + b"\0" * (2 * 1024 * 1024)), 413, "1 MB"),
-])
+@pytest.mark.parametrize(
+    "send, status, message",
+    [
+        (lambda c: c.post("/jobs", data={}, headers=SAME_ORIGIN), 400, "Choose a photo"),
+        (lambda c: upload(c, b"not an image"), 415, "not a readable image"),
+        (lambda c: upload(c, words="3"), 400, "from 10 to 200"),
+        (lambda c: upload(c, png() + b"\0" * (2 * 1024 * 1024)), 413, "1 MB"),
+    ],
+)
 def test_form_errors_rerender_the_form(app, client, redis_url, send, status, message):
     response = send(client)
     assert response.status_code == status
@@ -106,6 +117,7 @@ def test_form_errors_rerender_the_form(app, client, redis_url, send, status, mes
     assert message in text and 'role="alert"' in text
     assert Elements(text).find("input", type="file", **{"aria-invalid": "true"})
     import redis
+
     r = redis.Redis.from_url(redis_url)
     assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
 
@@ -179,8 +191,12 @@ def test_recent_stories_belong_to_the_session(app, client):
 
 def test_form_posts_from_other_sites_are_refused(app, client):
     location = upload(client).headers["Location"]
-    for headers in ({}, {"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"},
-                    {"Origin": "http://localhost.evil.example"}):
+    for headers in (
+        {},
+        {"Origin": "https://evil.example"},
+        {"Referer": "https://evil.example/x"},
+        {"Origin": "http://localhost.evil.example"},
+    ):
         assert client.post(location + "/cancel", headers=headers).status_code == 403
         form = {"image": (io.BytesIO(png()), "sunset.png")}
         assert client.post("/jobs", data=form, headers=headers).status_code == 403

@@ -1,11 +1,11 @@
 """Rate limits and the queued-jobs cap against the real service (real HTTP server, real Redis, keys
 made by `flask --app web.app keys create`), with the default limits: SUBMIT_RATE_LIMIT
 "2/second;60/minute" and READ_RATE_LIMIT "20/second", per key, else session, else address."""
+
 from __future__ import annotations
 
 import io
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -31,8 +31,9 @@ def bearer(key: str) -> dict:
 
 
 def submit(base: str, headers=None) -> requests.Response:
-    return requests.post(f"{base}/api/v1/jobs", files={"image": ("p.png", PHOTO, "image/png")},
-                         headers=headers or {}, timeout=30)
+    return requests.post(
+        f"{base}/api/v1/jobs", files={"image": ("p.png", PHOTO, "image/png")}, headers=headers or {}, timeout=30
+    )
 
 
 def burst(base: str, count: int, headers=None) -> list[requests.Response]:
@@ -83,8 +84,16 @@ def test_submits_over_the_limit_get_429_with_retry_after(default_limits, service
     started = time.monotonic()
     assert submit(base).status_code == 202
     # No cookie jar: each form post counts against the address, like the API submit before them.
-    form = [requests.post(f"{base}/jobs", files={"image": ("p.png", PHOTO, "image/png")}, headers={"Origin": base},
-                          allow_redirects=False, timeout=30) for _ in range(4)]
+    form = [
+        requests.post(
+            f"{base}/jobs",
+            files={"image": ("p.png", PHOTO, "image/png")},
+            headers={"Origin": base},
+            allow_redirects=False,
+            timeout=30,
+        )
+        for _ in range(4)
+    ]
     assert time.monotonic() - started < 1.0, "too slow to test a per-second limit"
     assert 429 in [r.status_code for r in form]
     limited = next(r for r in form if r.status_code == 429)
@@ -158,7 +167,12 @@ def test_too_many_queued(capped, service_env):
     # A browser session is capped the same way; the form says so.
     browser = requests.Session()
     for expected in (303, 303, 429):
-        response = browser.post(f"{base}/jobs", files={"image": ("p.png", PHOTO, "image/png")},
-                                headers={"Origin": base}, allow_redirects=False, timeout=30)
+        response = browser.post(
+            f"{base}/jobs",
+            files={"image": ("p.png", PHOTO, "image/png")},
+            headers={"Origin": base},
+            allow_redirects=False,
+            timeout=30,
+        )
         assert response.status_code == expected
     assert "jobs waiting" in response.text and 'role="alert"' in response.text

@@ -2,6 +2,7 @@
 models, moto's S3 over HTTP, a real webhooks worker and receiver. A seeded job runs once; the same
 photo, words and seed again succeed at once from its result with the worker stopped, and anything
 else (another seed or length, no seed, RESULT_CACHE=false, the source's MP3 gone) is queued."""
+
 from __future__ import annotations
 
 import io
@@ -17,7 +18,7 @@ from werkzeug.serving import make_server
 from shared import result_cache
 from shared.queue import QUEUE
 from shared.settings import Settings
-from tests.web.test_webhooks import SERVER_SECRET, receiver, verified, webhooks_worker  # noqa: F401
+from tests.web.test_webhooks import SERVER_SECRET, verified
 
 
 @pytest.fixture
@@ -41,8 +42,9 @@ PHOTO = jpeg("olive")
 
 
 def submit(base: str, photo: bytes = PHOTO, **fields) -> dict:
-    response = requests.post(f"{base}/api/v1/jobs", files={"image": ("olive.jpg", photo, "image/jpeg")},
-                             data=fields, timeout=30)
+    response = requests.post(
+        f"{base}/api/v1/jobs", files={"image": ("olive.jpg", photo, "image/jpeg")}, data=fields, timeout=30
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -77,7 +79,8 @@ def uncached_server(service_env):
 
 
 def test_same_photo_words_and_seed_succeed_at_once_from_the_cache(
-        web_server, celery_worker_process, webhooks_worker, receiver, uncached_server, service_env):  # noqa: F811
+    web_server, celery_worker_process, webhooks_worker, receiver, uncached_server, service_env
+):
     app, base = web_server
     svc = app.extensions["narrator"]
     r = redis.Redis.from_url(service_env["REDIS_URL"])
@@ -88,7 +91,10 @@ def test_same_photo_words_and_seed_succeed_at_once_from_the_cache(
     assert first["status"] == "succeeded" and first["cached"] is False and first["story"]
     source = svc.jobs.get(first["id"])
     key = result_cache.job_key(svc.settings, source)
-    entry = r.get(f"cache:{key}")
+    # The worker records the entry just after the job succeeds (best effort, after the success).
+    deadline = time.monotonic() + 10
+    while (entry := r.get(f"cache:{key}")) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert entry is not None and source.audio_key in entry.decode()
     # The entry lives as long as the job that made it (JOB_TTL_HOURS).
     ttl = svc.settings.job_ttl_seconds
@@ -102,8 +108,11 @@ def test_same_photo_words_and_seed_succeed_at_once_from_the_cache(
     again = submit(base, words="12", seed="7", webhook=hook)
     assert time.monotonic() - started < 5
     assert again["status"] == "succeeded" and again["cached"] is True and again["id"] != first["id"]
-    assert (again["caption"], again["story"], again["audio_seconds"]) == (first["caption"], first["story"],
-                                                                         first["audio_seconds"])
+    assert (again["caption"], again["story"], again["audio_seconds"]) == (
+        first["caption"],
+        first["story"],
+        first["audio_seconds"],
+    )
     assert again["finished_at"] and again["attempts"] == 0
     assert r.llen(QUEUE) == 0 and svc.jobs.queued_count() == 0  # it never went through the queue
     copy = svc.jobs.get(again["id"])
@@ -120,8 +129,12 @@ def test_same_photo_words_and_seed_succeed_at_once_from_the_cache(
         job = submit(base, **fields)
         assert job["status"] == "queued" and job["cached"] is False, fields
     assert submit(base, jpeg("navy"), words="12", seed="7")["status"] == "queued"
-    off = requests.post(f"{uncached_server}/api/v1/jobs", files={"image": ("olive.jpg", PHOTO, "image/jpeg")},
-                        data={"words": "12", "seed": "7"}, timeout=30).json()
+    off = requests.post(
+        f"{uncached_server}/api/v1/jobs",
+        files={"image": ("olive.jpg", PHOTO, "image/jpeg")},
+        data={"words": "12", "seed": "7"},
+        timeout=30,
+    ).json()
     assert off["status"] == "queued" and off["cached"] is False  # RESULT_CACHE=false
     assert svc.jobs.queued_count() == 5
 
@@ -135,22 +148,31 @@ def test_the_key_covers_photo_words_seed_style_and_models():
     settings = Settings(secret_key="x" * 32)
     base = result_cache.cache_key(settings, "a" * 64, 40, 7, None)
     assert base == result_cache.cache_key(Settings(secret_key="y" * 32), "a" * 64, 40, 7, None)
-    others = [result_cache.cache_key(settings, "b" * 64, 40, 7, None),
-              result_cache.cache_key(settings, "a" * 64, 41, 7, None),
-              result_cache.cache_key(settings, "a" * 64, 40, 8, None),
-              result_cache.cache_key(settings, "a" * 64, 40, 7, "noir")]
-    for field, value in (("caption_model", "other/blip"), ("story_model", "other/qwen"),
-                         ("story_adapter", "/adapters/v2"), ("speech_model", "other/vits"), ("quantize", "4bit"),
-                         ("story_temperature", 0.5)):
+    others = [
+        result_cache.cache_key(settings, "b" * 64, 40, 7, None),
+        result_cache.cache_key(settings, "a" * 64, 41, 7, None),
+        result_cache.cache_key(settings, "a" * 64, 40, 8, None),
+        result_cache.cache_key(settings, "a" * 64, 40, 7, "noir"),
+    ]
+    for field, value in (
+        ("caption_model", "other/blip"),
+        ("story_model", "other/qwen"),
+        ("story_adapter", "/adapters/v2"),
+        ("speech_model", "other/vits"),
+        ("quantize", "4bit"),
+        ("story_temperature", 0.5),
+    ):
         others.append(result_cache.cache_key(Settings(secret_key="x" * 32, **{field: value}), "a" * 64, 40, 7, None))
     assert len({base, *others}) == len(others) + 1
     # A style counts by its name and its adapter's location; the other styles do not matter.
     noir = Settings(secret_key="x" * 32, story_styles="noir=/adapters/noir,sunny=/adapters/sunny")
     key = result_cache.cache_key(noir, "a" * 64, 40, 7, "noir")
-    assert key == result_cache.cache_key(Settings(secret_key="x" * 32, story_styles="noir=/adapters/noir"),
-                                          "a" * 64, 40, 7, "noir")
-    assert key != result_cache.cache_key(Settings(secret_key="x" * 32, story_styles="noir=/adapters/noir-v2"),
-                                          "a" * 64, 40, 7, "noir")
+    assert key == result_cache.cache_key(
+        Settings(secret_key="x" * 32, story_styles="noir=/adapters/noir"), "a" * 64, 40, 7, "noir"
+    )
+    assert key != result_cache.cache_key(
+        Settings(secret_key="x" * 32, story_styles="noir=/adapters/noir-v2"), "a" * 64, 40, 7, "noir"
+    )
     assert key != result_cache.cache_key(noir, "a" * 64, 40, 7, "sunny")
     assert not result_cache.applies(settings, None) and result_cache.applies(settings, 0)
     assert not result_cache.applies(Settings(secret_key="x" * 32, result_cache=False), 7)

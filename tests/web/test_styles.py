@@ -1,5 +1,6 @@
 """Story styles through the real service: STORY_STYLES with two LoRA adapters on the tiny story model,
 the web app on a real HTTP server, a real Celery worker that runs jobs of both styles in one batch."""
+
 from __future__ import annotations
 
 import io
@@ -20,17 +21,24 @@ from web.app import create_app
 from worker.tiny_models import adapter as tiny_adapter
 
 
-def http(method: str, url: str, fields: dict | None = None, photo: bytes | None = None,
-         headers: dict | None = None) -> tuple[int, bytes]:
+def http(
+    method: str, url: str, fields: dict | None = None, photo: bytes | None = None, headers: dict | None = None
+) -> tuple[int, bytes]:
     """A real HTTP request; a multipart form of `fields` (and `photo` as `image`) when given."""
     data, headers = None, dict(headers or {})
     if fields is not None or photo is not None:
         boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                 for k, v in (fields or {}).items()]
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in (fields or {}).items()
+        ]
         if photo is not None:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                         f"Content-Type: image/jpeg\r\n\r\n".encode() + photo + b"\r\n")
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n".encode()
+                + photo
+                + b"\r\n"
+            )
         data = b"".join(parts) + f"--{boundary}--\r\n".encode()
         headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
     try:
@@ -49,8 +57,10 @@ def jpeg() -> bytes:
 @pytest.fixture(scope="module")
 def style_adapters(tiny_models_dir, tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("styles")
-    return {"bedtime": str(tiny_adapter.build(tiny_models_dir / "story", out / "bedtime", seed=1)),
-            "adventure": str(tiny_adapter.build(tiny_models_dir / "story", out / "adventure", seed=2, rank=8))}
+    return {
+        "bedtime": str(tiny_adapter.build(tiny_models_dir / "story", out / "bedtime", seed=1)),
+        "adventure": str(tiny_adapter.build(tiny_models_dir / "story", out / "adventure", seed=2, rank=8)),
+    }
 
 
 @pytest.fixture
@@ -62,12 +72,18 @@ def storage_url(tmp_path) -> str:
 def service_env(service_env, style_adapters):
     """Two styles, adventure the default. A near-zero temperature and top_p make the worker's sampling
     pick the most likely token, so each story can be checked against its adapter's greedy story."""
-    return {**service_env, "STORY_STYLES": ",".join(f"{k}={v}" for k, v in style_adapters.items()),
-            "STORY_DEFAULT_STYLE": "adventure", "STORY_TEMPERATURE": "0.01", "STORY_TOP_P": "0.01"}
+    return {
+        **service_env,
+        "STORY_STYLES": ",".join(f"{k}={v}" for k, v in style_adapters.items()),
+        "STORY_DEFAULT_STYLE": "adventure",
+        "STORY_TEMPERATURE": "0.01",
+        "STORY_TOP_P": "0.01",
+    }
 
 
-def test_jobs_of_both_styles_share_one_batch_and_each_gets_its_own_adapter(web_server, service_env, request,
-                                                                          tiny_models_dir, style_adapters):
+def test_jobs_of_both_styles_share_one_batch_and_each_gets_its_own_adapter(
+    web_server, service_env, request, tiny_models_dir, style_adapters
+):
     app, base = web_server
     status, body = http("GET", f"{base}/api/v1/styles")
     assert status == 200
@@ -116,14 +132,18 @@ def test_jobs_of_both_styles_share_one_batch_and_each_gets_its_own_adapter(web_s
 
 
 def _app(redis_url, tmp_path, **values):
-    return create_app(Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data",
-                               secret_key=TEST_SECRET_KEY, **values))
+    return create_app(
+        Settings(redis_url=redis_url, storage_url=f"file://{tmp_path}/data", secret_key=TEST_SECRET_KEY, **values)
+    )
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"story_styles": "bedtime"}, "'bedtime' is not name=location"),
-    ({"story_styles": "a=x,b=y", "story_default_style": "c"}, "STORY_DEFAULT_STYLE='c' is not one of"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"story_styles": "bedtime"}, "'bedtime' is not name=location"),
+        ({"story_styles": "a=x,b=y", "story_default_style": "c"}, "STORY_DEFAULT_STYLE='c' is not one of"),
+    ],
+)
 def test_bad_styles_stop_the_web_app_at_start(redis_url, tmp_path, values, message):
     with pytest.raises(RuntimeError, match=message):
         _app(redis_url, tmp_path, **values)

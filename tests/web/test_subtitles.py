@@ -1,5 +1,6 @@
 """Word-timed subtitles through the real service: a real Celery worker (offline tiny models), S3 over
 HTTP (moto), the web app on a real HTTP server, and the job page's read-along in headless Chromium."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,15 @@ from tests.worker.test_subtitles import decoded_seconds, parse_vtt
 from worker.engine.speech_text import normalize_text
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 def http(method: str, url: str, photo: bytes | None = None) -> tuple[int, dict, bytes]:
@@ -27,10 +35,16 @@ def http(method: str, url: str, photo: bytes | None = None) -> tuple[int, dict, 
     data, headers = None, {}
     if photo is not None:
         boundary = uuid.uuid4().hex
-        data = (f'--{boundary}\r\nContent-Disposition: form-data; name="words"\r\n\r\n30\r\n'
+        data = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="words"\r\n\r\n30\r\n'
                 f'--{boundary}\r\nContent-Disposition: form-data; name="seed"\r\n\r\n4\r\n'
                 f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + photo
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as r:
@@ -68,8 +82,10 @@ def test_no_subtitles_before_success_or_without_them(web_server):
     status, _, body = http("GET", f"{base}/api/v1/jobs/{job['id']}/subtitles.vtt")
     assert (status, error_code(body)) == (404, "subtitles_missing")
     store.redis.hset(store.key(job["id"]), "subtitles_key", "subtitles/gone.vtt")
-    assert json.loads(http("GET", f"{base}/api/v1/jobs/{job['id']}")[2])["subtitles_url"] == \
-        f"{base}/api/v1/jobs/{job['id']}/subtitles.vtt"
+    assert (
+        json.loads(http("GET", f"{base}/api/v1/jobs/{job['id']}")[2])["subtitles_url"]
+        == f"{base}/api/v1/jobs/{job['id']}/subtitles.vtt"
+    )
     assert http("GET", f"{base}/api/v1/jobs/{job['id']}/subtitles.vtt")[0] == 404
     storage.put("subtitles/gone.vtt", b"WEBVTT\n", "text/vtt")
     assert http("GET", f"{base}/api/v1/jobs/{job['id']}/subtitles.vtt")[0] == 200
@@ -102,7 +118,8 @@ LIT_INDEX = f"(() => {{ const lit = {HIGHLIGHT}; return lit ? [...lit.parentNode
 @requires_tool(Path(CHROMIUM).exists(), "Debian's chromium")
 @pytest.mark.parametrize("storage_url", ["s3"], indirect=True)
 def test_a_finished_job_has_subtitles_timed_to_its_audio_and_a_read_along_page(
-        celery_worker_process, web_server, browser):
+    celery_worker_process, web_server, browser
+):
     from playwright.sync_api import expect
 
     _, base = web_server
@@ -141,19 +158,23 @@ def test_a_finished_job_has_subtitles_timed_to_its_audio_and_a_read_along_page(
         assert page.locator("#story .speaking").text_content() == written[int(cue_id[1:])]
         if not play:
             return
-        page.evaluate("""() => { const audio = document.getElementById('audio');
+        page.evaluate(
+            """() => { const audio = document.getElementById('audio');
             window.lit = []; audio.muted = true; audio.currentTime = 0; audio.playbackRate = 2;
             audio.textTracks[0].addEventListener('cuechange', function () {
                 if (this.activeCues.length) window.lit.push(LIT_INDEX); });
-            return audio.play(); }""".replace("LIT_INDEX", LIT_INDEX))
+            return audio.play(); }""".replace("LIT_INDEX", LIT_INDEX)
+        )
         until(page, "document.getElementById('audio').ended", 20)
         seen = [i for i in page.evaluate("window.lit") if i >= 0]
         assert len(set(seen)) >= 3 and seen == sorted(seen) and set(seen) <= set(ids), seen
 
     check_read_along(page, play=True)
     page.reload()  # a finished job's page comes with its <track>
-    assert page.locator("#audio track[kind=captions][default]").get_attribute("src") == \
-        f"/api/v1/jobs/{job_id}/subtitles.vtt"
+    assert (
+        page.locator("#audio track[kind=captions][default]").get_attribute("src")
+        == f"/api/v1/jobs/{job_id}/subtitles.vtt"
+    )
     check_read_along(page, play=False)
     assert problems == []
     page.close()

@@ -3,6 +3,7 @@
 the end-to-end case, and a real receiver on loopback that verifies every request with
 `standardwebhooks.Webhook(secret).verify(body, headers)`. Backoff and timeouts are shortened
 through the WEBHOOK_* settings so the whole file runs in well under a minute."""
+
 from __future__ import annotations
 
 import datetime
@@ -24,21 +25,34 @@ import pytest
 import redis
 from PIL import Image
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 import shared.webhooks as webhooks
 from shared.jobs import Job, JobStatus, new_job_id
 from shared.settings import Settings
-from shared.webhooks import (DeliveryPolicy, check_webhook_url, delivery_key, deliver, new_secret,
-                             notify_finished, webhook_id)
+from shared.webhooks import (
+    DeliveryPolicy,
+    check_webhook_url,
+    deliver,
+    delivery_key,
+    new_secret,
+    notify_finished,
+    webhook_id,
+)
 from tests.conftest import create_api_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SECRET = new_secret()  # WEBHOOK_SECRET: signs ownerless jobs' webhooks
-FAST = {"WEBHOOK_RETRY_SECONDS": "0.2", "WEBHOOK_RETRY_MAX_SECONDS": "1", "WEBHOOK_TIMEOUT": "1",
-        "WEBHOOK_MAX_ATTEMPTS": "5"}
+FAST = {
+    "WEBHOOK_RETRY_SECONDS": "0.2",
+    "WEBHOOK_RETRY_MAX_SECONDS": "1",
+    "WEBHOOK_TIMEOUT": "1",
+    "WEBHOOK_MAX_ATTEMPTS": "5",
+}
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def storage_url(tmp_path) -> str:
@@ -55,7 +69,7 @@ class Receiver:
     """A webhook receiver on 127.0.0.1. `answers[path]` lists the statuses to answer in turn (then
     200); `stall[path]` makes the first request to it wait that many seconds before answering."""
 
-    def __init__(self, tls: "ssl.SSLContext | None" = None):
+    def __init__(self, tls: ssl.SSLContext | None = None):
         self.requests: list[dict] = []
         self.answers: dict[str, list[int]] = {}
         self.stall: dict[str, float] = {}
@@ -66,8 +80,9 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
-                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
-                                              "at": time.monotonic()})
+                    receiver.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                    )
                     queue = receiver.answers.get(self.path)
                     status = queue.pop(0) if queue else 200
                     stall = receiver.stall.pop(self.path, 0)
@@ -126,10 +141,30 @@ def webhooks_worker(service_env, web_server, tmp_path):
     env = {**os.environ, **service_env, **FAST, "PUBLIC_BASE_URL": base, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "web.tasks", "worker", "-Q", "webhooks", "--pool", "solo",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--hostname", f"webhooks-{uuid.uuid4().hex[:8]}@%h"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "web.tasks",
+                "worker",
+                "-Q",
+                "webhooks",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--hostname",
+                f"webhooks-{uuid.uuid4().hex[:8]}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while b"ready." not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -146,6 +181,7 @@ def webhooks_worker(service_env, web_server, tmp_path):
 
 # --- helpers ------------------------------------------------------------------------------------------
 
+
 def photo() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), "teal").save(buf, "JPEG")
@@ -157,10 +193,16 @@ def http(method: str, url: str, fields: dict | None = None, headers: dict | None
     data, headers = None, dict(headers or {})
     if fields is not None:
         boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                 for k, v in fields.items()]
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                     f"Content-Type: image/jpeg\r\n\r\n".encode() + photo() + b"\r\n")
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        ]
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+            + photo()
+            + b"\r\n"
+        )
         data = b"".join(parts) + f"--{boundary}--\r\n".encode()
         headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
@@ -184,10 +226,18 @@ def wait_until_finished(base: str, job_id: str, timeout: float = 60) -> dict:
 def finished_job(app, webhook: str, status=JobStatus.SUCCEEDED, owner=None) -> Job:
     """A job that ended, straight in the store (the GPU worker's part is not under test here)."""
     svc = app.extensions["narrator"]
-    job = Job(id=new_job_id(), status=status, words=20, caption="A teal square.", story="Once.",
-              finished_at=time.time(), webhook=webhook, owner=owner,
-              audio_key="audio/x.mp3" if status == JobStatus.SUCCEEDED else None,
-              error="the story stage failed" if status == JobStatus.FAILED else None)
+    job = Job(
+        id=new_job_id(),
+        status=status,
+        words=20,
+        caption="A teal square.",
+        story="Once.",
+        finished_at=time.time(),
+        webhook=webhook,
+        owner=owner,
+        audio_key="audio/x.mp3" if status == JobStatus.SUCCEEDED else None,
+        error="the story stage failed" if status == JobStatus.FAILED else None,
+    )
     return svc.jobs.create(job)
 
 
@@ -203,6 +253,7 @@ def delivery(app, job_id: str, event: str) -> dict:
 
 # --- delivery, end to end ---------------------------------------------------------------------------
 
+
 def test_a_job_that_succeeds_delivers_one_signed_job_succeeded(celery_worker_process, webhooks_worker, receiver):
     proc, _, base = webhooks_worker
     status, job = http("POST", f"{base}/api/v1/jobs", {"words": 20, "webhook": receiver.url("/done")})
@@ -217,8 +268,9 @@ def test_a_job_that_succeeds_delivers_one_signed_job_succeeded(celery_worker_pro
     assert payload["type"] == "job.succeeded" and payload["timestamp"] == job["finished_at"]
     # The job exactly as GET shows it; audio_url absolute under PUBLIC_BASE_URL.
     assert list(payload["data"]) == list(job)
-    assert {k: v for k, v in payload["data"].items() if k != "audio_url"} == \
-        {k: v for k, v in job.items() if k != "audio_url"}
+    assert {k: v for k, v in payload["data"].items() if k != "audio_url"} == {
+        k: v for k, v in job.items() if k != "audio_url"
+    }
     assert payload["data"]["audio_url"] == f"{base}/api/v1/jobs/{job['id']}/audio"
 
     time.sleep(1.5)  # longer than any backoff here: nothing more comes
@@ -300,8 +352,12 @@ def test_a_canceled_job_delivers_job_canceled(web_server, webhooks_worker, recei
 
     # The page's cancel button too (a same-origin form post).
     _, other = http("POST", f"{base}/api/v1/jobs", {"webhook": receiver.url("/page-canceled")})
-    request = urllib.request.Request(f"{base}/jobs/{other['id']}/cancel", data=b"", method="POST",
-                                     headers={"Origin": base, "Content-Type": "application/x-www-form-urlencoded"})
+    request = urllib.request.Request(
+        f"{base}/jobs/{other['id']}/cancel",
+        data=b"",
+        method="POST",
+        headers={"Origin": base, "Content-Type": "application/x-www-form-urlencoded"},
+    )
     urllib.request.urlopen(request, timeout=10).close()
     [request] = receiver.wait_for("/page-canceled", 1)
     assert verified(request)["type"] == "job.canceled"
@@ -317,19 +373,19 @@ def test_an_owners_webhooks_are_signed_with_the_owners_secret(web_server, webhoo
     notify_finished(svc.celery, svc.jobs, [job.id])
     [request] = receiver.wait_for("/alice", 1)
     assert verified(request, body["secret"])["data"]["id"] == job.id
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         verified(request, SERVER_SECRET)  # not the server's secret
 
 
 # --- the secret ------------------------------------------------------------------------------------
+
 
 def test_the_secret_endpoint_gives_each_owner_its_own_secret(web_server, service_env):
     _, base = web_server
     alice, bob = create_api_key(service_env, "alice"), create_api_key(service_env, "bob")
 
     def secret(key=None):
-        return http("GET", f"{base}/api/v1/webhooks/secret",
-                    headers={"Authorization": f"Bearer {key}"} if key else {})
+        return http("GET", f"{base}/api/v1/webhooks/secret", headers={"Authorization": f"Bearer {key}"} if key else {})
 
     status, first = secret(alice)
     assert status == 200 and first["secret"].startswith("whsec_")
@@ -344,8 +400,11 @@ def test_the_secret_endpoint_gives_each_owner_its_own_secret(web_server, service
 
 # --- refused at submit --------------------------------------------------------------------------------
 
-FAKE_DNS = {"internal.example": ["10.1.2.3"], "hooks.example": ["93.184.215.14"],
-            "mixed.example": ["93.184.215.14", "192.168.0.7"]}
+FAKE_DNS = {
+    "internal.example": ["10.1.2.3"],
+    "hooks.example": ["93.184.215.14"],
+    "mixed.example": ["93.184.215.14", "192.168.0.7"],
+}
 
 
 @pytest.fixture
@@ -379,23 +438,26 @@ def submit(client, headers=None, **fields):
     return client.post("/api/v1/jobs", data={"image": (io.BytesIO(photo()), "p.jpg"), **fields}, headers=headers)
 
 
-@pytest.mark.parametrize("url, says", [
-    ("ftp://hooks.example/x", "https://"),
-    ("http://hooks.example/x", "WEBHOOK_ALLOW_PRIVATE"),
-    ("https://127.0.0.1/x", "loopback"),
-    ("https://[::1]/x", "loopback"),
-    ("https://localhost/x", "loopback"),
-    ("https://169.254.169.254/latest/meta-data", "link-local"),
-    ("https://internal.example/x", "10.1.2.3 is a private address"),
-    ("https://mixed.example/x", "192.168.0.7"),
-    ("https://hooks.example/" + "a" * 2100, "longer than 2048"),
-    ("https://nowhere.example/x", "does not resolve"),
-    ("https://user:pw@hooks.example/x", "user name or password"),
-    ("https://hooks.example:99999/x", "port"),
-    ("not a url", "spaces"),
-    ("https://hooks.example/h\u00e9", "percent-encode"),
-    ("https://hooks.example/x\r\nX-Injected: 1", "control characters"),
-])
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("ftp://hooks.example/x", "https://"),
+        ("http://hooks.example/x", "WEBHOOK_ALLOW_PRIVATE"),
+        ("https://127.0.0.1/x", "loopback"),
+        ("https://[::1]/x", "loopback"),
+        ("https://localhost/x", "loopback"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://internal.example/x", "10.1.2.3 is a private address"),
+        ("https://mixed.example/x", "192.168.0.7"),
+        ("https://hooks.example/" + "a" * 2100, "longer than 2048"),
+        ("https://nowhere.example/x", "does not resolve"),
+        ("https://user:pw@hooks.example/x", "user name or password"),
+        ("https://hooks.example:99999/x", "port"),
+        ("not a url", "spaces"),
+        ("https://hooks.example/h\u00e9", "percent-encode"),
+        ("https://hooks.example/x\r\nX-Injected: 1", "control characters"),
+    ],
+)
 def test_invalid_webhook_urls_are_400_and_create_nothing(strict_app, url, says):
     response = submit(strict_app.test_client(), webhook=url)
     assert response.status_code == 400, response.get_data(as_text=True)
@@ -443,6 +505,7 @@ def test_without_webhook_secret_only_callers_with_a_key_get_webhooks(service_env
 
 # --- checked again at delivery -----------------------------------------------------------------------
 
+
 def test_delivery_checks_the_address_again(service_env, receiver, redis_url, monkeypatch):
     """A name that resolved to a public address at submit and to a private one now is refused
     without a request; with WEBHOOK_ALLOW_PRIVATE the same delivery goes through."""
@@ -451,8 +514,9 @@ def test_delivery_checks_the_address_again(service_env, receiver, redis_url, mon
     client = redis.Redis.from_url(redis_url)
     store = JobStore(client, 3600)
     url = receiver.url("/rebound").replace("127.0.0.1", "hooks.example")
-    job = store.create(Job(id=new_job_id(), status=JobStatus.CANCELED, finished_at=time.time(),
-                           webhook=url.replace("http:", "https:")))
+    job = store.create(
+        Job(id=new_job_id(), status=JobStatus.CANCELED, finished_at=time.time(), webhook=url.replace("http:", "https:"))
+    )
     monkeypatch.setattr(webhooks, "resolve", lambda host, port: ["127.0.0.1"])
     policy = DeliveryPolicy(max_attempts=2, retry_seconds=0.1, timeout=2)
 
@@ -493,17 +557,24 @@ def self_signed(tmp_path, name: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -525,15 +596,27 @@ def test_https_delivery_checks_the_certificate_for_the_host_name(tmp_path, redis
         policy = DeliveryPolicy(max_attempts=3, retry_seconds=0.1, timeout=3)
         port = rec.server.server_port
 
-        job = store.create(Job(id=new_job_id(), status=JobStatus.CANCELED, finished_at=time.time(),
-                               webhook=f"https://hooks.example:{port}/tls"))
+        job = store.create(
+            Job(
+                id=new_job_id(),
+                status=JobStatus.CANCELED,
+                finished_at=time.time(),
+                webhook=f"https://hooks.example:{port}/tls",
+            )
+        )
         assert deliver(client, store, settings, policy, job.id, "job.canceled") is None
         [request] = rec.to("/tls")
         assert verified(request)["data"]["id"] == job.id
         assert client.hget(delivery_key(job.id, "job.canceled"), "state") == b"delivered"
 
-        other = store.create(Job(id=new_job_id(), status=JobStatus.CANCELED, finished_at=time.time(),
-                                 webhook=f"https://other.example:{port}/tls"))
+        other = store.create(
+            Job(
+                id=new_job_id(),
+                status=JobStatus.CANCELED,
+                finished_at=time.time(),
+                webhook=f"https://other.example:{port}/tls",
+            )
+        )
         wait = deliver(client, store, settings, policy, other.id, "job.canceled")
         assert wait is not None and 0 < wait <= 1  # tried again later
         assert b"certificate" in client.hget(delivery_key(other.id, "job.canceled"), "last").lower()

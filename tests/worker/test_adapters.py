@@ -1,4 +1,5 @@
 """LoRA adapters: local folders and s3:// prefixes (moto's S3 server), merged into the tiny Qwen2."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,9 @@ def adapter_dir(base_dir, tmp_path_factory):
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     # init_lora_weights=False gives B a random value: a fresh default adapter would be a no-op.
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     out = tmp_path_factory.mktemp("adapter") / "lora"
     get_peft_model(model, config).save_pretrained(out)
     return out
@@ -83,7 +85,7 @@ def test_local_folder_is_used_in_place(adapter_dir, tmp_path):
 
 # --- S3 ---------------------------------------------------------------------------------------------
 def _split(url):
-    bucket, _, prefix = url[len("s3://"):].partition("/")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
     return bucket, prefix
 
 
@@ -120,8 +122,10 @@ def test_s3_adapter_downloaded_once_and_served(s3, adapter_dir, base_dir, base_s
     names = sorted(p.name for p in local.iterdir())
     assert names == sorted(p.name for p in adapter_dir.iterdir())
     for name in names:
-        assert hashlib.sha256((local / name).read_bytes()).digest() == \
-            hashlib.sha256((adapter_dir / name).read_bytes()).digest()
+        assert (
+            hashlib.sha256((local / name).read_bytes()).digest()
+            == hashlib.sha256((adapter_dir / name).read_bytes()).digest()
+        )
     assert [p.name for p in cache.iterdir()] == [local.name]  # no temporary folders left
 
     _empty_bucket(client, bucket)  # a second download would now find nothing and fail

@@ -1,4 +1,5 @@
 """The Celery app as workers run it: reliable settings, and a bad configuration refused at start-up."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ def test_the_app_is_configured_for_reliable_json_only_work():
 
 def test_quantize_on_a_cpu_stops_the_worker_at_start_up(redis_url):
     env = dict(os.environ, REDIS_URL=redis_url, DEVICE="cpu", QUANTIZE="4bit")
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "error: QUANTIZE=4bit needs a CUDA GPU" in result.stderr
     assert "ready." not in result.stderr + result.stdout
@@ -32,8 +39,14 @@ def test_quantize_on_a_cpu_stops_the_worker_at_start_up(redis_url):
 def test_a_pool_that_runs_jobs_in_other_processes_or_greenlets_is_refused(redis_url):
     # (`--pool prefork` is Celery's default name and maps to the configured solo pool.)
     env = dict(os.environ, REDIS_URL=redis_url, DEVICE="cpu")
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "gevent"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "gevent"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--pool solo" in result.stderr
 
 
@@ -48,13 +61,27 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
     from shared.workers import last_model_error
 
     blackhole = socket.create_server(("127.0.0.1", 0))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CAPTION_MODEL", "STORY_MODEL", "SPEECH_MODEL")}
-    env.update(REDIS_URL=redis_url, DEVICE="cpu", HF_HOME=str(tmp_path / "hf"),
-               HF_ENDPOINT=f"http://127.0.0.1:{blackhole.getsockname()[1]}", HF_HUB_DISABLE_TELEMETRY="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CAPTION_MODEL", "STORY_MODEL", "SPEECH_MODEL")
+    }
+    env.update(
+        REDIS_URL=redis_url,
+        DEVICE="cpu",
+        HF_HOME=str(tmp_path / "hf"),
+        HF_ENDPOINT=f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     took = time.monotonic() - started
     blackhole.close()
     print(f"\nmodels unreachable: the worker stopped after {took:.1f}s (process start included)")

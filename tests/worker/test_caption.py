@@ -1,4 +1,5 @@
 """Caption clean-up on realistic BLIP-base outputs, and the stage on the tiny random BLIP."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """`python -m worker narrate` as a user runs it: a real subprocess on the tiny models, offline."""
+
 from __future__ import annotations
 
 import io
@@ -19,15 +20,26 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def env(tiny_models_dir) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("QUANTIZE", "DEVICE", "DTYPE", "STORY_ADAPTER")}
-    env.update(HF_HUB_OFFLINE="1", CAPTION_MODEL=str(tiny_models_dir / "caption"),
-               STORY_MODEL=str(tiny_models_dir / "story"), SPEECH_MODEL=str(tiny_models_dir / "speech"),
-               DEVICE="cpu", STORY_WORDS="10")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        CAPTION_MODEL=str(tiny_models_dir / "caption"),
+        STORY_MODEL=str(tiny_models_dir / "story"),
+        SPEECH_MODEL=str(tiny_models_dir / "speech"),
+        DEVICE="cpu",
+        STORY_WORDS="10",
+    )
     return env
 
 
 def run(env, *args, **extra_env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker", *map(str, args)], cwd=ROOT,
-                          env={**env, **extra_env}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *map(str, args)],
+        cwd=ROOT,
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -116,7 +128,6 @@ def test_bad_configuration_exits_2_with_one_line(env, photo, tmp_path, extra, ex
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
-
 
 
 def test_a_broken_adapter_is_a_one_line_error(env, photo, tmp_path):

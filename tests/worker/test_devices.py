@@ -1,4 +1,5 @@
 """DEVICE / DTYPE / QUANTIZE resolution, including the CPU-only errors raised at start-up."""
+
 from __future__ import annotations
 
 import importlib.util

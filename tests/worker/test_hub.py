@@ -5,6 +5,7 @@ and HF_HUB_OFFLINE into huggingface_hub.constants when it is imported; `hub_env`
 environment and those constants (monkeypatch undoes them), so these tests really take the network
 path, against local sockets that refuse or never answer, with an empty cache in tmp_path.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,15 +21,16 @@ import pytest
 from shared.settings import Settings
 from tests.conftest import free_port
 from tests.shared.test_images import sample_images
-from worker.engine import ConfigError, Engine
-from worker.engine import hub
+from worker.engine import ConfigError, Engine, hub
 from worker.engine.hub import ModelLoadError
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 30.0  # seconds the brief allows; the probe's deadline is a few seconds
-HUB_IDS = {"caption_model": "Salesforce/blip-image-captioning-base",
-           "story_model": "Qwen/Qwen2.5-1.5B-Instruct",
-           "speech_model": "facebook/mms-tts-eng"}
+HUB_IDS = {
+    "caption_model": "Salesforce/blip-image-captioning-base",
+    "story_model": "Qwen/Qwen2.5-1.5B-Instruct",
+    "speech_model": "facebook/mms-tts-eng",
+}
 FIXES = ("MODELS=tiny make up", "local model folder", "HF_HUB_OFFLINE=1", "HF_HOME")
 
 
@@ -81,8 +83,9 @@ def hub_env(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HOME", str(home))
         for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "default_cache_path"):
             monkeypatch.setattr(constants, name, str(home / "hub"))
@@ -94,8 +97,9 @@ def hub_env(monkeypatch, tmp_path):
 
 
 def settings(**models) -> Settings:
-    return Settings(**{**HUB_IDS, **models}, device="cpu", dtype="auto", quantize="none", story_adapter=None,
-                    story_words=10)
+    return Settings(
+        **{**HUB_IDS, **models}, device="cpu", dtype="auto", quantize="none", story_adapter=None, story_words=10
+    )
 
 
 def load_fails(engine: Engine) -> tuple[ModelLoadError, float]:
@@ -175,8 +179,9 @@ def empty_hub():
 def test_a_hub_without_the_model_is_a_model_load_error(hub_env, empty_hub):
     hub_env(empty_hub)
     start = time.monotonic()
-    with pytest.raises(ModelLoadError, match=r"CAPTION_MODEL=Salesforce/blip-typo could not be loaded from "
-                                             + empty_hub):
+    with pytest.raises(
+        ModelLoadError, match=r"CAPTION_MODEL=Salesforce/blip-typo could not be loaded from " + empty_hub
+    ):
         Engine(settings(caption_model="Salesforce/blip-typo")).load()
     assert time.monotonic() - start < LIMIT
 
@@ -236,12 +241,18 @@ def test_an_unreachable_s3_adapter_fails_fast(monkeypatch, blackhole, tiny_model
     from worker.engine.adapters import AdapterError
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", blackhole)
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, value)
     local = {name: str(tiny_models_dir / name.removesuffix("_model")) for name in HUB_IDS}
-    engine = Engine(Settings(**local, device="cpu", story_adapter="s3://narrator/adapters/v1",
-                             model_cache_dir=str(tmp_path / "cache")))
+    engine = Engine(
+        Settings(
+            **local, device="cpu", story_adapter="s3://narrator/adapters/v1", model_cache_dir=str(tmp_path / "cache")
+        )
+    )
     start = time.monotonic()
     with pytest.raises(ModelLoadError) as info:
         engine.load()
@@ -255,15 +266,31 @@ def test_an_unreachable_s3_adapter_fails_fast(monkeypatch, blackhole, tiny_model
 def test_cli_exits_2_with_the_message_when_the_hub_is_blackholed(blackhole, tmp_path):
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(sample_images()["rgb.jpg"])
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
-                        "QUANTIZE", "DTYPE", "STORY_ADAPTER")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_HUB_CACHE",
+            "HUGGINGFACE_HUB_CACHE",
+            "QUANTIZE",
+            "DTYPE",
+            "STORY_ADAPTER",
+        )
+    }
     env.update({k.upper(): v for k, v in HUB_IDS.items()})
     env.update(HF_ENDPOINT=blackhole, HF_HOME=str(tmp_path / "hf-home"), DEVICE="cpu")
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "worker", "narrate", str(photo), "-o", str(tmp_path / "x.mp3")],
-                            cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "narrate", str(photo), "-o", str(tmp_path / "x.mp3")],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.monotonic() - start
     print(f"\nCLI with the hub blackholed: exit {result.returncode} after {seconds:.2f} s: {result.stderr.strip()}")
     assert result.returncode == 2, result.stderr

@@ -1,4 +1,5 @@
 """A real Celery worker's metrics endpoint (WORKER_METRICS_PORT) after one job end to end."""
+
 from __future__ import annotations
 
 import os
@@ -76,9 +77,28 @@ def test_worker_metrics_after_one_job(metrics_worker, web_server, service_env):
     # A second worker process on this host with the same port stops at once, before loading any
     # model, with a message that says what to do.
     env = {**os.environ, **service_env, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
-                             "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", "clash@%h"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--hostname",
+            "clash@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"WORKER_METRICS_PORT={service_env['WORKER_METRICS_PORT']}" in result.stderr
     assert "a port of its own" in result.stderr

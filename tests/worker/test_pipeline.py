@@ -1,4 +1,5 @@
 """The whole engine on the tiny models: every accepted photo becomes a valid MP3, load-once, batching."""
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,16 @@ WORDS = 10  # short stories keep the tiny models quick
 
 
 def make_settings(models, **overrides) -> Settings:
-    values = dict(caption_model=str(models / "caption"), story_model=str(models / "story"),
-                  speech_model=str(models / "speech"), device="cpu", dtype="auto", quantize="none",
-                  story_words=WORDS, story_adapter=None)
+    values = dict(
+        caption_model=str(models / "caption"),
+        story_model=str(models / "story"),
+        speech_model=str(models / "speech"),
+        device="cpu",
+        dtype="auto",
+        quantize="none",
+        story_words=WORDS,
+        story_adapter=None,
+    )
     return Settings(**{**values, **overrides})
 
 
@@ -85,7 +93,7 @@ def test_ten_narrations_load_each_model_once(tiny_models_dir, load_counter):
 def every_format(engine) -> dict[str, Narration]:
     names = sorted(sample_images())
     images = [load_image(sample_images()[name]) for name in names]
-    return dict(zip(names, engine.narrate_batch(images, seeds=[0] * len(names))))
+    return dict(zip(names, engine.narrate_batch(images, seeds=[0] * len(names)), strict=True))
 
 
 @pytest.mark.parametrize("name", sorted(sample_images()))
@@ -112,10 +120,16 @@ def test_single_narration_timings_and_json(engine, sample_rate):
 
 def test_progress_is_reported_at_each_stage(engine):
     events = []
-    narration = engine.narrate(load_image(sample_images()["gray.png"]), seed=1,
-                               on_progress=lambda stage, fields: events.append((stage, dict(fields))))
-    assert events == [("caption", {}), ("story", {"caption": narration.caption}),
-                      ("speech", {"story": narration.story})]
+    narration = engine.narrate(
+        load_image(sample_images()["gray.png"]),
+        seed=1,
+        on_progress=lambda stage, fields: events.append((stage, dict(fields))),
+    )
+    assert events == [
+        ("caption", {}),
+        ("story", {"caption": narration.caption}),
+        ("speech", {"story": narration.story}),
+    ]
 
 
 def test_seeded_narration_is_reproducible(engine):
@@ -156,8 +170,14 @@ def test_sampling_settings_reach_the_story_model(tiny_models_dir, monkeypatch):
         return original(self, captions, **kwargs)
 
     monkeypatch.setattr(StoryStage, "__call__", spy)
-    settings = Settings(caption_model=str(tiny_models_dir / "caption"), story_model=str(tiny_models_dir / "story"),
-                        speech_model=str(tiny_models_dir / "speech"), device="cpu", story_words=10,
-                        story_temperature=0.3, story_top_p=0.5)
+    settings = Settings(
+        caption_model=str(tiny_models_dir / "caption"),
+        story_model=str(tiny_models_dir / "story"),
+        speech_model=str(tiny_models_dir / "speech"),
+        device="cpu",
+        story_words=10,
+        story_temperature=0.3,
+        story_top_p=0.5,
+    )
     Engine(settings).narrate(load_image(sample_images()["rgb.jpg"]), seed=1)
     assert (seen["temperature"], seen["top_p"], seen["do_sample"]) == (0.3, 0.5, True)

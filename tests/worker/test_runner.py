@@ -1,4 +1,5 @@
 """The worker's job lifecycle as plain functions: real Redis, real storage, the tiny models."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,15 @@ def jpeg(color="orange") -> bytes:
 def engine(tiny_models_dir):
     from worker.engine import Engine
 
-    return Engine(Settings(caption_model=str(tiny_models_dir / "caption"), story_model=str(tiny_models_dir / "story"),
-                           speech_model=str(tiny_models_dir / "speech"), device="cpu", story_words=12))
+    return Engine(
+        Settings(
+            caption_model=str(tiny_models_dir / "caption"),
+            story_model=str(tiny_models_dir / "story"),
+            speech_model=str(tiny_models_dir / "speech"),
+            device="cpu",
+            story_words=12,
+        )
+    )
 
 
 class RecordingStore(JobStore):
@@ -61,8 +69,15 @@ def storage(tmp_path):
 def submit(store, storage, data: bytes, **fields) -> str:
     job_id = new_job_id()
     storage.put(f"inputs/{job_id}", data)
-    store.create(Job(id=job_id, input_key=f"inputs/{job_id}", words=fields.get("words", 12), seed=fields.get("seed"),
-                     filename=fields.get("filename")))
+    store.create(
+        Job(
+            id=job_id,
+            input_key=f"inputs/{job_id}",
+            words=fields.get("words", 12),
+            seed=fields.get("seed"),
+            filename=fields.get("filename"),
+        )
+    )
     return job_id
 
 
@@ -76,8 +91,9 @@ def heartbeat_for(store, settings) -> Heartbeat:
 def run_job(job_id, *, store, storage, engine, batch_size=1, **overrides) -> str:
     """One wake-up for `job_id`, as the Celery task runs it; returns the job's status afterwards."""
     settings = Settings(**{"worker_batch_size": batch_size, "storage_retry_seconds": 0, **overrides})
-    run_wakeup(job_id, store=store, storage=storage, engine=engine,
-                          heartbeat=heartbeat_for(store, settings), settings=settings)
+    run_wakeup(
+        job_id, store=store, storage=storage, engine=engine, heartbeat=heartbeat_for(store, settings), settings=settings
+    )
     job = store.get(job_id)
     return job.status.value if job else "missing"
 
@@ -140,10 +156,13 @@ def test_cancel_while_running_stops_at_the_next_stage(store, storage, engine):
     assert storage.list("audio/") == []
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"this is not an image", "not"),
-    (jpeg()[:200], "truncated"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"this is not an image", "not"),
+        (jpeg()[:200], "truncated"),
+    ],
+)
 def test_a_bad_image_fails_the_job_with_a_clear_error(store, storage, engine, data, message):
     job_id = submit(store, storage, data)
     assert run_job(job_id, store=store, storage=storage, engine=engine) == "failed"
@@ -189,6 +208,7 @@ def test_a_storage_outage_is_retried_until_storage_answers(store, storage, engin
                 if self.calls <= 3:
                     raise StorageUnavailable("connection refused")
                 return getattr(storage, name)(*args, **kwargs)
+
             return call
 
     job_id = submit(store, storage, jpeg())
@@ -263,16 +283,24 @@ def test_the_batch_takes_the_oldest_queued_jobs_up_to_its_size(store, storage, e
     run_job(ids[4], store=store, storage=storage, engine=spy, batch_size=3)
     assert spy.batches == [3]
     statuses = [store.get(job_id).status for job_id in ids]
-    assert statuses == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.QUEUED,
-                        JobStatus.SUCCEEDED]
+    assert statuses == [
+        JobStatus.SUCCEEDED,
+        JobStatus.SUCCEEDED,
+        JobStatus.QUEUED,
+        JobStatus.QUEUED,
+        JobStatus.SUCCEEDED,
+    ]
 
 
 def test_canceling_one_job_of_a_batch_spares_the_others(store, storage, engine):
     ids = [submit(store, storage, jpeg(color)) for color in ("red", "green", "blue")]
     spy = Spy(engine, before_story=lambda: store.cancel(ids[1]))
     run_job(ids[0], store=store, storage=storage, engine=spy, batch_size=4)
-    assert [store.get(job_id).status for job_id in ids] == [JobStatus.SUCCEEDED, JobStatus.CANCELED,
-                                                           JobStatus.SUCCEEDED]
+    assert [store.get(job_id).status for job_id in ids] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.CANCELED,
+        JobStatus.SUCCEEDED,
+    ]
     assert store.get(ids[1]).audio_key is None and storage.exists(store.get(ids[2]).audio_key)
     assert len(storage.list("audio/")) == 2
 

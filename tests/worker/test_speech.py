@@ -1,4 +1,5 @@
 """Speech stage: text normalisation, chunking, synthesis on the offline tiny VITS model, MP3 encoding."""
+
 from __future__ import annotations
 
 import io
@@ -7,57 +8,71 @@ import numpy as np
 import pytest
 
 from worker.engine.speech import (
-    DEFAULT_ALLOWED, Speech, SpeechStage, encode_mp3, normalize_text, number_words, ordinal_words,
+    DEFAULT_ALLOWED,
+    Speech,
+    SpeechStage,
+    encode_mp3,
+    normalize_text,
+    number_words,
+    ordinal_words,
     split_sentences,
 )
 
-WORDS = ("the old lighthouse keeper counted 3 ships at dawn and waved to each of them, "
-         "while gulls circled above the grey water; then he climbed the 120 steps again. ").split()
+WORDS = (
+    "the old lighthouse keeper counted 3 ships at dawn and waved to each of them, "
+    "while gulls circled above the grey water; then he climbed the 120 steps again. "
+).split()
 TEXT_300 = " ".join((WORDS * 20)[:300])
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("3 dogs", "three dogs"),
-    ("I saw 12 cats and 100 birds.", "i saw twelve cats and one hundred birds"),
-    ("1,234,567", "one million two hundred thirty-four thousand five hundred sixty-seven"),
-    ("7000000000 people", "seven billion people"),
-    ("0", "zero"),
-    ("3.5 km", "three point five km"),
-    ("0.25", "zero point two five"),
-    ("-4 degrees", "minus four degrees"),
-    ("pages 2-3", "pages two to three"),
-    ("version2", "version two"),
-    ("the 1st, 2nd, 3rd and 21st", "the first second third and twenty-first"),
-    ("her 100th and 112th birthdays", "her one hundredth and one hundred twelfth birthdays"),
-    ("cats & dogs", "cats and dogs"),
-    ("50% off", "fifty percent off"),
-    ("$5", "five dollars"),
-    ("$1.50", "one dollar and fifty cents"),
-    ("$2.5 or $0.05", "two dollars and fifty cents or five cents"),
-    ("£3 for $5k", "three pounds for five dollars k"),
-    ("2 + 2 = 4", "two plus two equals four"),
-    ("me@home", "me at home"),
-    ("30°", "thirty degrees"),
-    ("#1 fan", "number one fan"),
-    ("at 7:05", "at seven oh five"),
-    ("Mr. Brown", "mister brown"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3 dogs", "three dogs"),
+        ("I saw 12 cats and 100 birds.", "i saw twelve cats and one hundred birds"),
+        ("1,234,567", "one million two hundred thirty-four thousand five hundred sixty-seven"),
+        ("7000000000 people", "seven billion people"),
+        ("0", "zero"),
+        ("3.5 km", "three point five km"),
+        ("0.25", "zero point two five"),
+        ("-4 degrees", "minus four degrees"),
+        ("pages 2-3", "pages two to three"),
+        ("version2", "version two"),
+        ("the 1st, 2nd, 3rd and 21st", "the first second third and twenty-first"),
+        ("her 100th and 112th birthdays", "her one hundredth and one hundred twelfth birthdays"),
+        ("cats & dogs", "cats and dogs"),
+        ("50% off", "fifty percent off"),
+        ("$5", "five dollars"),
+        ("$1.50", "one dollar and fifty cents"),
+        ("$2.5 or $0.05", "two dollars and fifty cents or five cents"),
+        ("£3 for $5k", "three pounds for five dollars k"),
+        ("2 + 2 = 4", "two plus two equals four"),
+        ("me@home", "me at home"),
+        ("30°", "thirty degrees"),
+        ("#1 fan", "number one fan"),
+        ("at 7:05", "at seven oh five"),
+        ("Mr. Brown", "mister brown"),
+    ],
+)
 def test_normalize_spells_out_numbers_and_symbols(text, expected):
     assert normalize_text(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Café NAÏVE façade", "cafe naive facade"),
-    ("“Quoted” — it’s done…", "quoted it's done"),
-    ("Straße", "strasse"),
-    ("hello 😀 world 猫 🐈!", "hello world"),
-    ("rock-n-roll don't", "rock-n-roll don't"),
-    ("'stray' - marks", "stray marks"),
-    ("a/b\tc\n\nd", "a b c d"),
-    ("", ""),
-    ("   \n ", ""),
-    ("😀🐈 猫", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Café NAÏVE façade", "cafe naive facade"),
+        ("“Quoted” — it’s done…", "quoted it's done"),
+        ("Straße", "strasse"),
+        ("hello 😀 world 猫 🐈!", "hello world"),
+        ("rock-n-roll don't", "rock-n-roll don't"),
+        ("'stray' - marks", "stray marks"),
+        ("a/b\tc\n\nd", "a b c d"),
+        ("", ""),
+        ("   \n ", ""),
+        ("😀🐈 猫", ""),
+    ],
+)
 def test_normalize_unicode_and_unknown_characters(text, expected):
     assert normalize_text(text) == expected
 
@@ -74,25 +89,47 @@ def test_normalize_respects_a_smaller_vocabulary():
     assert normalize_text("21 dogs", allowed=set("abcdefghijklmnopqrstuvwxyz ")) == "twenty one dogs"
 
 
-@pytest.mark.parametrize("n, words", [
-    (15, "fifteen"), (40, "forty"), (99, "ninety-nine"), (101, "one hundred one"),
-    (1000, "one thousand"), (1_000_001, "one million one"), (2_000_000_000, "two billion"),
-])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (15, "fifteen"),
+        (40, "forty"),
+        (99, "ninety-nine"),
+        (101, "one hundred one"),
+        (1000, "one thousand"),
+        (1_000_001, "one million one"),
+        (2_000_000_000, "two billion"),
+    ],
+)
 def test_number_words(n, words):
     assert number_words(n) == words
 
 
-@pytest.mark.parametrize("n, words", [
-    (1, "first"), (2, "second"), (3, "third"), (5, "fifth"), (12, "twelfth"),
-    (20, "twentieth"), (23, "twenty-third"), (1_000_000, "one millionth"),
-])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (1, "first"),
+        (2, "second"),
+        (3, "third"),
+        (5, "fifth"),
+        (12, "twelfth"),
+        (20, "twentieth"),
+        (23, "twenty-third"),
+        (1_000_000, "one millionth"),
+    ],
+)
 def test_ordinal_words(n, words):
     assert ordinal_words(n) == words
 
 
 def test_split_sentences_at_boundaries():
-    assert split_sentences("Hello there. How are you?  I'm fine! \"Really.\" Yes") == [
-        "Hello there.", "How are you?", "I'm fine!", '"Really."', "Yes"]
+    assert split_sentences('Hello there. How are you?  I\'m fine! "Really." Yes') == [
+        "Hello there.",
+        "How are you?",
+        "I'm fine!",
+        '"Really."',
+        "Yes",
+    ]
     assert split_sentences("") == [] and split_sentences("  \n ") == []
 
 

@@ -1,4 +1,5 @@
 """Story stage: the prompt format, the clean-up of raw replies, and generation on the tiny Qwen2."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,9 @@ CLEAN_CASES = {
     "plain": (STORY, STORY),
     "preamble": ("Here is a short story about a dog on a beach:\n\n" + STORY, STORY),
     "sure preamble + bold title": (
-        "Sure! Here's a 40-word story with a beginning, middle and end:\n\n**The Red Ball**\n\n" + STORY, STORY),
+        "Sure! Here's a 40-word story with a beginning, middle and end:\n\n**The Red Ball**\n\n" + STORY,
+        STORY,
+    ),
     "inline preamble": ("Here is a short story: " + STORY, STORY),
     "assistant label": ("Assistant: " + STORY, STORY),
     "preamble without colon": ("Okay, here is the story.\n" + STORY, STORY),
@@ -62,23 +65,29 @@ CLEAN_CASES = {
     "heading title": ("# The Red Ball\n\n" + STORY, STORY),
     "plain title line": ("The Red Ball\n" + STORY, STORY),
     "quoted title line": ('"The Red Ball"\n\n' + STORY, STORY),
-    "emphasis": ("A dog ran along the *beach*. He found a **red** ball. He carried it home, _tired_ and happy.",
-                 STORY),
+    "emphasis": ("A dog ran along the *beach*. He found a **red** ball. He carried it home, _tired_ and happy.", STORY),
     "wrapped in quotes": (f'"{STORY}"', STORY),
     "wrapped in curly quotes": (f"“{STORY}”", STORY),
-    "dialogue keeps its quotes": ('"Come here!" said Tom. The dog came. "Good boy!"',
-                                  '"Come here!" said Tom. The dog came. "Good boy!"'),
+    "dialogue keeps its quotes": (
+        '"Come here!" said Tom. The dog came. "Good boy!"',
+        '"Come here!" said Tom. The dog came. "Good boy!"',
+    ),
     "story label with word count": ("Story (40 words): " + STORY, STORY),
     "beginning middle end labels": (
         "**Beginning:** The dog woke up. **Middle:** The dog ran. **End:** The dog slept.",
-        "The dog woke up. The dog ran. The dog slept."),
-    "numbered labels": ("1. Beginning: The dog woke up.\n2. Middle: The dog ran.\n3. End: The dog slept.",
-                        "The dog woke up. The dog ran. The dog slept."),
+        "The dog woke up. The dog ran. The dog slept.",
+    ),
+    "numbered labels": (
+        "1. Beginning: The dog woke up.\n2. Middle: The dog ran.\n3. End: The dog slept.",
+        "The dog woke up. The dog ran. The dog slept.",
+    ),
     "bullets": ("- The dog woke up.\n- The dog ran.\n* The dog slept.", "The dog woke up. The dog ran. The dog slept."),
     "chat tokens": ("<|im_start|>assistant\n" + STORY + "<|im_end|><|endoftext|>", STORY),
     "a second turn leaks": (STORY + "<|im_end|>\n<|im_start|>user\nWrite another one.", STORY),
     "echoed conversation": (
-        "system\n" + SYSTEM_PROMPT.format(words=40) + "\nuser\na dog on a beach\nassistant\n" + STORY, STORY),
+        "system\n" + SYSTEM_PROMPT.format(words=40) + "\nuser\na dog on a beach\nassistant\n" + STORY,
+        STORY,
+    ),
     "echoed system prompt": (SYSTEM_PROMPT.format(words=25) + "\n\n" + STORY, STORY),
     "blank lines": ("A dog ran.\n\n\n\nHe slept.\n\n\n", "A dog ran.\n\nHe slept."),
     "trailing chatter": (STORY + "\n\nI hope you enjoyed this story!", STORY),
@@ -87,8 +96,10 @@ CLEAN_CASES = {
     "cut mid-sentence": (STORY + " Then, just as the sun", STORY),
     "cut after a quote": ('He barked. "Wait!" she cried. Then the', 'He barked. "Wait!" she cried.'),
     "abbreviation is not an end": ("The dog met Mr. Smith. Mr. Smith smiled at", "The dog met Mr. Smith."),
-    "no full sentence": ("once upon a time, in a quiet village by the sea,",
-                         "Once upon a time, in a quiet village by the sea."),
+    "no full sentence": (
+        "once upon a time, in a quiet village by the sea,",
+        "Once upon a time, in a quiet village by the sea.",
+    ),
     "cut-off quoted story": ('"The dog ran away. Then it came back', "The dog ran away."),
     "control bytes": ("A dog\x07 ran.\ufffd He slept.", "A dog ran. He slept."),
     "ellipsis ends a sentence": ("The dog waited...", "The dog waited..."),
@@ -166,11 +177,10 @@ def test_forward_returns_only_new_tokens(stage):
     batch = stage.preprocess(CAPTIONS[:2])
     new_ids = stage.forward(batch, do_sample=False, max_new_tokens=12)
     assert 0 < new_ids.shape[1] <= 12
-    full = stage.model.generate(**batch, do_sample=False, max_new_tokens=12,
-                                pad_token_id=stage.tokenizer.pad_token_id)
-    assert full[:, batch["input_ids"].shape[1]:].tolist() == new_ids.tolist()
+    full = stage.model.generate(**batch, do_sample=False, max_new_tokens=12, pad_token_id=stage.tokenizer.pad_token_id)
+    assert full[:, batch["input_ids"].shape[1] :].tolist() == new_ids.tolist()
     decoded = stage.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-    for text, caption in zip(decoded, CAPTIONS):
+    for text, caption in zip(decoded, CAPTIONS[:2], strict=True):
         assert "storyteller" not in text and caption not in text
 
 
@@ -189,8 +199,9 @@ def test_load_once_across_threads(story_dir, monkeypatch):
 
     calls = []
     original = transformers.AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        lambda *a, **kw: calls.append(a) or original(*a, **kw))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: calls.append(a) or original(*a, **kw)
+    )
     fresh = StoryStage(str(story_dir))
     assert not fresh.loaded and fresh.model is None  # constructing loads nothing
     threads = [threading.Thread(target=fresh.load) for _ in range(4)]
@@ -242,8 +253,8 @@ def test_prompt_tokens_are_a_prefix_of_the_training_conversation(stage):
     messages = build_messages("a dog on a beach")
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(messages + [{"role": "assistant", "content": STORY}], tokenize=False)
-    assert full.startswith(prompt) and full[len(prompt):].startswith(STORY + tok.eos_token)
+    assert full.startswith(prompt) and full[len(prompt) :].startswith(STORY + tok.eos_token)
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tok(full, add_special_tokens=False)["input_ids"]
     assert full_ids[: len(prompt_ids)] == prompt_ids
-    assert full_ids[len(prompt_ids):] == tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    assert full_ids[len(prompt_ids) :] == tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]

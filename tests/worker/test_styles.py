@@ -1,5 +1,6 @@
 """Story styles in the engine: two LoRA adapters on the tiny Qwen2, served unmerged on one base model,
 and one batch mixing them gives every row exactly what its own adapter gives it."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,12 @@ from worker.engine.adapters import AdapterError
 from worker.engine.story import StoryStage
 from worker.tiny_models import adapter as tiny_adapter
 
-CAPTIONS = ["a dog running on a beach", "two cats sitting on a window sill", "a red car in the rain",
-            "a plate of pasta on a table"]
+CAPTIONS = [
+    "a dog running on a beach",
+    "two cats sitting on a window sill",
+    "a red car in the rain",
+    "a plate of pasta on a table",
+]
 GREEDY = {"do_sample": False, "max_new_tokens": 24}
 
 
@@ -24,15 +29,21 @@ def base_dir(tiny_models_dir):
 def styles(base_dir, tmp_path_factory):
     """Two adapters that differ in seed, rank and layers (o_proj only in one: peft skips it for the other's rows)."""
     out = tmp_path_factory.mktemp("styles")
-    return {"bedtime": str(tiny_adapter.build(base_dir, out / "bedtime", seed=1)),
-            "adventure": str(tiny_adapter.build(base_dir, out / "adventure", seed=2, rank=8,
-                                                target_modules=("q_proj", "v_proj", "o_proj")))}
+    return {
+        "bedtime": str(tiny_adapter.build(base_dir, out / "bedtime", seed=1)),
+        "adventure": str(
+            tiny_adapter.build(
+                base_dir, out / "adventure", seed=2, rank=8, target_modules=("q_proj", "v_proj", "o_proj")
+            )
+        ),
+    }
 
 
 @pytest.fixture(scope="module")
 def stage(base_dir, styles, tmp_path_factory):
-    return StoryStage(str(base_dir), styles=styles, default_style="adventure",
-                      cache_dir=str(tmp_path_factory.mktemp("cache"))).load()
+    return StoryStage(
+        str(base_dir), styles=styles, default_style="adventure", cache_dir=str(tmp_path_factory.mktemp("cache"))
+    ).load()
 
 
 def test_a_mixed_batch_gives_each_row_its_own_adapters_story(base_dir, stage):
@@ -64,14 +75,17 @@ def _settings(base_dir, tmp_path, **values) -> Settings:
     return Settings(story_model=str(base_dir), model_cache_dir=str(tmp_path / "cache"), device="cpu", **values)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"story_styles": "bedtime"}, "'bedtime' is not name=location"),
-    ({"story_styles": "a=x,a=y"}, "names the style 'a' twice"),
-    ({"story_styles": "bad.name=x"}, "style name 'bad.name'"),
-    ({"story_styles": "a=x", "story_default_style": "b"}, "STORY_DEFAULT_STYLE='b' is not one of"),
-    ({"story_default_style": "b"}, "STORY_STYLES is empty"),
-    ({"story_styles": "a=x", "story_adapter": "y"}, "STORY_ADAPTER and STORY_STYLES are both set"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"story_styles": "bedtime"}, "'bedtime' is not name=location"),
+        ({"story_styles": "a=x,a=y"}, "names the style 'a' twice"),
+        ({"story_styles": "bad.name=x"}, "style name 'bad.name'"),
+        ({"story_styles": "a=x", "story_default_style": "b"}, "STORY_DEFAULT_STYLE='b' is not one of"),
+        ({"story_default_style": "b"}, "STORY_STYLES is empty"),
+        ({"story_styles": "a=x", "story_adapter": "y"}, "STORY_ADAPTER and STORY_STYLES are both set"),
+    ],
+)
 def test_bad_styles_settings_fail_the_story_models_load(base_dir, tmp_path, values, message):
     engine = Engine(_settings(base_dir, tmp_path, **values))  # constructing stays cheap and safe
     with pytest.raises(AdapterError, match=message):

@@ -1,5 +1,6 @@
 """Word timings: from VITS's own token durations (the offline tiny model) to WebVTT, and the runner
 storing them next to the audio, on real storage and a real Redis."""
+
 from __future__ import annotations
 
 import io
@@ -80,7 +81,10 @@ def test_written_words_keep_their_spoken_words(spoken):
     _, _, speech = spoken
     written = STORY.split()
     assert [(w.text, written[w.ref]) for w in speech.words][2:5] == [
-        ("counted", "counted"), ("twelve", "12"), ("ships", "ships")]
+        ("counted", "counted"),
+        ("twelve", "12"),
+        ("ships", "ships"),
+    ]
 
 
 def test_mp3_encoder_delay_is_compensated():
@@ -90,31 +94,41 @@ def test_mp3_encoder_delay_is_compensated():
 
     rate = 16_000
     wave = np.zeros(rate, dtype=np.float32)
-    wave[rate // 2: rate // 2 + 320] = 0.8 * np.sin(np.arange(320) * 2 * np.pi * 1000 / rate)
+    wave[rate // 2 : rate // 2 + 320] = 0.8 * np.sin(np.arange(320) * 2 * np.pi * 1000 / rate)
     audio = AudioSegment.from_file(io.BytesIO(encode_mp3(Speech(wave, rate))), format="mp3")
     samples = np.abs(np.array(audio.get_array_of_samples(), dtype=np.float32)) / 32768
     onset = int(np.argmax(samples > 0.1))
     assert abs(onset - rate // 2) / rate < 0.005 and len(samples) == rate
 
 
-@pytest.mark.parametrize("story, spoken, refs", [
-    ("I saw 12 cats.", "i saw twelve cats", [0, 1, 2, 3]),
-    ("It cost $1.50 today", "it cost one dollar and fifty cents today", [0, 1, 2, 2, 2, 2, 2, 3]),
-    ("Read pages 3 – 5 now", "read pages three to five now", [0, 1, 2, 3, 4, 5]),
-    ("Wow — 😀 big fish", "wow big fish", [0, 3, 4]),
-    ("twenty-one", "twenty-one", [0]),
-])
+@pytest.mark.parametrize(
+    "story, spoken, refs",
+    [
+        ("I saw 12 cats.", "i saw twelve cats", [0, 1, 2, 3]),
+        ("It cost $1.50 today", "it cost one dollar and fifty cents today", [0, 1, 2, 2, 2, 2, 2, 3]),
+        ("Read pages 3 – 5 now", "read pages three to five now", [0, 1, 2, 3, 4, 5]),
+        ("Wow — 😀 big fish", "wow big fish", [0, 3, 4]),
+        ("twenty-one", "twenty-one", [0]),
+    ],
+)
 def test_align_maps_spoken_words_to_written_ones(story, spoken, refs):
     assert normalize_text(story).split() == spoken.split()
     assert align(story, spoken.split()) == refs
 
 
 def test_vtt_has_one_cue_per_written_word():
-    words = [WordTiming("it", 0.0, 0.1, 0), WordTiming("one", 0.12, 0.2, 1), WordTiming("dollar", 0.2, 0.5, 1),
-             WordTiming("<b>", 3661.0, 3661.2345, 2)]
+    words = [
+        WordTiming("it", 0.0, 0.1, 0),
+        WordTiming("one", 0.12, 0.2, 1),
+        WordTiming("dollar", 0.2, 0.5, 1),
+        WordTiming("<b>", 3661.0, 3661.2345, 2),
+    ]
     vtt = to_vtt(words)
-    assert parse_vtt(vtt) == [("w0", 0.0, 0.1, "it"), ("w1", 0.12, 0.5, "one dollar"),
-                              ("w2", 3661.0, 3661.234, "&lt;b&gt;")]
+    assert parse_vtt(vtt) == [
+        ("w0", 0.0, 0.1, "it"),
+        ("w1", 0.12, 0.5, "one dollar"),
+        ("w2", 3661.0, 3661.234, "&lt;b&gt;"),
+    ]
     assert "01:01:01.000 --> 01:01:01.234" in vtt
     assert to_vtt([]) == "WEBVTT\n"
 
@@ -136,8 +150,14 @@ def test_the_runner_stores_subtitles_with_their_run_and_tidies_other_runs(redis_
     store.create(Job(id=job_id))
     storage.put(subtitles_key(job_id, "host-a:1:dead"), b"WEBVTT\n")  # a run that died after uploading
     assert store.claim("host-b:2:live", first=job_id)
-    narration = SimpleNamespace(mp3=b"ID3", audio_seconds=1.0, caption="c", story="Hi there", timings={},
-                                words=[WordTiming("hi", 0.1, 0.3, 0), WordTiming("there", 0.4, 0.9, 1)])
+    narration = SimpleNamespace(
+        mp3=b"ID3",
+        audio_seconds=1.0,
+        caption="c",
+        story="Hi there",
+        timings={},
+        words=[WordTiming("hi", 0.1, 0.3, 0), WordTiming("there", 0.4, 0.9, 1)],
+    )
     assert finish_job(store, storage, job_id, narration, "host-b:2:live", storage_retry(0)) == "succeeded"
     job = store.get(job_id)
     assert job.subtitles_key == subtitles_key(job_id, "host-b:2:live")

@@ -1,5 +1,6 @@
 """The whole service with real parts: a Celery worker process, Redis, storage (folder or moto S3),
 the web app on a real HTTP server and the tiny models. No eager mode anywhere."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,14 @@ from pydub import AudioSegment
 
 from shared.jobs import Job, new_job_id
 
-CANONICAL = [("queued", None), ("running", "caption"), ("running", "story"), ("running", "speech"),
-             ("running", "upload"), ("succeeded", None)]
+CANONICAL = [
+    ("queued", None),
+    ("running", "caption"),
+    ("running", "story"),
+    ("running", "speech"),
+    ("running", "upload"),
+    ("succeeded", None),
+]
 
 
 def photo(index: int) -> bytes:
@@ -29,13 +36,22 @@ def photo(index: int) -> bytes:
 
 def post_job(base: str, image: bytes, **fields) -> tuple[int, dict]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                 f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+    )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{base}/api/v1/jobs", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        f"{base}/api/v1/jobs",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.status, json.load(response)
 

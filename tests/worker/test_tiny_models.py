@@ -1,4 +1,5 @@
 """The offline tiny models: real classes, small, and byte-identical for the same seed."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ def files(folder: Path) -> dict[str, bytes]:
 def rebuilt(tmp_path_factory) -> Path:
     """A second seed-0 build, through the command line, to compare with the session's."""
     out = tmp_path_factory.mktemp("rebuilt")
-    result = subprocess.run([sys.executable, "-m", "worker.tiny_models", "--out", str(out), "--seed", "0"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.tiny_models", "--out", str(out), "--seed", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert all(str(out / part) in result.stdout for part in PARTS)
     return out
@@ -46,7 +52,8 @@ def test_another_seed_gives_other_caption_weights(tiny_models_dir, tmp_path):
 
     caption.build(tmp_path / "caption", seed=1)
     assert (tmp_path / "caption" / "model.safetensors").read_bytes() != (
-        tiny_models_dir / "caption" / "model.safetensors").read_bytes()
+        tiny_models_dir / "caption" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_caption_model_is_the_real_blip_class(tiny_models_dir):
@@ -62,8 +69,10 @@ def test_caption_model_is_the_real_blip_class(tiny_models_dir):
     # Generation starts from [DEC] and stops at [SEP], as in Salesforce's checkpoint.
     assert processor.tokenizer.convert_ids_to_tokens(model.config.text_config.bos_token_id) == "[DEC]"
     assert processor.tokenizer.convert_ids_to_tokens(model.config.text_config.sep_token_id) == "[SEP]"
-    assert processor.tokenizer.decode(processor.tokenizer("a dog on the grass").input_ids,
-                                      skip_special_tokens=True) == "a dog on the grass"
+    assert (
+        processor.tokenizer.decode(processor.tokenizer("a dog on the grass").input_ids, skip_special_tokens=True)
+        == "a dog on the grass"
+    )
 
 
 def test_story_and_speech_folders_name_their_real_classes(tiny_models_dir):

@@ -4,6 +4,7 @@ The trainer pushes adapter folders to S3 (`training.train --push`); workers on o
 them by setting STORY_ADAPTER to that prefix. boto3 reads the standard AWS configuration
 (credentials, region, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for MinIO or moto).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,7 @@ def resolve_adapter(spec: str, cache_dir: str | Path, setting: str = "STORY_ADAP
 
 
 def _from_s3(spec: str, cache_dir: Path, setting: str) -> Path:
-    bucket, _, prefix = spec[len("s3://"):].partition("/")
+    bucket, _, prefix = spec[len("s3://") :].partition("/")
     if not bucket:
         raise AdapterError(f"{setting} {spec!r}: no bucket name")
     prefix = prefix.strip("/")
@@ -77,8 +78,14 @@ def _download(bucket: str, prefix: str, dest: Path, spec: str, setting: str) -> 
     from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
     from botocore.exceptions import ConnectionError as EndpointError
 
-    client = boto3.client("s3", config=Config(connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
-                                              retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}))
+    client = boto3.client(
+        "s3",
+        config=Config(
+            connect_timeout=S3_CONNECT_TIMEOUT,
+            read_timeout=S3_READ_TIMEOUT,
+            retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+        ),
+    )
     transfer = TransferConfig(num_download_attempts=S3_MAX_ATTEMPTS)  # s3transfer retries read timeouts itself
     listing_prefix = f"{prefix}/" if prefix else ""  # "runs/a" must not pick up "runs/ab/..."
     count = 0
@@ -86,9 +93,8 @@ def _download(bucket: str, prefix: str, dest: Path, spec: str, setting: str) -> 
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
             for item in page.get("Contents", []):
-                relative = PurePosixPath(item["Key"][len(listing_prefix):])
-                if (not relative.parts or relative.is_absolute() or ".." in relative.parts
-                        or item["Key"].endswith("/")):
+                relative = PurePosixPath(item["Key"][len(listing_prefix) :])
+                if not relative.parts or relative.is_absolute() or ".." in relative.parts or item["Key"].endswith("/"):
                     continue  # folder markers, and keys like "prefix//etc/x" that would escape dest
                 local = dest.joinpath(*relative.parts)
                 if not local.resolve().is_relative_to(root):

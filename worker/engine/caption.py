@@ -3,6 +3,7 @@
 transformers 5 has no image-to-text pipeline, so the stage calls the processor and generate()
 itself. The model loads once per stage (lazily, under a lock) and is reused for every batch.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,7 +65,7 @@ class CaptionStage:
     def loaded(self) -> bool:
         return self.model is not None
 
-    def load(self) -> "CaptionStage":
+    def load(self) -> CaptionStage:
         with self._lock:  # two threads asking at once must not load the weights twice
             if self.model is not None:
                 return self
@@ -76,7 +77,8 @@ class CaptionStage:
                 # BLIP is small: quantization (QUANTIZE) is for the story model only.
                 processor = BlipProcessor.from_pretrained(self.model_name, local_files_only=local_files_only)
                 model = BlipForConditionalGeneration.from_pretrained(
-                    self.model_name, dtype=self.dtype, local_files_only=local_files_only)
+                    self.model_name, dtype=self.dtype, local_files_only=local_files_only
+                )
                 return processor, model
 
             processor, model = load_pretrained(self.setting, self.model_name, from_pretrained)

@@ -3,6 +3,7 @@
 Everything here runs when the engine is built, so a bad combination (4-bit on a CPU-only
 machine, a GPU index that does not exist) stops the worker at start-up, not inside a job.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,9 +32,7 @@ def resolve_device(setting: str | torch.device | None = "auto") -> torch.device:
             raise ConfigError(f"DEVICE={value} but no CUDA GPU is visible to torch; use DEVICE=cpu or auto.")
         device = torch.device(value)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"DEVICE={value} but only {torch.cuda.device_count()} CUDA device(s) are visible."
-            )
+            raise ConfigError(f"DEVICE={value} but only {torch.cuda.device_count()} CUDA device(s) are visible.")
         return device
     raise ConfigError(f"DEVICE={setting!r} is not one of auto, cpu, cuda, cuda:N.")
 
@@ -77,8 +76,7 @@ def check_quantize(quantize: str | None, device: torch.device) -> None:
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(
-            f"QUANTIZE={value} needs the bitsandbytes package: pip install bitsandbytes "
-            "(or set QUANTIZE=none)."
+            f"QUANTIZE={value} needs the bitsandbytes package: pip install bitsandbytes (or set QUANTIZE=none)."
         )
 
 
@@ -92,7 +90,5 @@ def quantization_config(quantize: str | None, compute_dtype: torch.dtype = torch
     if value == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if value == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
-        )
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
     raise ConfigError(f"QUANTIZE={quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}.")

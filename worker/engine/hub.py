@@ -14,12 +14,14 @@ from_pretrained on a hub id:
 huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE once, at import time, into
 huggingface_hub.constants; this module reads those constants when it runs, as huggingface_hub does.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from worker.engine.devices import ConfigError
 
@@ -40,9 +42,11 @@ class ModelLoadError(ConfigError):
 
 def fixes(setting: str) -> str:
     others = ", ".join(name for name in MODEL_SETTINGS if name != setting)
-    return (f"Fixes: `MODELS=tiny make up` for the offline tiny models; or set {setting} (and {others}) to "
-            f"local model folders; or fill the Hugging Face cache (HF_HOME) on a machine with network and run "
-            f"with HF_HUB_OFFLINE=1.")
+    return (
+        f"Fixes: `MODELS=tiny make up` for the offline tiny models; or set {setting} (and {others}) to "
+        f"local model folders; or fill the Hugging Face cache (HF_HOME) on a machine with network and run "
+        f"with HF_HUB_OFFLINE=1."
+    )
 
 
 def is_local(name: str) -> bool:
@@ -142,16 +146,18 @@ def load_pretrained(setting: str, name: str, load: Callable[[bool], T]) -> T:
             if offline():
                 raise ModelLoadError(
                     f"{label} is not {where} ({_first_line(exc)}) and "
-                    f"offline mode (HF_HUB_OFFLINE=1) forbids downloading the rest. {fixes(setting)}") from None
+                    f"offline mode (HF_HUB_OFFLINE=1) forbids downloading the rest. {fixes(setting)}"
+                ) from None
     elif offline():
         raise ModelLoadError(
-            f"{label} is not {where} and offline mode (HF_HUB_OFFLINE=1) forbids "
-            f"downloading it. {fixes(setting)}")
+            f"{label} is not {where} and offline mode (HF_HUB_OFFLINE=1) forbids downloading it. {fixes(setting)}"
+        )
     why = hub_unreachable()
     if why is not None:
         raise ModelLoadError(
             f"{label} is not {where} and the model hub {endpoint()} "
-            f"(HF_ENDPOINT) cannot be reached: {why}. {fixes(setting)}")
+            f"(HF_ENDPOINT) cannot be reached: {why}. {fixes(setting)}"
+        )
     try:
         return load(False)
     except OSError as exc:  # a typo in the id, a gated repo, the network failing mid-download...

@@ -4,14 +4,15 @@ One Engine per process holds the three stages; each stage loads its model on fir
 importing or constructing an Engine is cheap and safe in any process. Settings that cannot work
 on this machine (QUANTIZE on a CPU, a missing GPU) fail at construction, before any job runs.
 """
+
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 import time
-from pathlib import Path
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
 
 from PIL import Image
 
@@ -73,17 +74,28 @@ class Engine:
         from worker.engine.caption import CaptionStage
 
         # Quantization is for the story model, the only one big enough to need it.
-        return self._stages("caption", lambda: CaptionStage(
-            self.settings.caption_model, device=self.device, dtype=self.dtype))
+        return self._stages(
+            "caption", lambda: CaptionStage(self.settings.caption_model, device=self.device, dtype=self.dtype)
+        )
 
     @property
     def story(self):
         from worker.engine.story import StoryStage
 
         s, styles = self.settings, self.styles
-        return self._stages("story", lambda: StoryStage(
-            s.story_model, adapter=s.story_adapter, device=str(self.device), dtype=self.dtype,
-            quantize=s.quantize, cache_dir=s.model_cache_dir, styles=styles.locations, default_style=styles.default))
+        return self._stages(
+            "story",
+            lambda: StoryStage(
+                s.story_model,
+                adapter=s.story_adapter,
+                device=str(self.device),
+                dtype=self.dtype,
+                quantize=s.quantize,
+                cache_dir=s.model_cache_dir,
+                styles=styles.locations,
+                default_style=styles.default,
+            ),
+        )
 
     @property
     def styles(self):
@@ -115,8 +127,9 @@ class Engine:
         # VITS is small and its flow/spline layers are sensitive to half precision: keep it in
         # float32 unless DTYPE was set explicitly.
         dtype = None if self.settings.dtype == "auto" else self.dtype
-        return self._stages("speech", lambda: SpeechStage(
-            self.settings.speech_model, device=str(self.device), dtype=dtype))
+        return self._stages(
+            "speech", lambda: SpeechStage(self.settings.speech_model, device=str(self.device), dtype=dtype)
+        )
 
     def load(self) -> dict[str, float]:
         """Warm all three models; returns the seconds each took to load.
@@ -132,8 +145,14 @@ class Engine:
             seconds[name] = time.perf_counter() - start
         return seconds
 
-    def narrate(self, image: Image.Image, words: int | None = None, seed: int | None = None,
-                on_progress: ProgressCallback | None = None, sample: bool = True) -> Narration:
+    def narrate(
+        self,
+        image: Image.Image,
+        words: int | None = None,
+        seed: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        sample: bool = True,
+    ) -> Narration:
         """One photo to one narration.
 
         on_progress(stage, fields) is called as each stage starts, with the previous stage's
@@ -144,10 +163,15 @@ class Engine:
         notify = (lambda stage, items: on_progress(stage, items[0])) if on_progress else None
         return self._run([image], [words], [seed], sample, notify)[0]
 
-    def narrate_batch(self, images: Sequence[Image.Image], words: int | Sequence[int | None] | None = None,
-                      seeds: Sequence[int | None] | None = None, sample: bool = True,
-                      on_progress: BatchProgressCallback | None = None,
-                      styles: Sequence[str | None] | None = None) -> list[Narration]:
+    def narrate_batch(
+        self,
+        images: Sequence[Image.Image],
+        words: int | Sequence[int | None] | None = None,
+        seeds: Sequence[int | None] | None = None,
+        sample: bool = True,
+        on_progress: BatchProgressCallback | None = None,
+        styles: Sequence[str | None] | None = None,
+    ) -> list[Narration]:
         """Each stage runs once over the whole list (once per distinct seed, and story length, for
         story and speech; styles mix in one call). on_progress(stage, [fields per photo]) works as
         in narrate. `styles`: a STORY_STYLES name per photo (None: the default style)."""
@@ -176,11 +200,17 @@ class Engine:
         self.story.load()
         start = time.perf_counter()
         stories: list[str] = [""] * len(images)
-        for (seed, length), indexes in _groups(zip(seeds, words)).items():
-            texts = self.story([captions[i] for i in indexes], words=length, seed=seed, do_sample=sample,
-                               temperature=self.settings.story_temperature, top_p=self.settings.story_top_p,
-                               styles=[styles[i] for i in indexes] if styles else None)
-            for i, text in zip(indexes, texts):
+        for (seed, length), indexes in _groups(zip(seeds, words, strict=True)).items():
+            texts = self.story(
+                [captions[i] for i in indexes],
+                words=length,
+                seed=seed,
+                do_sample=sample,
+                temperature=self.settings.story_temperature,
+                top_p=self.settings.story_top_p,
+                styles=[styles[i] for i in indexes] if styles else None,
+            )
+            for i, text in zip(indexes, texts, strict=True):
                 stories[i] = text
         timings["story"] = time.perf_counter() - start
 
@@ -189,7 +219,7 @@ class Engine:
         start = time.perf_counter()
         speeches = [None] * len(images)
         for seed, indexes in _groups(seeds).items():
-            for i, speech in zip(indexes, self.speech([stories[i] for i in indexes], seed=seed)):
+            for i, speech in zip(indexes, self.speech([stories[i] for i in indexes], seed=seed), strict=True):
                 speeches[i] = speech
         timings["speech"] = time.perf_counter() - start
 
@@ -203,6 +233,15 @@ class Engine:
         else:
             with ThreadPoolExecutor(max_workers=min(len(speeches), os.cpu_count() or 2)) as pool:
                 encoded = list(pool.map(encode, speeches))
-        return [Narration(caption, story, mp3, speech.seconds, speech.sample_rate, dict(timings, encode=seconds),
-                          words=speech.words)
-                for caption, story, speech, (mp3, seconds) in zip(captions, stories, speeches, encoded)]
+        return [
+            Narration(
+                caption,
+                story,
+                mp3,
+                speech.seconds,
+                speech.sample_rate,
+                dict(timings, encode=seconds),
+                words=speech.words,
+            )
+            for caption, story, speech, (mp3, seconds) in zip(captions, stories, speeches, encoded, strict=True)
+        ]

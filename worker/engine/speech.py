@@ -4,6 +4,7 @@ The text is first spelled out and cut into sentence-sized chunks (speech_text.py
 every text is synthesised as one padded batch, and each text's chunks are joined again with short
 pauses.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,13 @@ import numpy as np
 
 # The text helpers are re-exported: callers and tests import them from worker.engine.speech.
 from worker.engine.speech_text import (  # noqa: F401
-    DEFAULT_ALLOWED, keep_only, normalize_text, number_words, ordinal_words, spell_out, split_sentences,
+    DEFAULT_ALLOWED,
+    keep_only,
+    normalize_text,
+    number_words,
+    ordinal_words,
+    spell_out,
+    split_sentences,
 )
 from worker.engine.subtitles import DurationTap, WordTiming, align, chunk_words
 
@@ -38,6 +45,7 @@ class Speech:
 class SpeechBatch:
     """Chunks of every text in one flat list; owners[i] is the index of the text chunk i came from.
     forward() fills frames[i]: the VITS frames of each token of chunk i (None if unknown)."""
+
     chunks: list[str]
     owners: list[int]
     n_texts: int
@@ -48,9 +56,18 @@ class SpeechBatch:
 class SpeechStage:
     """MMS-TTS through VitsModel + VitsTokenizer; loads once (lazily, thread-safe), speaks in batches."""
 
-    def __init__(self, model: str, device="cpu", dtype=None, max_chars: int = 200,
-                 max_batch: int = 32, pause_seconds: float = 0.25, empty_seconds: float = 0.5,
-                 seed: int | None = None, setting: str = "SPEECH_MODEL"):
+    def __init__(
+        self,
+        model: str,
+        device="cpu",
+        dtype=None,
+        max_chars: int = 200,
+        max_batch: int = 32,
+        pause_seconds: float = 0.25,
+        empty_seconds: float = 0.5,
+        seed: int | None = None,
+        setting: str = "SPEECH_MODEL",
+    ):
         self.model_name = str(model)
         self.setting = setting  # named in the error when the model cannot be loaded
         self.device = device
@@ -72,7 +89,7 @@ class SpeechStage:
         self.load()
         return int(self.model.config.sampling_rate)
 
-    def load(self) -> "SpeechStage":
+    def load(self) -> SpeechStage:
         if self.model is not None:
             return self
         with self._load_lock:
@@ -84,8 +101,9 @@ class SpeechStage:
 
                 def from_pretrained(local_files_only: bool):
                     tokenizer = AutoTokenizer.from_pretrained(self.model_name, local_files_only=local_files_only)
-                    model = VitsModel.from_pretrained(self.model_name, dtype=self.dtype or torch.float32,
-                                                      local_files_only=local_files_only)
+                    model = VitsModel.from_pretrained(
+                        self.model_name, dtype=self.dtype or torch.float32, local_files_only=local_files_only
+                    )
                     return tokenizer, model
 
                 tokenizer, model = load_pretrained(self.setting, self.model_name, from_pretrained)
@@ -124,14 +142,14 @@ class SpeechStage:
         order = sorted(range(len(batch.chunks)), key=lambda i: len(batch.chunks[i]))
         with self._run_lock, seeded(seed, device):
             for start in range(0, len(order), self.max_batch):
-                ids = order[start:start + self.max_batch]
+                ids = order[start : start + self.max_batch]
                 inputs = self.tokenizer([batch.chunks[i] for i in ids], padding=True, return_tensors="pt")
                 with torch.inference_mode(), DurationTap(self.model) as tap:
                     out = self.model(**inputs.to(device))
                 lengths = out.sequence_lengths.tolist()
                 rows = out.waveform.float().cpu().numpy()
                 masks = inputs["attention_mask"].bool().cpu().numpy()
-                for row, i, n, frames, mask in zip(rows, ids, lengths, tap.calls[-1], masks):
+                for row, i, n, frames, mask in zip(rows, ids, lengths, tap.calls[-1], masks, strict=True):
                     waves[i] = row[:n].astype(np.float32)  # drop the padding tail
                     batch.frames[i] = frames[mask].tolist()  # this chunk's tokens, not the padding
                     if sum(batch.frames[i]) * hop != n:  # a VITS that computes durations differently
@@ -146,18 +164,20 @@ class SpeechStage:
         parts: list[list[np.ndarray]] = [[] for _ in range(batch.n_texts)]
         words: list[list[tuple[str, float, float]]] = [[] for _ in range(batch.n_texts)]
         frames = batch.frames or [None] * len(waves)
-        for owner, chunk, wave, chunk_frames in zip(batch.owners, batch.chunks, waves, frames):
+        for owner, chunk, wave, chunk_frames in zip(batch.owners, batch.chunks, waves, frames, strict=True):
             parts[owner] += [pause, wave] if parts[owner] else [wave]
             # The chunk starts after every earlier part of its text, the pauses included.
             offset = (sum(map(len, parts[owner])) - len(wave)) / rate
-            words[owner] += [(w, offset + start, offset + end) for w, start, end
-                             in chunk_words(chunk, chunk_frames, hop / rate, len(wave) / rate)]
+            words[owner] += [
+                (w, offset + start, offset + end)
+                for w, start, end in chunk_words(chunk, chunk_frames, hop / rate, len(wave) / rate)
+            ]
         empty = np.zeros(int(rate * self.empty_seconds), dtype=np.float32)
         texts = batch.texts or [""] * batch.n_texts
         out = []
-        for part, spoken, text in zip(parts, words, texts):
+        for part, spoken, text in zip(parts, words, texts, strict=True):
             refs = align(text or "", [w for w, _, _ in spoken], self.allowed)
-            timings = [WordTiming(w, start, end, ref) for (w, start, end), ref in zip(spoken, refs)]
+            timings = [WordTiming(w, start, end, ref) for (w, start, end), ref in zip(spoken, refs, strict=True)]
             out.append(Speech(np.concatenate(part) if part else empty.copy(), rate, timings))
         return out
 

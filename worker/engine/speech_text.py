@@ -5,33 +5,88 @@ and its tokenizer silently drops everything else: "3 dogs" would be read as "dog
 symbols are spelled out here first; split_sentences() then cuts the text into chunks short enough
 for VITS (quality and memory degrade on very long inputs). Pure text: no model, no numpy.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 # What MMS-TTS-eng can actually say; the stage replaces it with the loaded tokenizer's vocabulary.
 DEFAULT_ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyz '-")
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL_IRREGULAR = {"one": "first", "two": "second", "three": "third", "five": "fifth",
-                      "eight": "eighth", "nine": "ninth", "twelve": "twelfth"}
+_ORDINAL_IRREGULAR = {
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
+}
 _CURRENCIES = {"$": ("dollar", "cent"), "£": ("pound", "penny"), "€": ("euro", "cent")}
-_SYMBOLS = {"&": " and ", "%": " percent ", "+": " plus ", "@": " at ", "=": " equals ",
-            "°": " degrees ", "#": " number ", "$": " dollars ", "£": " pounds ", "€": " euros "}
+_SYMBOLS = {
+    "&": " and ",
+    "%": " percent ",
+    "+": " plus ",
+    "@": " at ",
+    "=": " equals ",
+    "°": " degrees ",
+    "#": " number ",
+    "$": " dollars ",
+    "£": " pounds ",
+    "€": " euros ",
+}
 # Characters NFKD cannot decompose into ASCII but that have an obvious spelling.
-_TRANSLITERATE = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o",
-                                "Ø": "O", "đ": "d", "ł": "l", "Ł": "L", "þ": "th", "ð": "d",
-                                "‘": "'", "’": "'", "‚": "'", "‛": "'", "′": "'", "“": '"',
-                                "”": '"', "„": '"', "″": '"', "‐": "-", "‑": "-", "−": "-",
-                                "–": ", ", "—": ", ", "―": ", ", "…": "...", "⁄": "/"})
-_ABBREVIATIONS = ((r"\bmr\.", "mister"), (r"\bmrs\.", "missus"), (r"\bms\.", "miz"),
-                  (r"\bdr\.", "doctor"), (r"\bvs\.", "versus"), (r"\betc\.", "et cetera"),
-                  (r"\be\.g\.", "for example"), (r"\bi\.e\.", "that is"))
+_TRANSLITERATE = str.maketrans(
+    {
+        "ß": "ss",
+        "æ": "ae",
+        "Æ": "AE",
+        "œ": "oe",
+        "Œ": "OE",
+        "ø": "o",
+        "Ø": "O",
+        "đ": "d",
+        "ł": "l",
+        "Ł": "L",
+        "þ": "th",
+        "ð": "d",
+        "‘": "'",
+        "’": "'",
+        "‚": "'",
+        "‛": "'",
+        "′": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "″": '"',
+        "‐": "-",
+        "‑": "-",
+        "−": "-",
+        "–": ", ",
+        "—": ", ",
+        "―": ", ",
+        "…": "...",
+        "⁄": "/",
+    }
+)
+_ABBREVIATIONS = (
+    (r"\bmr\.", "mister"),
+    (r"\bmrs\.", "missus"),
+    (r"\bms\.", "miz"),
+    (r"\bdr\.", "doctor"),
+    (r"\bvs\.", "versus"),
+    (r"\betc\.", "et cetera"),
+    (r"\be\.g\.", "for example"),
+    (r"\bi\.e\.", "that is"),
+)
 _NUMBER = re.compile(r"(-?)(?<!\d)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?")
 
 
@@ -159,6 +214,6 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
                 pieces.append(clause)
                 continue
             for word in clause.split():  # a single "word" longer than a chunk is cut as is
-                pieces += [word[i:i + max_chars] for i in range(0, len(word), max_chars)]
+                pieces += [word[i : i + max_chars] for i in range(0, len(word), max_chars)]
         chunks += _pack(pieces, max_chars)
     return chunks

@@ -7,6 +7,7 @@ One adapter (STORY_ADAPTER) is merged into the weights: base-model speed. Story 
 shared/styles.py) stay unmerged, one named peft adapter each on the one base model, and a batch mixes
 them: generate(adapter_names=[style per row]) runs each row's LoRA on its own rows of every layer.
 """
+
 from __future__ import annotations
 
 import threading
@@ -20,9 +21,18 @@ class StoryStage:
     alone or in a batch. Sampling with a seed is reproducible for the same batch of captions, but a
     caption's story depends on its batch companions (one random stream is shared by the batch)."""
 
-    def __init__(self, model: str, adapter: str | None = None, device="cpu", dtype=None,
-                 quantize: str = "none", cache_dir: str | None = None, setting: str = "STORY_MODEL",
-                 styles: dict[str, str] | None = None, default_style: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        adapter: str | None = None,
+        device="cpu",
+        dtype=None,
+        quantize: str = "none",
+        cache_dir: str | None = None,
+        setting: str = "STORY_MODEL",
+        styles: dict[str, str] | None = None,
+        default_style: str | None = None,
+    ):
         self.model_name, self.adapter, self.quantize = str(model), adapter, quantize or "none"
         # Style name -> adapter location (shared/styles.py); empty: no styles, STORY_ADAPTER merged.
         self.styles = dict(styles or {})
@@ -38,7 +48,7 @@ class StoryStage:
     def loaded(self) -> bool:
         return self.model is not None
 
-    def load(self) -> "StoryStage":
+    def load(self) -> StoryStage:
         if self.model is not None:
             return self
         with self._load_lock:
@@ -60,8 +70,9 @@ class StoryStage:
         cache = self.cache_dir or ".cache/adapters"
         adapter_path = resolve_adapter(self.adapter, cache) if self.adapter else None
         # Every style's adapter is found (and downloaded) before gigabytes of base model are read.
-        style_paths = {name: resolve_adapter(location, cache, f"STORY_STYLES {name}")
-                       for name, location in self.styles.items()}
+        style_paths = {
+            name: resolve_adapter(location, cache, f"STORY_STYLES {name}") for name, location in self.styles.items()
+        }
 
         quantization = devices.quantization_config(self.quantize, compute_dtype=dtype)
         kwargs = {"dtype": dtype}
@@ -72,14 +83,18 @@ class StoryStage:
 
         def from_pretrained(local_files_only: bool):
             # Left padding: a batch's prompts must all end where generation starts.
-            tokenizer = AutoTokenizer.from_pretrained(self.model_name, padding_side="left",
-                                                      local_files_only=local_files_only)
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.model_name, padding_side="left", local_files_only=local_files_only
+            )
             # The Auto class looks for a PEFT adapter_config.json in the repo without passing
             # local_files_only on (transformers 5.24): name it in adapter_kwargs, or a cached model
             # still asks the hub, and waits out its retries when the hub does not answer.
             model = AutoModelForCausalLM.from_pretrained(
-                self.model_name, local_files_only=local_files_only,
-                adapter_kwargs={"local_files_only": local_files_only}, **kwargs)
+                self.model_name,
+                local_files_only=local_files_only,
+                adapter_kwargs={"local_files_only": local_files_only},
+                **kwargs,
+            )
             return tokenizer, model
 
         tokenizer, model = load_pretrained(self.setting, self.model_name, from_pretrained)
@@ -95,8 +110,10 @@ class StoryStage:
             try:
                 model = PeftModel.from_pretrained(model, str(adapter_path))
             except (KeyError, ValueError, OSError, RuntimeError) as exc:  # a broken or mismatched adapter
-                raise AdapterError(f"STORY_ADAPTER {self.adapter!r} cannot be loaded onto "
-                                   f"{self.model_name}: {type(exc).__name__}: {exc}") from exc
+                raise AdapterError(
+                    f"STORY_ADAPTER {self.adapter!r} cannot be loaded onto "
+                    f"{self.model_name}: {type(exc).__name__}: {exc}"
+                ) from exc
             if quantization is None:
                 # Merged LoRA weights run at base-model speed; an unmerged adapter adds two small
                 # matmuls per layer. Quantized weights cannot absorb the update, so keep it apart.
@@ -119,8 +136,10 @@ class StoryStage:
                 else:
                     model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
             except (KeyError, ValueError, OSError, RuntimeError) as exc:  # a broken or mismatched adapter
-                raise AdapterError(f"STORY_STYLES {name}={self.styles[name]} cannot be loaded onto "
-                                   f"{self.model_name}: {type(exc).__name__}: {exc}") from exc
+                raise AdapterError(
+                    f"STORY_STYLES {name}={self.styles[name]} cannot be loaded onto "
+                    f"{self.model_name}: {type(exc).__name__}: {exc}"
+                ) from exc
         return model
 
     def adapter_names(self, styles, count: int) -> list[str] | None:
@@ -132,8 +151,9 @@ class StoryStage:
         if not self.styles:
             asked = sorted({s for s in styles if s})
             if asked:
-                raise ValueError(f"no story styles are served here (STORY_STYLES is empty), but {asked[0]!r} "
-                                 "was asked for")
+                raise ValueError(
+                    f"no story styles are served here (STORY_STYLES is empty), but {asked[0]!r} was asked for"
+                )
             return None
         names = [style or self.default_style for style in styles]
         unknown = sorted(set(names) - set(self.styles))
@@ -143,23 +163,36 @@ class StoryStage:
 
     def preprocess(self, captions: list[str], words: int = 40):
         self.load()
-        prompts = [self.tokenizer.apply_chat_template(build_messages(c, words), tokenize=False,
-                                                      add_generation_prompt=True) for c in captions]
+        prompts = [
+            self.tokenizer.apply_chat_template(build_messages(c, words), tokenize=False, add_generation_prompt=True)
+            for c in captions
+        ]
         # The chat template already holds every special token the model expects.
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         return batch.to(self.device)
 
-    def forward(self, batch, seed: int | None = None, do_sample: bool = True, temperature: float = 0.8,
-                top_p: float = 0.9, repetition_penalty: float | None = None, max_new_tokens: int = 112,
-                adapter_names: list[str] | None = None):
+    def forward(
+        self,
+        batch,
+        seed: int | None = None,
+        do_sample: bool = True,
+        temperature: float = 0.8,
+        top_p: float = 0.9,
+        repetition_penalty: float | None = None,
+        max_new_tokens: int = 112,
+        adapter_names: list[str] | None = None,
+    ):
         """Generate and return only the new token ids (the prompt is cut off). `adapter_names`: one
         style per row (see adapter_names()), for a stage with styles."""
         import torch
 
         from worker.engine.devices import seeded
 
-        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                   "pad_token_id": self.tokenizer.pad_token_id}
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
         else:  # greedy: silence the sampling defaults shipped in Qwen's generation_config
@@ -171,17 +204,25 @@ class StoryStage:
         # The lock keeps a seeded run's random stream to itself.
         with self._generate_lock, seeded(seed, self.device), torch.inference_mode():
             output = self.model.generate(**batch, **options)
-        return output[:, batch["input_ids"].shape[1]:]
+        return output[:, batch["input_ids"].shape[1] :]
 
     def postprocess(self, new_ids, captions: list[str] | None = None) -> list[str]:
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         captions = captions or [None] * len(texts)
-        return [clean_story(text, caption) for text, caption in zip(texts, captions)]
+        return [clean_story(text, caption) for text, caption in zip(texts, captions, strict=True)]
 
-    def __call__(self, captions: list[str], words: int = 40, seed: int | None = None,
-                 do_sample: bool = True, temperature: float = 0.8, top_p: float = 0.9,
-                 max_new_tokens: int | None = None, repetition_penalty: float | None = None,
-                 styles: list[str | None] | None = None) -> list[str]:
+    def __call__(
+        self,
+        captions: list[str],
+        words: int = 40,
+        seed: int | None = None,
+        do_sample: bool = True,
+        temperature: float = 0.8,
+        top_p: float = 0.9,
+        max_new_tokens: int | None = None,
+        repetition_penalty: float | None = None,
+        styles: list[str | None] | None = None,
+    ) -> list[str]:
         """`styles`: one per caption (None: the default style), for a stage with styles."""
         if not captions:
             return []
@@ -189,7 +230,14 @@ class StoryStage:
         batch = self.preprocess(list(captions), words)
         # ~1.3 tokens per English word, plus room for the model to finish its last sentence.
         limit = max_new_tokens or int(words) * 2 + 32
-        new_ids = self.forward(batch, seed=seed, do_sample=do_sample, temperature=temperature,
-                               top_p=top_p, repetition_penalty=repetition_penalty, max_new_tokens=limit,
-                               adapter_names=names)
+        new_ids = self.forward(
+            batch,
+            seed=seed,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            max_new_tokens=limit,
+            adapter_names=names,
+        )
         return self.postprocess(new_ids, list(captions))

@@ -5,6 +5,7 @@ examples with it, so the fine-tuned adapter sees at serving time exactly what it
 The prompt lives beside clean_story() because the clean-up must recognise the prompt when a model
 echoes it. Pure text: nothing here imports torch or transformers.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,19 +33,26 @@ _CHAT_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 _ASSISTANT_TURN = re.compile(r"<\|im_start\|>\s*assistant\s*\n?|^\s*assistant:?\s*$", re.I | re.M)
 _PREAMBLE = re.compile(
     r"^(?:(?:sure|certainly|of course|okay|ok|absolutely|great)\b[!.,]?\s*)*"
-    r"(?:here(?:'s| is| it is| goes| you go)|below is|i(?:'ve| have) written)\b[^:\n]*:?", re.I)
+    r"(?:here(?:'s| is| it is| goes| you go)|below is|i(?:'ve| have) written)\b[^:\n]*:?",
+    re.I,
+)
 _DROP_LINE = re.compile(r"^(?:title|caption|prompt|image|photo|word count)\s*:|^[-*_=]{3,}$|^```", re.I)
 _TRAILER = re.compile(r"^(?:\(?\s*(?:word count|\d+ words)|i hope|let me know|feel free|note:)", re.I)
 _BULLET = re.compile(r"^(?:>\s*|[-*•+]\s+|\d+[.)]\s+)+")
 _LABEL = re.compile(
     r"(^|(?<=[.!?\"”])\s)\(?(?:story|short story|the story|beginning|middle|end|ending|answer|"
-    r"response|output|narrative|assistant)\)?\s*(?:\(\d+ words\))?\s*[:\-–—]\s+", re.I)
-_EMPHASIS = [re.compile(r"\*\*(.+?)\*\*"), re.compile(r"__(.+?)__"),
-             re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"),
-             re.compile(r"(?<!\w)_(?!\s)(.+?)(?<!\s)_(?!\w)")]
+    r"response|output|narrative|assistant)\)?\s*(?:\(\d+ words\))?\s*[:\-–—]\s+",
+    re.I,
+)
+_EMPHASIS = [
+    re.compile(r"\*\*(.+?)\*\*"),
+    re.compile(r"__(.+?)__"),
+    re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"),
+    re.compile(r"(?<!\w)_(?!\s)(.+?)(?<!\s)_(?!\w)"),
+]
 _ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|vs|etc)\.$")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
-_QUOTES = "\"“”"
+_QUOTES = '"“”'
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 
 
@@ -76,7 +84,7 @@ def clean_story(raw: str, caption: str | None = None) -> str:
     text = _CONTROL.sub("", text)  # control bytes and U+FFFD (broken UTF-8) would reach the speech stage
     turns = list(_ASSISTANT_TURN.finditer(text))
     if turns:  # the prompt was echoed: the story follows the last assistant header
-        text = text[turns[-1].end():]
+        text = text[turns[-1].end() :]
     text = re.sub(r"^\s*(?:<\|[a-z_]+\|>\s*)+", "", text)
     end = _CHAT_TOKEN.search(text)
     text = _SYSTEM_ECHO.sub("", text[: end.start()] if end else text)
@@ -92,12 +100,12 @@ def clean_story(raw: str, caption: str | None = None) -> str:
         if _DROP_LINE.match(line) or (cap and line.lower().rstrip(".!? ") == cap):
             continue
         preamble = _PREAMBLE.match(line) if first else None
-        if preamble and (preamble.group().endswith(":") or any(lines[index + 1:])):
-            line = line[preamble.end():].strip()  # "Here is a short story about ...:"
+        if preamble and (preamble.group().endswith(":") or any(lines[index + 1 :])):
+            line = line[preamble.end() :].strip()  # "Here is a short story about ...:"
             if not line:
                 continue
         formatted = line.startswith(("#", "**", "__", '"', "“")) and _is_title(line)
-        if first and (formatted or (_is_title(line) and any(lines[index + 1:]))):
+        if first and (formatted or (_is_title(line) and any(lines[index + 1 :]))):
             continue  # a title above the story
         kept.append(_strip_markdown(line))
     while kept and (not kept[-1] or _TRAILER.match(kept[-1])):
@@ -106,8 +114,8 @@ def clean_story(raw: str, caption: str | None = None) -> str:
     paragraphs = " ".join(line if line else "\n" for line in kept).split("\n")
     text = "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
     text = _LABEL.sub(r"\1", text).strip()
-    if cap and text.lower().startswith(cap) and text[len(cap): len(cap) + 1] in (".", ":", "!", "\n"):
-        text = text[len(cap) + 1:].strip()  # the caption echoed as the first sentence
+    if cap and text.lower().startswith(cap) and text[len(cap) : len(cap) + 1] in (".", ":", "!", "\n"):
+        text = text[len(cap) + 1 :].strip()  # the caption echoed as the first sentence
     text = _cut_to_sentence(text.strip())
     quotes = [i for i, ch in enumerate(text) if ch in _QUOTES]
     if quotes and quotes[0] == 0 and (len(quotes) == 1 or (len(quotes) == 2 and quotes[1] == len(text) - 1)):

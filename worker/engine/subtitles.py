@@ -9,6 +9,7 @@ to the waveform's length). The tokenizer is one token per character, with a blan
 between and after the characters when `add_blank` is set, so token positions map back to the
 characters of the chunk, and characters to words.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -61,8 +62,9 @@ def token_spans(chunk: str, n_tokens: int) -> list[int] | None:
     return None
 
 
-def chunk_words(chunk: str, frames: Sequence[int] | None, seconds_per_frame: float,
-                chunk_seconds: float) -> list[tuple[str, float, float]]:
+def chunk_words(
+    chunk: str, frames: Sequence[int] | None, seconds_per_frame: float, chunk_seconds: float
+) -> list[tuple[str, float, float]]:
     """(word, start, end) relative to the chunk's start: from the first frame of a word's first
     character to the last frame of its last one. Without usable frames, the chunk's time is shared
     out by characters (an estimate, but the words still line up with the chunk)."""
@@ -134,8 +136,7 @@ def to_vtt(words: Sequence[WordTiming]) -> str:
     for word in list(words) + [None]:  # type: ignore[list-item]
         if group and (word is None or word.ref != group[0].ref):
             text = " ".join(w.text for w in group)
-            lines += [f"w{group[0].ref}", f"{_stamp(group[0].start)} --> {_stamp(group[-1].end)}",
-                      _escape(text), ""]
+            lines += [f"w{group[0].ref}", f"{_stamp(group[0].start)} --> {_stamp(group[-1].end)}", _escape(text), ""]
             group = []
         if word is not None:
             group.append(word)

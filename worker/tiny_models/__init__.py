@@ -3,6 +3,7 @@
 Each builder makes a few-MB model of the real class and saves it with save_pretrained, so the
 stages load it through exactly the from_pretrained code they use for the hub models.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

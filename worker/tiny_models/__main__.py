@@ -1,4 +1,5 @@
 """python -m worker.tiny_models --out DIR [--seed N]"""
+
 from __future__ import annotations
 
 import argparse

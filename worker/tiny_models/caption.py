@@ -3,6 +3,7 @@
 It is saved with save_pretrained so CaptionStage loads it through exactly the same
 BlipForConditionalGeneration / BlipProcessor.from_pretrained calls as Salesforce's model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,25 +42,42 @@ def build(out: str | Path, seed: int = 0) -> Path:
     vocab = make_vocab()
     # transformers 5's BertTokenizer takes the vocabulary as a dict (vocab_file is ignored).
     tokenizer = BertTokenizer(
-        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, bos_token="[DEC]",
-        additional_special_tokens=["[ENC]"], model_max_length=64,
+        vocab={token: i for i, token in enumerate(vocab)},
+        do_lower_case=True,
+        bos_token="[DEC]",
+        additional_special_tokens=["[ENC]"],
+        model_max_length=64,
     )
     image_processor = BlipImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
     )
     config = BlipConfig(
         text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=64, projection_dim=32,
-            bos_token_id=vocab.index("[DEC]"), pad_token_id=vocab.index("[PAD]"),
-            sep_token_id=vocab.index("[SEP]"), eos_token_id=vocab.index("[SEP]"),
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            projection_dim=32,
+            bos_token_id=vocab.index("[DEC]"),
+            pad_token_id=vocab.index("[PAD]"),
+            sep_token_id=vocab.index("[SEP]"),
+            eos_token_id=vocab.index("[SEP]"),
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=IMAGE_SIZE, patch_size=16, projection_dim=32,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=16,
+            projection_dim=32,
         ),
-        projection_dim=32, image_text_hidden_size=32,
+        projection_dim=32,
+        image_text_hidden_size=32,
     )
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config).eval()

@@ -4,6 +4,7 @@ Same classes (VitsModel + VitsTokenizer), same tokenizer settings and character 
 real checkpoint, so SpeechStage loads it through the very same from_pretrained code; only the
 sizes are shrunk so it is about 100 KB and synthesises in milliseconds on a CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,55 @@ from pathlib import Path
 # dash are in the real vocab too, which is why normalisation must spell numbers out itself rather
 # than rely on the vocab filter.
 MMS_ENG_SYMBOLS = (
-    "k", "'", "x", "y", "n", "d", "h", "e", "s", "w", "–", "3", "c", "z", "-", "1", "j", "l",
-    "i", " ", "f", "v", "o", "0", "b", "r", "a", "4", "2", "m", "_", "p", "q", "u", "t", "5",
-    "6", "g",
+    "k",
+    "'",
+    "x",
+    "y",
+    "n",
+    "d",
+    "h",
+    "e",
+    "s",
+    "w",
+    "–",
+    "3",
+    "c",
+    "z",
+    "-",
+    "1",
+    "j",
+    "l",
+    "i",
+    " ",
+    "f",
+    "v",
+    "o",
+    "0",
+    "b",
+    "r",
+    "a",
+    "4",
+    "2",
+    "m",
+    "_",
+    "p",
+    "q",
+    "u",
+    "t",
+    "5",
+    "6",
+    "g",
 )
 
 # The real model's tokenizer_config.json settings: no phonemizer, no uroman, blanks between chars.
 TOKENIZER_SETTINGS = dict(
-    language="eng", add_blank=True, normalize=True, phonemize=False, is_uroman=False,
-    pad_token="k", unk_token="<unk>",
+    language="eng",
+    add_blank=True,
+    normalize=True,
+    phonemize=False,
+    is_uroman=False,
+    pad_token="k",
+    unk_token="<unk>",
 )
 
 
@@ -65,8 +106,7 @@ def build(out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     vocab_file = out / "vocab.json"
     vocab_file.write_text(
-        json.dumps({ch: i for i, ch in enumerate(MMS_ENG_SYMBOLS)}, ensure_ascii=False, sort_keys=True)
-        + "\n",
+        json.dumps({ch: i for i, ch in enumerate(MMS_ENG_SYMBOLS)}, ensure_ascii=False, sort_keys=True) + "\n",
         encoding="utf-8",
     )
     tokenizer = VitsTokenizer(vocab_file=str(vocab_file), **TOKENIZER_SETTINGS)

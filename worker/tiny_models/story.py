@@ -5,6 +5,7 @@ pre-tokenizer, the same special tokens and ChatML chat template, saved with save
 story stage loads it through exactly the from_pretrained code it uses for the real model.
 Its text is noise (random weights); that is expected.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,10 +66,12 @@ def _train_tokenizer(vocab_size: int):
 
     tok = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
