@@ -20,6 +20,9 @@ from shared.settings import Settings
 
 NARRATE_TASK = "narrate_job"
 QUEUE = "narrate"  # also the Redis list kombu keeps the waiting messages in
+# For a sender that must not hang on a dead broker (a web request, a finishing job): a few quick
+# tries, then the caller's error handling.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -48,7 +51,14 @@ def make_celery(settings: Settings, name: str = "narrator") -> Celery:
     return app
 
 
-def wake(celery: Celery, job_ids: Iterable[str], retry_policy: dict | None = None) -> None:
-    """Send one wake-up per job. The web passes each new job's id as the message id too."""
+def wake(celery: Celery, job_ids: Iterable[str], retry_policy: dict | None = None, first: bool = False) -> None:
+    """Send one wake-up per job. `first`: the job's first wake-up (the web's, at submit), which
+    carries the job's id as its message id too, so broker-side tools show which job it is."""
     for job_id in job_ids:
-        celery.send_task(NARRATE_TASK, args=[job_id], retry=retry_policy is not None, retry_policy=retry_policy or {})
+        celery.send_task(
+            NARRATE_TASK,
+            args=[job_id],
+            task_id=job_id if first else None,
+            retry=retry_policy is not None,
+            retry_policy=retry_policy or {},
+        )

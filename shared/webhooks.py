@@ -41,6 +41,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.job_schema import Job, JobStatus, iso
+from shared.queue import PUBLISH_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ AUDIO_PATH = "/api/v1/jobs/{id}/audio"
 SUBTITLES_PATH = "/api/v1/jobs/{id}/subtitles.vtt"
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "narrator-webhooks/1"
-# A few quick tries to publish, so a finishing process never hangs on a dead broker.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 class InvalidWebhook(ValueError):

@@ -14,13 +14,10 @@ from celery import Celery
 from flask import current_app
 
 from shared.jobs import JobStore
-from shared.queue import NARRATE_TASK, make_celery
+from shared.queue import PUBLISH_RETRY, make_celery, wake
 from shared.redis_conn import redis_client
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
-
-# A web request should not hang on a dead broker: a few quick tries, then 503.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 @dataclass
@@ -56,7 +53,7 @@ class Services:
 
     def enqueue(self, job_id: str) -> None:
         # Only the id travels: the worker reads the image and parameters from storage and the store.
-        self.celery.send_task(NARRATE_TASK, args=[job_id], task_id=job_id, retry=True, retry_policy=PUBLISH_RETRY)
+        wake(self.celery, [job_id], PUBLISH_RETRY, first=True)
 
 
 def services() -> Services:

@@ -202,3 +202,17 @@ def test_form_posts_from_other_sites_are_refused(app, client):
         assert client.post("/jobs", data=form, headers=headers).status_code == 403
     assert "Waiting for a worker" in client.get(location).get_data(as_text=True)
     assert app.extensions["narrator"].jobs.queued_count() == 1
+
+
+def test_the_job_page_names_the_style_and_a_cached_result(app, client, redis_url):
+    import redis
+
+    job_id = upload(client).headers["Location"].rsplit("/", 1)[1]
+    plain = Elements(client.get(f"/jobs/{job_id}").get_data(as_text=True))
+    assert not plain.find("p", id="story-meta")  # no style configured, not cached: nothing to say
+    # As a styled job served from the result cache is stored (shared/job_schema.py encodes True as "1").
+    redis.Redis.from_url(redis_url).hset(f"job:{job_id}", mapping={"style": "bedtime", "cached": "1"})
+    text = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    html = Elements(text)
+    assert html.find("span", id="style") and 'Style: <span id="style">bedtime</span>' in text
+    assert html.find("span", id="cached") and "earlier identical request" in text
