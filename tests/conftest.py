@@ -172,6 +172,15 @@ def service_env(redis_url, storage_url, tiny_models_dir, tmp_path) -> dict:
     }
 
 
+def celery_worker_command(hostname: str, app: str = "worker.app", *options: str) -> list[str]:
+    """`celery worker` as every test runs it: the solo pool, no gossip, mingle or heartbeat (our
+    leases and presence keys do that work), INFO logs that tests read for "ready."."""
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", *options, "--pool", "solo", "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", hostname,
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def celery_worker_process(service_env, tmp_path):
     """A real `celery -A worker.app worker` process on the test Redis (no eager mode)."""
@@ -179,23 +188,7 @@ def celery_worker_process(service_env, tmp_path):
     env = {**os.environ, **service_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.app",
-                "worker",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--hostname",
-                f"test-{uuid.uuid4().hex[:8]}@%h",
-            ],
+            celery_worker_command(f"test-{uuid.uuid4().hex[:8]}@%h"),
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -8,13 +8,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, celery_worker_command, free_port
 
 
 def wait_for_address(host: str, port: int, timeout: float = 30.0) -> None:
@@ -148,24 +147,7 @@ class Worker:
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    *prefix,
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.app",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "--loglevel",
-                    "INFO",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--hostname",
-                    f"{name}@%h",
-                ],
+                [*prefix, *celery_worker_command(f"{name}@%h")],
                 cwd=ROOT,
                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
                 stdout=out,

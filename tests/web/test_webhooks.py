@@ -12,7 +12,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -39,7 +38,7 @@ from shared.webhooks import (
     notify_finished,
     webhook_id,
 )
-from tests.conftest import create_api_key
+from tests.conftest import celery_worker_command, create_api_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SECRET = new_secret()  # WEBHOOK_SECRET: signs ownerless jobs' webhooks
@@ -141,25 +140,7 @@ def webhooks_worker(service_env, web_server, tmp_path):
     env = {**os.environ, **service_env, **FAST, "PUBLIC_BASE_URL": base, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "web.tasks",
-                "worker",
-                "-Q",
-                "webhooks",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--hostname",
-                f"webhooks-{uuid.uuid4().hex[:8]}@%h",
-            ],
+            celery_worker_command(f"webhooks-{uuid.uuid4().hex[:8]}@%h", "web.tasks", "-Q", "webhooks"),
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, celery_worker_command, free_port
 from tests.web.test_metrics import post, scrape, value
 
 pytestmark = pytest.mark.timeout(180)
@@ -78,21 +77,7 @@ def test_worker_metrics_after_one_job(metrics_worker, web_server, service_env):
     # model, with a message that says what to do.
     env = {**os.environ, **service_env, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--hostname",
-            "clash@%h",
-        ],
+        celery_worker_command("clash@%h"),
         cwd=ROOT,
         env=env,
         capture_output=True,
