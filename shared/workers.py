@@ -38,6 +38,16 @@ def live_workers(redis_client) -> list[dict]:
     return [json.loads(raw) for raw in redis_client.mget([f"worker:{i}" for i in ids]) if raw]
 
 
+def worker_counts(redis_client) -> dict[str, int]:
+    """Counts only (what /readyz and /metrics show): live, ready (models loaded: idle or busy), busy."""
+    live = live_workers(redis_client)
+    return {
+        "live": len(live),
+        "ready": sum(w.get("state") in ("ready", "busy") for w in live),
+        "busy": sum(w.get("state") == "busy" for w in live),
+    }
+
+
 def record_model_error(redis_client, worker: str, message: str) -> None:
     record = {"worker": worker, "message": message, "at": time.time()}
     redis_client.set(MODEL_ERROR, json.dumps(record), ex=MODEL_ERROR_TTL)

@@ -26,13 +26,8 @@ def readyz():
     try:
         svc.redis.ping()
         checks["redis"] = "ok"
-        live = workers.live_workers(svc.redis)
         # Counts only: worker host names and process ids are nobody else's business.
-        body["workers"] = {
-            "live": len(live),
-            "ready": sum(w.get("state") in ("ready", "busy") for w in live),
-            "busy": sum(w.get("state") == "busy" for w in live),
-        }
+        body["workers"] = workers.worker_counts(svc.redis)
         body["queue"] = {"queued": svc.jobs.queued_count()}
         error = workers.last_model_error(svc.redis)
         body["last_model_error"] = {"message": error["message"], "at": iso(error["at"])} if error else None

@@ -69,7 +69,7 @@ class RedisCollector:
         up = GaugeMetricFamily("narrator_redis_up", "1 when the job store answered this scrape")
         try:
             queued = self.svc.jobs.queued_count()
-            live = workers.live_workers(self.svc.redis)
+            counts = workers.worker_counts(self.svc.redis)
         except Exception as exc:  # a scrape still answers; the gauges below are simply absent
             current_app.logger.warning("metrics: redis: %s", exc)
             up.add_metric([], 0)
@@ -78,15 +78,11 @@ class RedisCollector:
         up.add_metric([], 1)
         yield up
         yield GaugeMetricFamily("narrator_queue_depth", "Jobs waiting in the queue", value=queued)
-        yield GaugeMetricFamily("narrator_workers_live", "Workers whose heartbeat is current", value=len(live))
+        yield GaugeMetricFamily("narrator_workers_live", "Workers whose heartbeat is current", value=counts["live"])
         yield GaugeMetricFamily(
-            "narrator_workers_ready",
-            "Live workers with their models loaded (idle or busy)",
-            value=sum(w.get("state") in ("ready", "busy") for w in live),
+            "narrator_workers_ready", "Live workers with their models loaded (idle or busy)", value=counts["ready"]
         )
-        yield GaugeMetricFamily(
-            "narrator_workers_busy", "Live workers running a batch", value=sum(w.get("state") == "busy" for w in live)
-        )
+        yield GaugeMetricFamily("narrator_workers_busy", "Live workers running a batch", value=counts["busy"])
 
 
 @bp.get("/metrics")
