@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     job_ttl_hours: float = Field(168, gt=0)
     job_time_limit: int = Field(600, gt=0, description="seconds one batch may run before its jobs are failed")
     # A worker fills its batch with up to this many queued jobs: on a GPU, one batched forward
-    # pass costs little more than a single one. 1 turns batching off.
-    worker_batch_size: int = Field(8, ge=1, le=64)
+    # pass costs little more than a single one. 1 turns batching off. Unset: 128 on a GPU, 8 on a CPU
+    # (worker/engine/pipeline.py, Engine.batch_size).
+    worker_batch_size: int | None = Field(None, ge=1, le=256)
     # A job with a `seed` whose photo, words, style and models match an earlier job's succeeds at once
     # from that result (shared/result_cache.py); entries live JOB_TTL_HOURS.
     result_cache: bool = True
@@ -95,6 +96,9 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantize: Literal["none", "8bit", "4bit"] = "none"
+    # The story model's static KV cache, which lets its decoding step compile (worker/engine/story.py):
+    # auto turns it on on a GPU, where it is several times faster, and off on a CPU, where it is not.
+    static_cache: Literal["auto", "on", "off"] = "auto"
 
     # Metrics (Prometheus): web/metrics.py serves GET /metrics; METRICS_TOKEN, when set, makes a scrape
     # send `Authorization: Bearer <token>`. A worker serves its own on WORKER_METRICS_PORT (None: off);
@@ -113,9 +117,9 @@ class Settings(BaseSettings):
     def _empty_adapter_is_none(cls, value):
         return value or None
 
-    @field_validator("worker_metrics_port", mode="before")
+    @field_validator("worker_metrics_port", "worker_batch_size", mode="before")
     @classmethod
-    def _empty_port_is_none(cls, value):
+    def _empty_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("device")

@@ -235,6 +235,58 @@ def test_sigterm_hands_a_long_batch_back_at_once_after_the_grace_period(stack):
     other.kill()
 
 
+def wait_until_finishing(worker: Worker, job_id: str, timeout: float = 60) -> None:
+    """Until the worker's task has returned with the job's batch finishing in the background (Celery logs
+    what the task returned: {job id: outcome})."""
+    deadline = time.monotonic() + timeout
+    while f"'{job_id}': 'finishing'" not in worker.log.read_text():
+        assert worker.alive() and time.monotonic() < deadline, worker.log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+def test_sigterm_lets_the_batch_finishing_in_the_background_end(stack):
+    """The task has handed its batch to the finisher (worker/finisher.py) and returned; the worker is
+    idle as Celery sees it. SIGTERM: the worker waits for the finishing batch before it exits."""
+    worker = stack.worker("a", WORKER_STOP_GRACE="30")
+    job_id = post_job(stack.base, 0, filename="__slow_finish_5__.jpg")[1]["id"]
+    wait_until_finishing(worker, job_id)
+    assert stack.store.get(job_id).status is JobStatus.RUNNING
+    worker.terminate()
+    stopped = time.time()
+    assert worker.proc.wait(timeout=40) == 0
+    exited = time.time()
+    job = stack.store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 1, job.status
+    print(
+        f"\nSIGTERM while a batch finishes in the background: it finished {job.finished_at - stopped:.1f}s "
+        f"after the signal, the worker exited {exited - stopped:.1f}s after the signal"
+    )
+    assert stopped < job.finished_at <= exited  # the worker waited for it
+    stack.one_mp3_each({job_id: job})
+
+
+def test_sigterm_hands_back_a_batch_still_finishing_after_the_grace_period(stack):
+    slow = stack.worker("slow", WORKER_STOP_GRACE="1")
+    job_id = post_job(stack.base, 0, filename="__slow_finish_60__.jpg")[1]["id"]
+    wait_until_finishing(slow, job_id)
+    other = stack.worker("other", TEST_FAULT_HOOKS="0")
+    slow.terminate()
+    stopped = time.time()
+    assert slow.proc.wait(timeout=30) == 0
+    exited = time.time() - stopped
+    jobs = stack.wait_all([job_id], timeout=60)
+    job = jobs[job_id]
+    print(
+        f"\nSIGTERM past the grace period with a batch finishing: the worker exited after {exited:.1f}s; "
+        f"the job finished on the other worker {job.finished_at - stopped:.1f}s after the signal"
+    )
+    assert exited < 10
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 1  # handed back, not reaped
+    assert job.finished_at - stopped < 20  # under one LEASE_SECONDS: no lease waited out
+    stack.one_mp3_each(jobs)
+    other.kill()
+
+
 def test_a_redis_restart_loses_nothing(stack):
     workers = [stack.worker("a"), stack.worker("b")]
     accepted, refused, errors = [], Counter(), []

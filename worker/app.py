@@ -7,6 +7,9 @@ process that runs the jobs, so the prefork pool is refused.
 Start-up: check the configuration, start the heartbeat, load the three models; only then does the
 worker take messages. A worker whose models cannot load records why in Redis (/readyz shows it)
 and exits with status 2 instead of failing every job it would take.
+
+Shutdown (SIGTERM): take no new jobs, let the running batch end and the batch finishing in the
+background (worker/finisher.py) end too, within WORKER_STOP_GRACE (worker/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -91,4 +94,10 @@ def stop_taking_jobs(**_) -> None:
 def leave(**_) -> None:
     from worker.context import get_context
 
-    get_context().heartbeat.retire()
+    ctx = get_context()
+    # The last batch may still be finishing in the background: let it end before the process does.
+    # stop() (a no-op after SIGTERM) bounds the wait: after WORKER_STOP_GRACE the heartbeat hands
+    # the jobs still held back to the queue and exits.
+    ctx.heartbeat.stop()
+    ctx.finisher.wait()
+    ctx.heartbeat.retire()

@@ -1,7 +1,10 @@
-"""Benchmark: `python -m worker.bench [--runs N] [--models DIR] [--device D] [--words N] [--styles SPEC]`.
+"""Benchmark: `python -m worker.bench [--runs N] [--models DIR] [--device D] [--batches 1,8,...] [--words N]`.
 
-Measures model-load time, median per-stage latency for batch 1 and batch 8, and peak memory,
-on the offline tiny models by default, so later changes can be compared on the same machine.
+Measures model-load (and compile) time; per batch size the median seconds of each stage, jobs/s when
+batches run one after another, jobs/s when each batch's MP3 encoding overlaps the next batch's GPU
+stages (as a worker runs them), the fraction of wall time the GPU stages were running, and peak GPU
+memory; and a single job's latency on an idle worker. The offline tiny models are the default; for
+GPU figures build full-size random-weight models (`python -m worker.tiny_models --full-size`).
 Story styles: a batch of 8 all in one style against 8 mixed across the styles (STORY_STYLES, adapters
 unmerged), next to one adapter merged (STORY_ADAPTER); with the tiny models it builds two random
 adapters itself, with --models it needs --styles name=location,... (as STORY_STYLES).
@@ -40,20 +43,56 @@ def peak_rss_mb() -> float:
 
 
 def measure(engine, batch: int, runs: int, words: int) -> dict[str, float]:
-    """Median seconds per stage for one narrate_batch of `batch` photos (after one warm-up)."""
+    """For one batch size: median seconds per stage of `runs` batches (after one warm-up), and the
+    rate of `runs` batches run back to back, each batch's MP3s encoded while the next is on the GPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
     images = [synthetic_photo(i) for i in range(batch)]
+    cuda = engine.device.type == "cuda"
+
+    def gpu_stages(seed: int):
+        narrations = engine.narrate_batch(images, words=words, seeds=[seed] * batch, encode=False)
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        return narrations
+
+    engine.encode(gpu_stages(0))  # warm-up: first-call overheads
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(engine.device)
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES + ("total",)}
-    engine.narrate_batch(images, words=words, seeds=[0] * batch)  # warm-up: first-call overheads
     for run in range(runs):
         start = time.perf_counter()
-        narrations = engine.narrate_batch(images, words=words, seeds=[run] * batch)
-        total = time.perf_counter() - start
-        samples["total"].append(total)
+        narrations = gpu_stages(run)
+        done_gpu = time.perf_counter()
+        engine.encode(narrations)
+        samples["total"].append(time.perf_counter() - start)
         for stage in ("caption", "story", "speech"):
             samples[stage].append(narrations[0].timings[stage])  # one figure for the whole batch
-        # MP3 encodes of a batch overlap on threads: count the wall time they add, not their sum.
-        samples["encode"].append(total - sum(narrations[0].timings[s] for s in ("caption", "story", "speech")))
-    return {stage: statistics.median(values) for stage, values in samples.items()}
+        # A batch's MP3 encodes overlap on threads: count the wall time they add, not their sum.
+        samples["encode"].append(time.perf_counter() - done_gpu)
+    result = {stage: statistics.median(values) for stage, values in samples.items()}
+
+    busy, pending = 0.0, None
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as encoder:
+        for run in range(runs):
+            began = time.perf_counter()
+            narrations = gpu_stages(run)
+            busy += time.perf_counter() - began
+            if pending is not None:
+                pending.result()  # one batch encoding at a time, as in the worker
+            pending = encoder.submit(engine.encode, narrations)
+        pending.result()
+    wall = time.perf_counter() - start
+    result.update(
+        jobs_per_s=batch / result["total"],
+        overlapped_jobs_per_s=runs * batch / wall,
+        gpu_busy=busy / wall,
+        peak_gpu_mb=torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else float("nan"),
+    )
+    return result
 
 
 CAPTIONS = [
@@ -159,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, help="folder with caption/ story/ speech/ (default: build tiny ones)")
     parser.add_argument("--device", default=None, help="override DEVICE (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--words", type=int, default=40, help="story length")
-    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes, e.g. 1,8,32,64,128,256")
+    parser.add_argument(
+        "--static-cache",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="STATIC_CACHE for the story model (auto: on a GPU); the measured batch sizes are its buckets",
+    )
     parser.add_argument(
         "--styles",
         default=None,
@@ -192,13 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.device:
             overrides["device"] = args.device
-        engine = Engine(Settings(**overrides))
+        batches = sorted({int(b) for b in args.batches.split(",")})
+        # Each measured size is one batch (no splitting) and, with the static cache, one compiled shape
+        # warmed while loading: the worker pads to its own few buckets instead (worker/engine/batching.py).
+        engine = Engine(Settings(**overrides, static_cache=args.static_cache, worker_batch_size=max(batches)))
+        engine.story.buckets = batches
         # Import the model code first so load time is reading weights, not importing modules.
         import transformers  # noqa: F401
         from transformers import AutoModelForCausalLM, BlipForConditionalGeneration, VitsModel  # noqa: F401
 
         loads = engine.load()
-        results = {b: measure(engine, b, args.runs, args.words) for b in map(int, args.batches.split(","))}
+        results = {b: measure(engine, b, args.runs, args.words) for b in batches}
         spec = args.styles if args.styles != "none" else None
         if spec is None and args.models is None and args.styles != "none":
             spec = tiny_styles(models, Path(tmp) / "styles")
@@ -219,12 +268,27 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.runs} runs after 1 warm-up, story of {args.words} words; seconds per batch "
         "(per photo in brackets)"
     )
-    header = f"{'batch':>5} | " + " | ".join(f"{s:>15}" for s in STAGES + ("total",))
+    header = (
+        f"{'batch':>5} | "
+        + " | ".join(f"{s:>15}" for s in STAGES + ("total",))
+        + f" | {'jobs/s':>7} | {'overlapped':>10} | {'GPU busy':>8} | {'peak GPU MB':>11}"
+    )
     print(header)
     print("-" * len(header))
-    for batch, medians in results.items():
-        cells = [f"{medians[s]:7.3f} ({medians[s] / batch:5.3f})" for s in STAGES + ("total",)]
-        print(f"{batch:>5} | " + " | ".join(cells))
+    for batch, r in results.items():
+        cells = [f"{r[s]:7.3f} ({r[s] / batch:5.3f})" for s in STAGES + ("total",)]
+        print(
+            f"{batch:>5} | "
+            + " | ".join(cells)
+            + f" | {r['jobs_per_s']:7.2f} | {r['overlapped_jobs_per_s']:10.2f} | {r['gpu_busy']:8.0%}"
+            + f" | {r['peak_gpu_mb']:11.0f}"
+        )
+    print(
+        "jobs/s: batches one after another; overlapped: each batch's MP3s encoded while the next batch runs "
+        "its GPU stages (as a worker does), GPU busy: the share of that wall time the GPU stages ran"
+    )
+    if 1 in results:
+        print(f"single job on an idle worker: {results[1]['total']:.3f} s (caption, story, speech and MP3)")
     if style_results:
         print(
             f"story styles ({'two tiny random adapters' if args.styles is None else args.styles}): story stage, "

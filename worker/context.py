@@ -1,5 +1,5 @@
-"""What a worker process holds: settings, job store, storage, the engine and the heartbeat, each
-created once.
+"""What a worker process holds: settings, job store, storage, the engine, the heartbeat and the
+finisher (the batch finishing in the background, worker/finisher.py), each created once.
 
 Models load in the engine, at worker start-up (worker/app.py), never in the web process.
 """
@@ -79,6 +79,12 @@ class WorkerContext:
             )
 
         return self._once("heartbeat", build)
+
+    @property
+    def finisher(self):
+        from worker.finisher import Finisher
+
+        return self._once("finisher", Finisher)
 
 
 _lock = threading.Lock()

@@ -8,8 +8,8 @@ Every HEARTBEAT_SECONDS it
   MAX_ATTEMPTS; every queued job whose wake-up was lost (Redis restarted, a worker died holding
   it) gets a new one.
 
-On SIGTERM (`stop`) the worker takes no new jobs; a batch still running after WORKER_STOP_GRACE is
-handed back to the queue at once and the process exits.
+On SIGTERM (`stop`) the worker takes no new jobs; a batch still held after WORKER_STOP_GRACE
+(running, or finishing in the background) is handed back to the queue at once and the process exits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 
 from redis.exceptions import RedisError
 
@@ -65,16 +64,15 @@ class Heartbeat:
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()
 
-    @contextmanager
-    def holding(self, claimant: str, job_ids: list[str]):
-        """Keep the leases of a running batch alive while the block runs."""
+    def hold(self, claimant: str, job_ids: list[str]) -> None:
+        """Keep the leases of a batch alive until `release`: its GPU stages and its finishing, which
+        may end on another thread (worker/finisher.py)."""
         with self._lock:
             self._held[claimant] = list(job_ids)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(claimant, None)
+
+    def release(self, claimant: str) -> None:
+        with self._lock:
+            self._held.pop(claimant, None)
 
     def beat(self) -> None:
         """One round; the thread calls it every HEARTBEAT_SECONDS (tests may call it directly)."""
@@ -120,7 +118,7 @@ class Heartbeat:
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._held:
-                    return  # the batch finished: Celery exits once the task returns
+                    return  # the batches finished: Celery exits (worker/app.py's leave waits for the finisher)
             time.sleep(0.1)
         with self._lock:
             held = {claimant: list(ids) for claimant, ids in self._held.items()}
@@ -139,7 +137,7 @@ class Heartbeat:
             ", ".join(handed),
         )
         logging.shutdown()
-        os._exit(0)  # the batch cannot be interrupted safely mid-forward pass; its jobs are queued again
+        os._exit(0)  # a batch cannot be interrupted safely mid-forward pass or mid-upload; its jobs are queued again
 
     def retire(self) -> None:
         self.state = "stopped"  # the thread stops announcing this worker

@@ -104,24 +104,14 @@ def stage_timer(stage: str):
 
 @_quietly
 def jobs_finished(outcomes: dict[str, str], store) -> None:
+    """Jobs of a run that ended (worker/runner.py calls it once per job: when its GPU part ended it,
+    or when its finishing did)."""
     for job_id, status in outcomes.items():
         JOBS_FINISHED.labels(status).inc()
         if status in ("succeeded", "failed"):
             job = store.get(job_id)  # its recorded times: the submit is the web's, the finish this run's
             if job is not None and job.created_at and job.finished_at:
                 JOB_SECONDS.labels(status).observe(max(0.0, job.finished_at - job.created_at))
-
-
-def count_outcomes(run_wakeup):
-    """Wraps worker/runner.run_wakeup: every claimed job's outcome, however the run ended."""
-
-    @functools.wraps(run_wakeup)
-    def wrapper(job_id, **kwargs):
-        outcomes = run_wakeup(job_id, **kwargs)
-        jobs_finished(outcomes, kwargs.get("store"))
-        return outcomes
-
-    return wrapper
 
 
 @_quietly

@@ -1,4 +1,9 @@
-"""The one Celery task: a wake-up naming a job; the work lives in worker.runner.run_wakeup."""
+"""The one Celery task: a wake-up naming a job; the work lives in worker.runner.run_wakeup.
+
+The task runs a batch's GPU part and hands its finishing to the worker's finisher
+(worker/finisher.py), so it returns while the batch's MP3s are still being encoded and uploaded:
+its answer shows those jobs as "finishing" (the finisher logs "finished {...}" when they end).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,14 @@ from worker.runner import run_wakeup
 @shared_task(name=NARRATE_TASK, acks_late=False, ignore_result=True)
 def narrate_job(job_id: str) -> dict:
     ctx = get_context()
-    outcomes = run_wakeup(
-        job_id, store=ctx.store, storage=ctx.storage, engine=ctx.engine, heartbeat=ctx.heartbeat, settings=ctx.settings
+    return run_wakeup(
+        job_id,
+        store=ctx.store,
+        storage=ctx.storage,
+        engine=ctx.engine,
+        heartbeat=ctx.heartbeat,
+        settings=ctx.settings,
+        finisher=ctx.finisher,
+        # Jobs that end get their webhook (delivered by the light webhooks worker, never here).
+        notify=lambda ids: notify_finished(narrate_job.app, ctx.store, ids),
     )
-    # Jobs that ended here get their webhook (delivered by the light webhooks worker, never here).
-    notify_finished(narrate_job.app, ctx.store, [i for i, status in outcomes.items() if status in FINAL])
-    return outcomes
-
-
-FINAL = ("succeeded", "failed", "canceled")

@@ -181,3 +181,39 @@ def test_sampling_settings_reach_the_story_model(tiny_models_dir, monkeypatch):
     )
     Engine(settings).narrate(load_image(sample_images()["rgb.jpg"]), seed=1)
     assert (seen["temperature"], seen["top_p"], seen["do_sample"]) == (0.3, 0.5, True)
+
+
+def test_a_seeded_job_gets_the_same_story_and_voice_in_any_batch(engine):
+    images = [load_image(sample_images()[n]) for n in ("rgb.jpg", "cmyk.jpg", "photo.tiff")]
+    alone = engine.narrate(images[0], seed=5)
+    batch = engine.narrate_batch(images, seeds=[5, None, 7])
+    assert (batch[0].caption, batch[0].story, batch[0].mp3) == (alone.caption, alone.story, alone.mp3)
+
+
+def test_encode_false_leaves_the_mp3_to_encode(engine):
+    images = [load_image(sample_images()[n]) for n in ("rgb.jpg", "cmyk.jpg")]
+    pending = engine.narrate_batch(images, seeds=[3, 3], encode=False)
+    assert [n.mp3 for n in pending] == [b"", b""] and all(n.speech is not None for n in pending)
+    assert all("encode" not in n.timings for n in pending)
+    done = engine.encode(pending)
+    assert done is pending and all(n.speech is None and n.timings["encode"] > 0 for n in done)
+    encoded = engine.narrate_batch(images, seeds=[3, 3])
+    assert [n.mp3 for n in done] == [n.mp3 for n in encoded]
+    assert decode_mp3(done[0].mp3).duration_seconds > 0
+
+
+def test_batch_size_defaults_by_device(tiny_models_dir):
+    from worker.engine.pipeline import CPU_BATCH_SIZE
+
+    assert Engine(make_settings(tiny_models_dir)).batch_size == CPU_BATCH_SIZE
+    assert Engine(make_settings(tiny_models_dir, worker_batch_size=3)).batch_size == 3
+    engine = Engine(make_settings(tiny_models_dir, worker_batch_size=3))
+    assert engine.story.max_batch == 3 and engine.caption.max_batch == 3
+
+
+def test_load_warms_the_static_cache_when_it_is_on(tiny_models_dir):
+    on = Engine(make_settings(tiny_models_dir, static_cache="on", worker_batch_size=4))
+    seconds = on.load()
+    assert on.story.static_cache and set(seconds) == {"caption", "story", "speech", "warm_up"}
+    off = Engine(make_settings(tiny_models_dir))  # auto: off on a CPU
+    assert set(off.load()) == {"caption", "story", "speech"} and not off.story.static_cache

@@ -1,8 +1,10 @@
-"""The worker's job lifecycle as plain functions: real Redis, real storage, the tiny models."""
+"""The worker's job lifecycle as plain functions: real Redis, real storage, the tiny models (fake
+engines where the test is about timing: a batch finishing in the background while the next one runs)."""
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import pytest
@@ -14,14 +16,17 @@ from pydub import AudioSegment
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
 from shared.settings import Settings
 from shared.storage import StorageUnavailable, open_storage
+from worker import metrics
+from worker.engine import Narration
+from worker.finisher import Finisher
 from worker.heartbeat import Heartbeat
 from worker.limits import time_limit
-from worker.runner import run_wakeup
+from worker.runner import STORAGE_DOWN_MESSAGE, run_wakeup
 
 
-def jpeg(color="orange") -> bytes:
+def jpeg(color="orange", size=(48, 40)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (48, 40), color).save(buf, "JPEG")
+    Image.new("RGB", size, color).save(buf, "JPEG")
     return buf.getvalue()
 
 
@@ -181,7 +186,7 @@ def test_a_vanished_upload_fails_the_job(store, storage, engine):
 class BrokenStory:
     """An engine whose story model fails, as a CUDA out-of-memory error would."""
 
-    def narrate_batch(self, images, words, seeds, on_progress):
+    def narrate_batch(self, images, words, seeds, on_progress, encode=True):
         on_progress("caption", [{} for _ in images])
         on_progress("story", [{"caption": "A cat"} for _ in images])
         raise RuntimeError("CUDA out of memory")
@@ -229,7 +234,7 @@ def test_storage_down_for_too_long_fails_the_job_clearly(store, storage, engine)
 
 def test_time_limit_fails_the_job(store, storage):
     class Slow:
-        def narrate_batch(self, images, words, seeds, on_progress):
+        def narrate_batch(self, images, words, seeds, on_progress, encode=True):
             on_progress("caption", [{} for _ in images])
             time.sleep(5)
 
@@ -252,7 +257,7 @@ class Spy:
     def __init__(self, engine, before_story=None):
         self.engine, self.batches, self.before_story = engine, [], before_story
 
-    def narrate_batch(self, images, words, seeds, on_progress):
+    def narrate_batch(self, images, words, seeds, on_progress, encode=True):
         self.batches.append(len(images))
 
         def progress(stage, fields):
@@ -260,7 +265,10 @@ class Spy:
                 self.before_story()
             on_progress(stage, fields)
 
-        return self.engine.narrate_batch(images, words=words, seeds=seeds, on_progress=progress)
+        return self.engine.narrate_batch(images, words=words, seeds=seeds, on_progress=progress, encode=encode)
+
+    def __getattr__(self, name):  # encode, batch_size: the engine's
+        return getattr(self.engine, name)
 
 
 def test_queued_jobs_share_one_batch(store, storage, engine):
@@ -357,16 +365,16 @@ def test_a_heartbeat_keeps_a_long_batch_leased(store, storage, engine):
     beat = heartbeat_for(store, settings)
     beat.start()
 
-    class Slow:
-        def narrate_batch(self, images, words, seeds, on_progress):
+    class Slow(Spy):
+        def narrate_batch(self, images, words, seeds, on_progress, encode=True):
             on_progress("caption", [{} for _ in images])
             for _ in range(12):  # four leases long, with a reaper looking all the while
                 time.sleep(0.1)
                 assert store.reap(max_attempts=3) == ([], [])
-            return engine.narrate_batch(images, words=words, seeds=seeds, on_progress=on_progress)
+            return super().narrate_batch(images, words, seeds, on_progress, encode)
 
     job_id = submit(store, storage, jpeg())
-    outcomes = run_wakeup(job_id, store=store, storage=storage, engine=Slow(), heartbeat=beat, settings=settings)
+    outcomes = run_wakeup(job_id, store=store, storage=storage, engine=Slow(engine), heartbeat=beat, settings=settings)
     beat.retire()
     assert outcomes == {job_id: "succeeded"} and store.get(job_id).attempts == 1
 
@@ -401,3 +409,270 @@ def test_the_audio_of_a_run_that_died_after_uploading_is_removed(store, storage,
     assert store.reap(max_attempts=3) == ([job_id], [])
     assert run_job(job_id, store=store, storage=storage, engine=engine) == "succeeded"
     assert storage.list("audio/") == [store.get(job_id).audio_key]
+
+
+# --- a batch finishing in the background while the next one uses the GPU (worker/finisher.py) ---
+
+
+class Timed:
+    """A fake engine whose GPU stages take `gpu_seconds` and whose MP3 names its photo (by size, which
+    JPEG keeps exactly); remembers when each batch was on the "GPU" and when each encode began."""
+
+    def __init__(self, gpu_seconds: float, fail_encode: bool = False):
+        self.gpu_seconds, self.fail_encode = gpu_seconds, fail_encode
+        self.gpu: list[tuple[float, float, list[str]]] = []  # (start, end, photo names)
+        self.encodes: list[tuple[float, list[str]]] = []
+
+    def narrate_batch(self, images, words, seeds, on_progress, encode=True):
+        assert encode is False  # the worker encodes off the GPU's path
+        start = time.monotonic()
+        names = ["x".join(map(str, image.size)) for image in images]
+        on_progress("caption", [{} for _ in images])
+        on_progress("story", [{"caption": f"a {name} photo"} for name in names])
+        time.sleep(self.gpu_seconds)
+        on_progress("speech", [{"story": f"once upon a {name} photo"} for name in names])
+        self.gpu.append((start, time.monotonic(), names))
+        return [
+            Narration(f"a {n} photo", f"once upon a {n} photo", b"", 1.0, 16000, {"speech": 0.1}, speech=n)
+            for n in names
+        ]
+
+    def encode(self, narrations):
+        self.encodes.append((time.monotonic(), [n.speech for n in narrations]))
+        if self.fail_encode:
+            raise RuntimeError("ffmpeg exited with status 1")
+        for narration in narrations:
+            narration.mp3, narration.speech = mp3_of(narration.speech), None
+            narration.timings["encode"] = 0.01
+        return narrations
+
+
+def mp3_of(name: str) -> bytes:
+    return f"the mp3 of the {name} photo".encode()
+
+
+class SlowPuts:
+    """Storage whose uploads take `seconds` each (a slow S3), remembering when each one ran; `fail`
+    names keys whose upload finds storage down."""
+
+    def __init__(self, storage, seconds: float, fail=lambda key: False):
+        self.storage, self.seconds, self.fail = storage, seconds, fail
+        self.puts: list[tuple[str, float, float]] = []  # (key, start, end)
+
+    def put(self, key, data, **kwargs):
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        if self.fail(key):
+            raise StorageUnavailable("connection refused")
+        self.storage.put(key, data, **kwargs)
+        self.puts.append((key, start, time.monotonic()))
+
+    def __getattr__(self, name):
+        return getattr(self.storage, name)
+
+    def uploads_of(self, job_ids) -> tuple[float, float]:
+        """When the first upload of these jobs began and the last one ended."""
+        spans = [(start, end) for key, start, end in self.puts if key.split("/")[1] in job_ids]
+        return min(start for start, _ in spans), max(end for _, end in spans)
+
+
+def finished_count(status: str) -> float:
+    return metrics.REGISTRY.get_sample_value("narrator_jobs_finished_total", {"status": status}) or 0.0
+
+
+def test_the_next_batch_uses_the_gpu_while_the_last_one_uploads(store, storage):
+    """Three wake-ups in a row, as the solo pool runs them: each returns once its GPU part is done and
+    the previous batch has finished; the next batch's GPU part overlaps the last one's uploads, two
+    batches never finish at once, and the heartbeat keeps the finishing batch's leases (a reaper looks
+    every 0.1 s; a lease is 0.5 s; a batch finishes in 1 s)."""
+    settings = Settings(worker_batch_size=2, storage_retry_seconds=0, heartbeat_seconds=0.1, lease_seconds=0.5)
+    beat = heartbeat_for(store, settings)
+    beat.start()
+    engine, slow = Timed(gpu_seconds=0.3), SlowPuts(storage, seconds=0.25)  # 2 jobs: 4 uploads, 1 s
+    sizes = [(40 + i, 30) for i in range(6)]
+    ids = [submit(store, storage, jpeg(size=size)) for size in sizes]
+    finisher, notified, answers = Finisher(), [], []
+    succeeded_before = finished_count("succeeded")
+    for first in ids[::2]:
+        answers.append(
+            run_wakeup(
+                first,
+                store=store,
+                storage=slow,
+                engine=engine,
+                heartbeat=beat,
+                settings=settings,
+                finisher=finisher,
+                notify=notified.extend,
+            )
+        )
+        answers[-1]["returned"] = time.monotonic()
+    assert finisher.wait(timeout=30)
+    beat.retire()
+
+    batches = [ids[0:2], ids[2:4], ids[4:6]]
+    assert [{k: v for k, v in a.items() if k != "returned"} for a in answers] == [
+        dict.fromkeys(batch, "finishing") for batch in batches
+    ]
+    assert [names for _, _, names in engine.gpu] == [[f"{w}x{h}" for w, h in sizes[i : i + 2]] for i in (0, 2, 4)]
+    for k in (1, 2):
+        gpu_start, _, _ = engine.gpu[k]
+        _, last_upload_before = slow.uploads_of(batches[k - 1])
+        # Overlap: this batch was on the GPU while the previous one was still uploading...
+        assert gpu_start < last_upload_before, f"batch {k} waited for batch {k - 1}'s uploads"
+        # ...but only one batch finishes at a time: its encode began after the previous batch's last upload,
+        # and its wake-up returned only then (back-pressure).
+        assert engine.encodes[k][0] >= last_upload_before
+        assert answers[k]["returned"] >= last_upload_before
+    assert answers[0]["returned"] < slow.uploads_of(batches[0])[1]  # the first returned while uploading
+
+    jobs = [store.get(job_id) for job_id in ids]
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 6
+    assert [job.attempts for job in jobs] == [1] * 6  # never reaped while finishing
+    for job, (w, h) in zip(jobs, sizes, strict=True):
+        assert storage.get(job.audio_key) == mp3_of(f"{w}x{h}")
+        assert job.story == f"once upon a {w}x{h} photo" and set(job.timings) >= {"speech", "encode"}
+    assert sorted(notified) == sorted(ids)  # each job's webhook once
+    assert finished_count("succeeded") - succeeded_before == 6  # each outcome counted once
+
+
+def test_without_a_finisher_a_wakeup_answers_every_final_status(store, storage):
+    settings = Settings(worker_batch_size=4, storage_retry_seconds=0)
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
+    bad = submit(store, storage, b"not a photo")
+    notified = []
+    outcomes = run_wakeup(
+        ids[0],
+        store=store,
+        storage=SlowPuts(storage, 0),
+        engine=Timed(0),
+        heartbeat=heartbeat_for(store, settings),
+        settings=settings,
+        notify=notified.extend,
+    )
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "succeeded", bad: "failed"}
+    assert sorted(notified) == sorted([*ids, bad])
+
+
+def test_an_error_while_finishing_fails_only_the_unfinished_jobs(store, storage):
+    """Storage down for the second job's upload (past STORAGE_RETRY_SECONDS): the first job has
+    succeeded and stays so; the second fails with the storage message; both get their webhook once."""
+    settings = Settings(worker_batch_size=2, storage_retry_seconds=0)
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
+    slow = SlowPuts(storage, 0, fail=lambda key: key.startswith(f"audio/{ids[1]}/"))
+    finisher, notified = Finisher(), []
+    failed_before = finished_count("failed")
+    answer = run_wakeup(
+        ids[0],
+        store=store,
+        storage=slow,
+        engine=Timed(0),
+        heartbeat=(beat := heartbeat_for(store, settings)),
+        settings=settings,
+        finisher=finisher,
+        notify=notified.extend,
+    )
+    assert answer == dict.fromkeys(ids, "finishing")
+    assert finisher.wait(timeout=30)
+    first, second = (store.get(job_id) for job_id in ids)
+    assert first.status is JobStatus.SUCCEEDED and storage.exists(first.audio_key)
+    assert second.status is JobStatus.FAILED and second.error == STORAGE_DOWN_MESSAGE
+    assert storage.list(f"audio/{ids[1]}/") == []
+    assert sorted(notified) == sorted(ids)
+    assert finished_count("failed") - failed_before == 1
+    assert beat._held == {}  # the leases are no longer renewed
+
+
+def test_an_encode_error_fails_the_batch_and_names_the_stage(store, storage):
+    settings = Settings(worker_batch_size=2, storage_retry_seconds=0)
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
+    finisher = Finisher()
+    run_wakeup(
+        ids[0],
+        store=store,
+        storage=storage,
+        engine=Timed(0, fail_encode=True),
+        heartbeat=heartbeat_for(store, settings),
+        settings=settings,
+        finisher=finisher,
+    )
+    assert finisher.wait(timeout=30)
+    for job_id in ids:
+        job = store.get(job_id)
+        assert job.status is JobStatus.FAILED
+        assert job.error == "the speech stage failed (RuntimeError: ffmpeg exited with status 1)"
+    assert storage.list("audio/") == []
+
+
+def test_a_job_canceled_after_the_gpu_part_is_not_uploaded(store, storage):
+    """Batch 2's job is canceled as its batch is handed over, while batch 1 is still uploading."""
+    settings = Settings(worker_batch_size=1, storage_retry_seconds=0)
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
+
+    class CancelingAtHandOver(Finisher):
+        def submit(self, work):
+            if store.get(ids[1]).status is JobStatus.RUNNING:
+                assert store.cancel(ids[1])
+            super().submit(work)
+
+    finisher, notified = CancelingAtHandOver(), []
+    kwargs = dict(
+        store=store,
+        storage=SlowPuts(storage, 0.2),
+        engine=Timed(0),
+        heartbeat=heartbeat_for(store, settings),
+        settings=settings,
+        finisher=finisher,
+        notify=notified.extend,
+    )
+    assert run_wakeup(ids[0], **kwargs) == {ids[0]: "finishing"}
+    assert run_wakeup(ids[1], **kwargs) == {ids[1]: "finishing"}
+    assert finisher.wait(timeout=30)
+    assert store.get(ids[0]).status is JobStatus.SUCCEEDED
+    job = store.get(ids[1])
+    assert job.status is JobStatus.CANCELED and job.audio_key is None and storage.list(f"audio/{ids[1]}/") == []
+    assert notified == [ids[0]]  # the cancel sends its own webhook (web/api.py)
+
+
+def test_a_rerun_waits_for_the_finishing_batch_before_its_gpu_part(store, storage):
+    """A job whose earlier run died may be a photo that kills workers: it runs alone (store.claim) and
+    only once no other batch is finishing, which it could take down with it."""
+    settings = Settings(worker_batch_size=4, storage_retry_seconds=0)
+    engine, slow, finisher = Timed(0), SlowPuts(storage, 0.2), Finisher()
+    kwargs = dict(
+        store=store,
+        storage=slow,
+        engine=engine,
+        heartbeat=heartbeat_for(store, settings),
+        settings=settings,
+        finisher=finisher,
+    )
+    first = submit(store, storage, jpeg(size=(40, 30)))
+    assert run_wakeup(first, **kwargs) == {first: "finishing"}
+    rerun = submit(store, storage, jpeg(size=(41, 30)))
+    store.update(rerun, attempts=1)  # its first run's worker died; the reaper put it back
+    assert run_wakeup(rerun, **kwargs) == {rerun: "finishing"}
+    assert finisher.wait(timeout=30)
+    assert engine.gpu[1][0] >= slow.uploads_of([first])[1]
+    assert [store.get(job_id).status for job_id in (first, rerun)] == [JobStatus.SUCCEEDED] * 2
+    assert store.get(rerun).attempts == 2
+
+
+def test_the_finisher_runs_one_batch_at_a_time():
+    finisher, running, most = Finisher(), [], []
+    lock = threading.Lock()
+
+    def work():
+        with lock:
+            running.append(1)
+            most.append(len(running))
+        time.sleep(0.05)
+        with lock:
+            running.pop()
+
+    for _ in range(4):
+        finisher.submit(work)
+    assert finisher.wait(timeout=5) and most == [1, 1, 1, 1]
+    finisher.submit(lambda: 1 / 0)  # a bug in the work is logged; the next batch still runs
+    finisher.submit(work)
+    assert finisher.wait(timeout=5) and most == [1] * 5

@@ -292,3 +292,26 @@ def test_encode_mp3_without_ffmpeg_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(AudioSegment, "converter", "ffmpeg-that-is-not-installed")
     with pytest.raises(ConfigError, match="ffmpeg not found; install it"):
         encode_mp3(Speech(np.zeros(1600, dtype=np.float32), 16_000))
+
+
+def test_a_forward_pass_that_runs_out_of_memory_is_split(tmp_path):
+    import torch
+
+    from worker.engine.speech import SpeechStage
+    from worker.tiny_models import speech as tiny_speech
+
+    stage = SpeechStage(str(tiny_speech.build(tmp_path / "speech")), max_batch=8).load()
+    rows = []
+
+    def at_most_two(module, args, kwargs):
+        rows.append(len(kwargs["input_ids"]))
+        if len(kwargs["input_ids"]) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    stage.model.register_forward_pre_hook(at_most_two, with_kwargs=True)
+    texts = ["One small dog. It ran far. The sea was cold.", "A cat sat. It slept all day."]
+    batch = stage.preprocess(texts)
+    waves = stage.forward(batch, seed=1)
+    assert len(batch.chunks) == 5 and all(len(w) > 0 for w in waves)
+    assert all(frames is not None for frames in batch.frames)  # word timings survive the split
+    assert rows == [5, 3, 2, 1, 2]

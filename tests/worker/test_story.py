@@ -258,3 +258,74 @@ def test_prompt_tokens_are_a_prefix_of_the_training_conversation(stage):
     full_ids = tok(full, add_special_tokens=False)["input_ids"]
     assert full_ids[: len(prompt_ids)] == prompt_ids
     assert full_ids[len(prompt_ids) :] == tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+
+
+# --- the static KV cache (compiled on a GPU) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def static_stage(story_dir):
+    return StoryStage(str(story_dir), static_cache=True, max_batch=16).load()
+
+
+def test_static_cache_is_off_on_a_cpu_unless_asked_for(stage, static_stage):
+    assert stage.static_cache is False and static_stage.static_cache is True
+    assert static_stage.buckets == [1, 4, 16]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 6])
+def test_static_cache_and_padded_buckets_give_the_plain_path_s_greedy_tokens(stage, static_stage, rows):
+    captions = [CAPTIONS[i % len(CAPTIONS)] + f" number {i}" for i in range(rows)]
+    plain = stage.forward(stage.preprocess(captions), do_sample=False, max_new_tokens=24)
+    fast = static_stage.forward(static_stage.preprocess(captions), do_sample=False, max_new_tokens=24)
+    assert fast.shape[0] == rows  # the padding rows are dropped again
+    assert fast.tolist() == plain.tolist()
+
+
+def test_static_cache_pads_rows_to_a_bucket_and_the_cache_to_a_block(static_stage, monkeypatch):
+    from worker.engine.story import CACHE_BLOCK
+
+    seen = []
+    generate = static_stage.model.generate
+    monkeypatch.setattr(
+        static_stage.model,
+        "generate",
+        lambda **kw: (
+            seen.append((kw["input_ids"].shape[0], kw["max_cache_len"], kw["cache_implementation"])) or generate(**kw)
+        ),
+    )
+    static_stage(CAPTIONS[:3], do_sample=False, max_new_tokens=8)
+    static_stage(CAPTIONS[:1], seed=3, max_new_tokens=8)
+    assert seen == [(4, CACHE_BLOCK, "static"), (1, CACHE_BLOCK, "static")]
+
+
+def test_a_seeded_story_alone_is_the_same_on_both_paths(stage, static_stage):
+    # A seeded job runs in a call of its own (worker/engine/pipeline.py groups by seed), never padded.
+    assert static_stage(CAPTIONS[:1], seed=11, max_new_tokens=24) == stage(CAPTIONS[:1], seed=11, max_new_tokens=24)
+
+
+def test_more_rows_than_the_largest_batch_run_in_pieces(story_dir, stage, monkeypatch):
+    small = StoryStage(str(story_dir), max_batch=2).load()
+    seen = []
+    forward = small.forward
+    monkeypatch.setattr(
+        small, "forward", lambda batch, **kw: seen.append(len(batch["input_ids"])) or forward(batch, **kw)
+    )
+    assert small(CAPTIONS, do_sample=False, max_new_tokens=16) == stage(CAPTIONS, do_sample=False, max_new_tokens=16)
+    assert seen == [2, 2]
+
+
+def test_warm_up_compiles_every_bucket_and_nothing_without_the_static_cache(stage, static_stage, monkeypatch):
+    assert stage.warm_up() == []
+    seen = []
+    forward = static_stage.forward
+    monkeypatch.setattr(
+        static_stage, "forward", lambda batch, **kw: seen.append(len(batch["input_ids"])) or forward(batch, **kw)
+    )
+    assert static_stage.warm_up() == [1, 4, 16]
+    assert seen == [1, 4, 16]
+
+
+def test_styles_decode_without_the_static_cache(story_dir, tmp_path):
+    from worker.tiny_models import adapter
+
+    styles = {"calm": str(adapter.build(story_dir, tmp_path / "calm", seed=1))}
+    assert StoryStage(str(story_dir), styles=styles, static_cache=True).load().static_cache is False

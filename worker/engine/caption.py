@@ -12,6 +12,7 @@ import threading
 import torch
 from PIL import Image
 
+from worker.engine.batching import run_split
 from worker.engine.devices import resolve_device, resolve_dtype
 
 FALLBACK_CAPTION = "A photograph"
@@ -50,6 +51,7 @@ class CaptionStage:
         max_new_tokens: int = 30,
         num_beams: int = 3,
         setting: str = "CAPTION_MODEL",
+        max_batch: int | None = None,
     ):
         self.model_name = str(model)
         self.setting = setting  # named in the error when the model cannot be loaded
@@ -57,6 +59,7 @@ class CaptionStage:
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+        self.max_batch = max_batch  # photos per generate(); None: the whole batch at once
         self.model = None
         self.processor = None
         self._lock = threading.Lock()
@@ -104,4 +107,6 @@ class CaptionStage:
         if not images:
             return []
         self.load()
-        return self.postprocess(self.forward(self.preprocess(list(images))))
+        # BLIP's text decoder does not take transformers' static cache (its cross-attention writes past
+        # the cache), so captions decode eagerly; a batch too big for the GPU runs in halves.
+        return run_split(lambda part: self.postprocess(self.forward(self.preprocess(part))), images, self.max_batch)

@@ -21,6 +21,10 @@ from worker.engine.devices import ConfigError, check_quantize, resolve_device, r
 from worker.once import Once
 
 ProgressCallback = Callable[[str, dict], None]
+# WORKER_BATCH_SIZE when unset. On a GPU decoding is bound by per-step overhead, so a batch of 128 costs
+# little more than a batch of 8; on a CPU the cost grows with the batch and 8 keeps a job's wait short.
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 128, 8
+SPEECH_CHUNKS_GPU = 128  # VITS chunks per forward pass on a GPU (SpeechStage's default, 32, on a CPU)
 BatchProgressCallback = Callable[[str, list[dict]], None]
 
 
@@ -34,11 +38,13 @@ class Narration:
     timings: dict[str, float]
     # When each spoken word starts and ends in the MP3 (worker/engine/subtitles.py: WordTiming).
     words: list = field(default_factory=list, repr=False)
+    # The waveform while the MP3 is still to be encoded (narrate_batch(encode=False)); None after.
+    speech: object = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        """Everything but the audio bytes and word timings, ready for json.dumps."""
+        """Everything but the audio and word timings, ready for json.dumps."""
         out = asdict(self)
-        del out["mp3"], out["words"]
+        del out["mp3"], out["words"], out["speech"]
         return out
 
 
@@ -70,12 +76,21 @@ class Engine:
         self._stages = Once()
 
     @property
+    def batch_size(self) -> int:
+        """The most jobs one run takes (WORKER_BATCH_SIZE, or the default for this device)."""
+        default = GPU_BATCH_SIZE if self.device.type == "cuda" else CPU_BATCH_SIZE
+        return self.settings.worker_batch_size or default
+
+    @property
     def caption(self):
         from worker.engine.caption import CaptionStage
 
         # Quantization is for the story model, the only one big enough to need it.
         return self._stages(
-            "caption", lambda: CaptionStage(self.settings.caption_model, device=self.device, dtype=self.dtype)
+            "caption",
+            lambda: CaptionStage(
+                self.settings.caption_model, device=self.device, dtype=self.dtype, max_batch=self.batch_size
+            ),
         )
 
     @property
@@ -94,6 +109,8 @@ class Engine:
                 cache_dir=s.model_cache_dir,
                 styles=styles.locations,
                 default_style=styles.default,
+                static_cache={"auto": None, "on": True, "off": False}[s.static_cache],
+                max_batch=self.batch_size,
             ),
         )
 
@@ -127,12 +144,14 @@ class Engine:
         # VITS is small and its flow/spline layers are sensitive to half precision: keep it in
         # float32 unless DTYPE was set explicitly.
         dtype = None if self.settings.dtype == "auto" else self.dtype
+        chunks = {"max_batch": SPEECH_CHUNKS_GPU} if self.device.type == "cuda" else {}
         return self._stages(
-            "speech", lambda: SpeechStage(self.settings.speech_model, device=str(self.device), dtype=dtype)
+            "speech", lambda: SpeechStage(self.settings.speech_model, device=str(self.device), dtype=dtype, **chunks)
         )
 
     def load(self) -> dict[str, float]:
-        """Warm all three models; returns the seconds each took to load.
+        """Load all three models and compile what runs compiled (the story model's decoding step for
+        each batch bucket, "warm_up"); returns the seconds each took.
 
         A model that cannot be loaded here (a hub id while the hub is unreachable or HF_HUB_OFFLINE=1
         and it is not in the Hugging Face cache, or an unreachable STORY_ADAPTER) raises
@@ -143,6 +162,9 @@ class Engine:
             start = time.perf_counter()
             getattr(self, name).load()
             seconds[name] = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.story.warm_up(self.settings.story_words):
+            seconds["warm_up"] = time.perf_counter() - start
         return seconds
 
     def narrate(
@@ -161,7 +183,7 @@ class Engine:
         with sampling, `seed` makes the story and the voice reproducible.
         """
         notify = (lambda stage, items: on_progress(stage, items[0])) if on_progress else None
-        return self._run([image], [words], [seed], sample, notify)[0]
+        return self.encode(self._run([image], [words], [seed], sample, notify))[0]
 
     def narrate_batch(
         self,
@@ -171,21 +193,25 @@ class Engine:
         sample: bool = True,
         on_progress: BatchProgressCallback | None = None,
         styles: Sequence[str | None] | None = None,
+        encode: bool = True,
     ) -> list[Narration]:
         """Each stage runs once over the whole list (once per distinct seed, and story length, for
         story and speech; styles mix in one call). on_progress(stage, [fields per photo]) works as
-        in narrate. `styles`: a STORY_STYLES name per photo (None: the default style)."""
+        in narrate. `styles`: a STORY_STYLES name per photo (None: the default style).
+        encode=False returns as soon as the GPU stages are done: each Narration's mp3 is b"" until
+        encode(narrations) runs, so a worker can encode one batch while the next one uses the GPU."""
         n = len(images)
         seeds = list(seeds) if seeds is not None else [None] * n
         words = list(words) if isinstance(words, (list, tuple)) else [words] * n
         styles = list(styles) if styles is not None else [None] * n
         if len(seeds) != n or len(words) != n or len(styles) != n:
             raise ValueError(f"{n} images but {len(seeds)} seeds, {len(words)} story lengths and {len(styles)} styles")
-        return self._run(list(images), words, seeds, sample, on_progress, styles) if images else []
+        if not images:
+            return []
+        narrations = self._run(list(images), words, seeds, sample, on_progress, styles)
+        return self.encode(narrations) if encode else narrations
 
     def _run(self, images, words, seeds, sample, on_progress, styles=None) -> list[Narration]:
-        from worker.engine.speech import encode_mp3
-
         words = [int(w or self.settings.story_words) for w in words]
         notify = on_progress or (lambda stage, items: None)
         timings: dict[str, float] = {}
@@ -223,25 +249,27 @@ class Engine:
                 speeches[i] = speech
         timings["speech"] = time.perf_counter() - start
 
-        def encode(speech):
+        return [
+            Narration(caption, story, b"", speech.seconds, speech.sample_rate, dict(timings), speech.words, speech)
+            for caption, story, speech in zip(captions, stories, speeches, strict=True)
+        ]
+
+    @staticmethod
+    def encode(narrations: list[Narration]) -> list[Narration]:
+        """Encode each narration's waveform to MP3 in place (timings["encode"]: its own seconds)."""
+        from worker.engine.speech import encode_mp3
+
+        def one(narration: Narration) -> None:
+            if narration.speech is None:
+                return  # already encoded
             start = time.perf_counter()
-            return encode_mp3(speech), time.perf_counter() - start
+            narration.mp3, narration.speech = encode_mp3(narration.speech), None
+            narration.timings["encode"] = time.perf_counter() - start
 
         # Each encode is an ffmpeg process, so a batch's encodes overlap well on threads.
-        if len(speeches) == 1:
-            encoded = [encode(speeches[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=min(len(speeches), os.cpu_count() or 2)) as pool:
-                encoded = list(pool.map(encode, speeches))
-        return [
-            Narration(
-                caption,
-                story,
-                mp3,
-                speech.seconds,
-                speech.sample_rate,
-                dict(timings, encode=seconds),
-                words=speech.words,
-            )
-            for caption, story, speech, (mp3, seconds) in zip(captions, stories, speeches, encoded, strict=True)
-        ]
+        if len(narrations) == 1:
+            one(narrations[0])
+        elif narrations:
+            with ThreadPoolExecutor(max_workers=min(len(narrations), os.cpu_count() or 2)) as pool:
+                list(pool.map(one, narrations))
+        return narrations

@@ -6,14 +6,28 @@ Nothing is loaded at import; StoryStage.load() loads once per process.
 One adapter (STORY_ADAPTER) is merged into the weights: base-model speed. Story styles (STORY_STYLES,
 shared/styles.py) stay unmerged, one named peft adapter each on the one base model, and a batch mixes
 them: generate(adapter_names=[style per row]) runs each row's LoRA on its own rows of every layer.
+
+On a GPU (static_cache, STATIC_CACHE) decoding keeps its KV cache in fixed-size tensors, which lets
+transformers compile the decoding step (torch.compile, CUDA graphs): the step then costs a fraction of
+its eager overhead. The compiled step is specialised to the batch size and the cache length, so rows are
+padded to a few bucket sizes (worker/engine/batching.py) and the cache to whole CACHE_BLOCKs, and
+warm_up() compiles each bucket while the worker loads. Styles (unmerged adapters) decode eagerly: peft
+routes each row to its adapter with forward hooks, which a compiled graph has not been tried with.
 """
 
 from __future__ import annotations
 
 import threading
 
+from worker.engine.batching import bucket_for, bucket_sizes, run_split
+
 # Re-exported: the trainer and tests import the prompt and clean-up from worker.engine.story.
 from worker.engine.story_text import SYSTEM_PROMPT, build_messages, clean_story  # noqa: F401
+
+# The static cache's length is a whole number of blocks: prompt plus story of the default length fit
+# in one, so every batch of a bucket size reuses one compiled step.
+CACHE_BLOCK = 512
+WARM_UP_TOKENS = 4  # the decoding step compiles on its first calls; a few tokens are enough
 
 
 class StoryStage:
@@ -32,6 +46,8 @@ class StoryStage:
         setting: str = "STORY_MODEL",
         styles: dict[str, str] | None = None,
         default_style: str | None = None,
+        static_cache: bool | None = None,
+        max_batch: int = 64,
     ):
         self.model_name, self.adapter, self.quantize = str(model), adapter, quantize or "none"
         # Style name -> adapter location (shared/styles.py); empty: no styles, STORY_ADAPTER merged.
@@ -41,6 +57,10 @@ class StoryStage:
             raise ValueError("a StoryStage serves STORY_ADAPTER or styles, not both")
         self.setting = setting  # named in the error when the model cannot be loaded
         self.device_setting, self.dtype_setting, self.cache_dir = device, dtype, cache_dir
+        # None: a static (compiled) cache on a GPU, the plain dynamic cache elsewhere.
+        self.static_cache_setting, self.static_cache = static_cache, False
+        self.max_batch = max_batch  # the largest batch one generate() runs
+        self.buckets = bucket_sizes(max_batch)  # the batch sizes rows are padded to (static cache)
         self.model = self.tokenizer = self.device = None
         self._load_lock, self._generate_lock = threading.Lock(), threading.Lock()
 
@@ -121,6 +141,8 @@ class StoryStage:
         if quantization is None and device.type != "cuda":
             model = model.to(device)
         self.tokenizer, self.device = tokenizer, device
+        static = device.type == "cuda" if self.static_cache_setting is None else self.static_cache_setting
+        self.static_cache = bool(static) and not style_paths
         self.model = model.eval()  # last: load()'s lock-free fast path treats a model as "all ready"
 
     def _attach_styles(self, model, paths: dict):
@@ -183,7 +205,9 @@ class StoryStage:
         adapter_names: list[str] | None = None,
     ):
         """Generate and return only the new token ids (the prompt is cut off). `adapter_names`: one
-        style per row (see adapter_names()), for a stage with styles."""
+        style per row (see adapter_names()), for a stage with styles. With the static cache the rows
+        are padded to a bucket size (copies of the last row, dropped again): a batch of one is never
+        padded, so a seeded job alone samples exactly what it would in any batch of its own."""
         import torch
 
         from worker.engine.devices import seeded
@@ -199,12 +223,20 @@ class StoryStage:
             options.update(temperature=None, top_p=None, top_k=None)
         if repetition_penalty is not None:
             options["repetition_penalty"] = repetition_penalty
+        rows, prompt = batch["input_ids"].shape
+        if self.static_cache:
+            size = bucket_for(rows, self.buckets)
+            batch = {key: torch.cat([value, value[-1:].expand(size - rows, -1)]) for key, value in batch.items()}
+            if adapter_names is not None:
+                adapter_names = [*adapter_names, *[adapter_names[-1]] * (size - rows)]
+            blocks = -(-(prompt + max_new_tokens) // CACHE_BLOCK)
+            options.update(cache_implementation="static", max_cache_len=blocks * CACHE_BLOCK)
         if adapter_names is not None:
             options["adapter_names"] = list(adapter_names)
         # The lock keeps a seeded run's random stream to itself.
         with self._generate_lock, seeded(seed, self.device), torch.inference_mode():
             output = self.model.generate(**batch, **options)
-        return output[:, batch["input_ids"].shape[1] :]
+        return output[:rows, prompt:]
 
     def postprocess(self, new_ids, captions: list[str] | None = None) -> list[str]:
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
@@ -227,17 +259,35 @@ class StoryStage:
         if not captions:
             return []
         names = self.adapter_names(styles, len(captions))  # before any work: an unknown style fails at once
-        batch = self.preprocess(list(captions), words)
         # ~1.3 tokens per English word, plus room for the model to finish its last sentence.
         limit = max_new_tokens or int(words) * 2 + 32
-        new_ids = self.forward(
-            batch,
-            seed=seed,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            max_new_tokens=limit,
-            adapter_names=names,
-        )
-        return self.postprocess(new_ids, list(captions))
+
+        def run(rows: list[tuple[str, str | None]]) -> list[str]:
+            texts = [caption for caption, _ in rows]
+            new_ids = self.forward(
+                self.preprocess(texts, words),
+                seed=seed,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+                max_new_tokens=limit,
+                adapter_names=[name for _, name in rows] if names else None,
+            )
+            return self.postprocess(new_ids, texts)
+
+        # More rows than max_batch, or more than fit in GPU memory, run as several batches.
+        return run_split(run, list(zip(captions, names or [None] * len(captions), strict=True)), self.max_batch)
+
+    def warm_up(self, words: int = 40) -> list[int]:
+        """Compile the static-cache decoding step for every bucket size now, not in a user's job;
+        returns the sizes warmed (none without the static cache)."""
+        self.load()
+        if not self.static_cache:
+            return []
+        for size in self.buckets:
+            # A short run: its cache still rounds up to the one block the real stories of this length use.
+            self.forward(
+                self.preprocess(["A photograph of a quiet street"] * size, words), max_new_tokens=WARM_UP_TOKENS
+            )
+        return list(self.buckets)

@@ -1,4 +1,7 @@
-"""python -m worker.tiny_models --out DIR [--seed N]"""
+"""python -m worker.tiny_models --out DIR [--seed N] [--full-size [--layers N] [--device D] [--no-report]]
+
+Without --full-size: the few-MB models the tests use. With it: random-weight models of the real sizes
+(BLIP base, Qwen2.5-1.5B-Instruct, MMS-TTS-eng) for the bench, followed by a report of what they do."""
 
 from __future__ import annotations
 
@@ -8,20 +11,39 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.tiny_models", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.tiny_models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="folder to write caption/, story/ and speech/ into")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
+    parser.add_argument("--full-size", action="store_true", help="the real models' sizes, random weights")
+    parser.add_argument("--layers", type=int, help="with --full-size: every transformer's layer count (a CPU check)")
+    parser.add_argument("--device", default="cpu", help="with --full-size: where the report runs (default cpu)")
+    parser.add_argument("--no-report", action="store_true", help="with --full-size: build only")
     args = parser.parse_args(argv)
+    if not args.full_size and (args.layers is not None or args.device != "cpu" or args.no_report):
+        parser.error("--layers, --device and --no-report go with --full-size")
+    if args.layers is not None and args.layers < 1:
+        parser.error("--layers must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # building never needs the hub
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from worker.tiny_models import build_all
+    if args.full_size:
+        from worker.tiny_models.full_size import build_full_size
 
-    out = build_all(args.out, seed=args.seed)
+        out = build_full_size(args.out, seed=args.seed, layers=args.layers)
+    else:
+        from worker.tiny_models import build_all
+
+        out = build_all(args.out, seed=args.seed)
     for name in ("caption", "story", "speech"):
         size = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
         print(f"{out / name}  {size / 1e6:.2f} MB")
+    if args.full_size and not args.no_report:
+        from worker.tiny_models.full_size_report import format_report, report
+
+        print(format_report(report(out, device=args.device, seed=args.seed)))
     return 0
 
 
