@@ -90,7 +90,7 @@ def measure(engine, batch: int, runs: int, words: int) -> dict[str, float]:
         jobs_per_s=batch / result["total"],
         overlapped_jobs_per_s=runs * batch / wall,
         gpu_busy=busy / wall,
-        peak_gpu_mb=torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else float("nan"),
+        peak_gpu_mb=torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else None,
     )
     return result
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{batch:>5} | "
             + " | ".join(cells)
             + f" | {r['jobs_per_s']:7.2f} | {r['overlapped_jobs_per_s']:10.2f} | {r['gpu_busy']:8.0%}"
-            + f" | {r['peak_gpu_mb']:11.0f}"
+            + (f" | {r['peak_gpu_mb']:11.0f}" if r["peak_gpu_mb"] is not None else f" | {'-':>11}")
         )
     print(
         "jobs/s: batches one after another; overlapped: each batch's MP3s encoded while the next batch runs "

@@ -24,9 +24,10 @@ from worker.engine.batching import bucket_for, bucket_sizes, run_split
 # Re-exported: the trainer and tests import the prompt and clean-up from worker.engine.story.
 from worker.engine.story_text import SYSTEM_PROMPT, build_messages, clean_story  # noqa: F401
 
-# The static cache's length is a whole number of blocks: prompt plus story of the default length fit
-# in one, so every batch of a bucket size reuses one compiled step.
-CACHE_BLOCK = 512
+# The static cache's length is a whole number of blocks. One block holds the prompt and the longest
+# story the API allows (200 words: 432 new tokens), so every job reuses the step compiled for its
+# bucket; a second length would compile every bucket again, inside users' jobs.
+CACHE_BLOCK = 1024
 WARM_UP_TOKENS = 4  # the decoding step compiles on its first calls; a few tokens are enough
 
 
@@ -142,7 +143,8 @@ class StoryStage:
             model = model.to(device)
         self.tokenizer, self.device = tokenizer, device
         static = device.type == "cuda" if self.static_cache_setting is None else self.static_cache_setting
-        self.static_cache = bool(static) and not style_paths
+        # Not with styles (see above), nor with bitsandbytes weights, which torch.compile does not take.
+        self.static_cache = bool(static) and not style_paths and quantization is None
         self.model = model.eval()  # last: load()'s lock-free fast path treats a model as "all ready"
 
     def _attach_styles(self, model, paths: dict):
@@ -286,7 +288,7 @@ class StoryStage:
         if not self.static_cache:
             return []
         for size in self.buckets:
-            # A short run: its cache still rounds up to the one block the real stories of this length use.
+            # A short run: its cache is still the one block the real stories use.
             self.forward(
                 self.preprocess(["A photograph of a quiet street"] * size, words), max_new_tokens=WARM_UP_TOKENS
             )
