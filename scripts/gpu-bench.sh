@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU figures in one go, for a GPU machine with no model hub (issue 8):
-#   scripts/gpu-bench.sh [BATCHES] [RUNS]      e.g. scripts/gpu-bench.sh 1,8,32,64,128,256 3
-# builds full-size random-weight models (BLIP base, Qwen2.5-1.5B-Instruct, MMS-TTS-eng) on local disk,
-# then benches them on cuda. Wheels the machine lacks can be carried in $WHEELS (installed offline
-# first); weights are never carried. The story model's compile runs once per batch size while the
-# bench loads (about a minute each on an H100): bench fewer sizes per call when time is short.
+# The GPU figures for issue 8, on a GPU machine with no model hub:
+#   scripts/gpu-bench.sh [BATCHES] [RUNS]      e.g. scripts/gpu-bench.sh 1,64,256 3
+# Builds full-size random-weight models (BLIP base, Qwen2.5-1.5B-Instruct, MMS-TTS-eng) into $MODELS
+# once (about 3.5 GB on local disk, kept while the machine is), then benches them on cuda. Wheels the
+# machine lacks can be carried in $WHEELS (installed offline first); weights are never carried. The
+# story model's decoding step compiles once per batch size while the bench loads (about a minute each
+# on an H100): with a 10-minute limit per command, bench two or three sizes per call.
 set -euo pipefail
 BATCHES=${1:-1,8,32,64,128,256}
 RUNS=${2:-3}
@@ -15,8 +16,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [[ -n "${WHEELS:-}" ]]; then
   "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" "$WHEELS"/*.whl
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if ! command -v ffmpeg >/dev/null; then  # pydub runs `ffmpeg`; imageio-ffmpeg's wheel carries one
+  bin=$(mktemp -d)
+  ln -s "$("$PYTHON" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" "$bin/ffmpeg"
+  export PATH="$bin:$PATH"
+fi
+# Fail now, not after the build, on what the bench needs.
+"$PYTHON" -c 'import torch, transformers, peft, pydub, pydantic_settings; assert torch.cuda.is_available()
+print("torch", torch.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name())'
 if [[ ! -f "$MODELS/story/config.json" ]]; then
-  time "$PYTHON" -m worker.tiny_models --full-size --out "$MODELS" --device cuda
+  time "$PYTHON" -m worker.tiny_models --full-size --out "$MODELS" --no-report
 fi
 time "$PYTHON" -m worker.bench --models "$MODELS" --device cuda --batches "$BATCHES" --runs "$RUNS" --styles none

@@ -92,8 +92,7 @@ def run_wakeup(
     if heartbeat.stopping:
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
-    size = settings.worker_batch_size or engine.batch_size  # unset: the engine's default for its device
-    batch = store.claim(claimant, size, settings.lease_seconds, first=job_id)
+    batch = store.claim(claimant, batch_size(settings, engine), settings.lease_seconds, first=job_id)
     if not batch:
         return {}  # already run, running elsewhere or canceled: the message was only a wake-up
     metrics.batch_claimed(len(batch))
@@ -115,6 +114,7 @@ def run_wakeup(
     ended(outcomes, store, notify)
     if narrated is None:
         return outcomes
+    heartbeat.hold(claimant, [job.id for job in narrated.jobs])  # only those still to finish
 
     def finish() -> dict[str, str]:
         try:
@@ -130,6 +130,11 @@ def run_wakeup(
         return {**outcomes, **finish()}
     finisher.submit(finish)  # waits while the previous batch is still finishing
     return {**outcomes, **dict.fromkeys((job.id for job in narrated.jobs), "finishing")}
+
+
+def batch_size(settings, engine) -> int:
+    """WORKER_BATCH_SIZE, or unset, the engine's default for its device (128 on a GPU, 8 on a CPU)."""
+    return settings.worker_batch_size or engine.batch_size
 
 
 def is_rerun(store: JobStore, job_id: str) -> bool:

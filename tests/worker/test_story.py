@@ -280,7 +280,7 @@ def test_static_cache_and_padded_buckets_give_the_plain_path_s_greedy_tokens(sta
     assert fast.tolist() == plain.tolist()
 
 
-def test_static_cache_pads_rows_to_a_bucket_and_the_cache_to_a_block(static_stage, monkeypatch):
+def test_static_cache_pads_rows_to_a_bucket_and_reuses_one_cache_per_bucket(static_stage, monkeypatch):
     from worker.engine.story import CACHE_BLOCK
 
     seen = []
@@ -288,13 +288,30 @@ def test_static_cache_pads_rows_to_a_bucket_and_the_cache_to_a_block(static_stag
     monkeypatch.setattr(
         static_stage.model,
         "generate",
-        lambda **kw: (
-            seen.append((kw["input_ids"].shape[0], kw["max_cache_len"], kw["cache_implementation"])) or generate(**kw)
-        ),
+        lambda **kw: seen.append((kw["input_ids"].shape[0], kw["cache"], "stopping_criteria" in kw)) or generate(**kw),
     )
-    static_stage(CAPTIONS[:3], do_sample=False, max_new_tokens=8)
+    first = static_stage(CAPTIONS[:3], do_sample=False, max_new_tokens=8)
     static_stage(CAPTIONS[:1], seed=3, max_new_tokens=8)
-    assert seen == [(4, CACHE_BLOCK, "static"), (1, CACHE_BLOCK, "static")]
+    again = static_stage(CAPTIONS[:3], do_sample=False, max_new_tokens=8)
+    assert [(rows, padded) for rows, _, padded in seen] == [(4, True), (1, False), (4, True)]
+    # The compiled step keeps its cache's addresses: the same bucket gets the same cache, emptied.
+    assert seen[0][1] is seen[2][1] and seen[0][1] is not seen[1][1]
+    assert again == first
+    assert static_stage._caches[4][0] == CACHE_BLOCK
+
+
+def test_padding_rows_are_done_from_the_first_step(static_stage, monkeypatch):
+    # Sampled copies of the last row must not keep a batch decoding after its real rows have ended.
+    import torch
+
+    criteria = []
+    generate = static_stage.model.generate
+    monkeypatch.setattr(
+        static_stage.model, "generate", lambda **kw: criteria.append(kw["stopping_criteria"]) or generate(**kw)
+    )
+    static_stage(CAPTIONS[:3], seed=1, max_new_tokens=4)
+    ids = torch.zeros((4, 9), dtype=torch.long)
+    assert criteria[0](ids, None).tolist() == [False, False, False, True]
 
 
 def test_a_seeded_story_alone_is_the_same_on_both_paths(stage, static_stage):

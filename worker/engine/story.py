@@ -62,6 +62,7 @@ class StoryStage:
         self.static_cache_setting, self.static_cache = static_cache, False
         self.max_batch = max_batch  # the largest batch one generate() runs
         self.buckets = bucket_sizes(max_batch)  # the batch sizes rows are padded to (static cache)
+        self._caches: dict[int, tuple] = {}  # bucket size -> (its length, its StaticCache), reused
         self.model = self.tokenizer = self.device = None
         self._load_lock, self._generate_lock = threading.Lock(), threading.Lock()
 
@@ -211,6 +212,7 @@ class StoryStage:
         are padded to a bucket size (copies of the last row, dropped again): a batch of one is never
         padded, so a seeded job alone samples exactly what it would in any batch of its own."""
         import torch
+        from transformers import StoppingCriteriaList
 
         from worker.engine.devices import seeded
 
@@ -226,19 +228,37 @@ class StoryStage:
         if repetition_penalty is not None:
             options["repetition_penalty"] = repetition_penalty
         rows, prompt = batch["input_ids"].shape
-        if self.static_cache:
-            size = bucket_for(rows, self.buckets)
+        size = bucket_for(rows, self.buckets) if self.static_cache else rows
+        if size > rows:
             batch = {key: torch.cat([value, value[-1:].expand(size - rows, -1)]) for key, value in batch.items()}
             if adapter_names is not None:
                 adapter_names = [*adapter_names, *[adapter_names[-1]] * (size - rows)]
-            blocks = -(-(prompt + max_new_tokens) // CACHE_BLOCK)
-            options.update(cache_implementation="static", max_cache_len=blocks * CACHE_BLOCK)
+            # The copies count as done from the start: a sampled copy must not outlast the real rows.
+            options["stopping_criteria"] = StoppingCriteriaList(
+                [lambda ids, scores, **_: torch.arange(ids.shape[0], device=ids.device) >= rows]
+            )
         if adapter_names is not None:
             options["adapter_names"] = list(adapter_names)
-        # The lock keeps a seeded run's random stream to itself.
+        # The lock keeps a seeded run's random stream (and a bucket's cache) to itself.
         with self._generate_lock, seeded(seed, self.device), torch.inference_mode():
+            if self.static_cache:
+                options["cache"] = self._static_cache(size, prompt + max_new_tokens)
             output = self.model.generate(**batch, **options)
         return output[:rows, prompt:]
+
+    def _static_cache(self, size: int, tokens: int):
+        """The bucket's one StaticCache, emptied in place: the compiled step (its CUDA graph) keeps
+        the addresses of the cache's tensors, so a new cache per call would record a new graph."""
+        from transformers import StaticCache
+
+        length = -(-tokens // CACHE_BLOCK) * CACHE_BLOCK
+        held, cache = self._caches.get(size, (0, None))
+        if cache is None or held < length:
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._caches[size] = (length, cache)
+        else:
+            cache.reset()
+        return cache
 
     def postprocess(self, new_ids, captions: list[str] | None = None) -> list[str]:
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
