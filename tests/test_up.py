@@ -42,7 +42,15 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
     with open(log, "wb") as out:
         # Its own session, like a terminal's foreground job: Ctrl-C signals the whole group.
         proc = subprocess.Popen(
-            ["bash", "scripts/up.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            ["bash", "scripts/up.sh"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A terminal's Ctrl-C reaches a script that can trap it; a test run started in the background
+            # of a shell inherits SIGINT ignored, which bash may then not trap ("up: stopping" never runs).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + 90

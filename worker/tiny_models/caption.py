@@ -27,32 +27,33 @@ def make_vocab() -> list[str]:
     return SPECIAL + list(dict.fromkeys(WORDS + letters + list(".,'-"))) + EXTRA
 
 
+def make_processor(image_size: int = IMAGE_SIZE, max_length: int = 64):
+    """BLIP's processor over the small vocabulary: BERT's WordPiece plus [DEC]/[ENC], CLIP's normalisation."""
+    from transformers import BertTokenizer, BlipImageProcessorPil, BlipProcessor
+
+    # transformers 5's BertTokenizer takes the vocabulary as a dict (vocab_file is ignored).
+    tokenizer = BertTokenizer(
+        vocab={token: i for i, token in enumerate(make_vocab())},
+        do_lower_case=True,
+        bos_token="[DEC]",
+        additional_special_tokens=["[ENC]"],
+        model_max_length=max_length,
+    )
+    image_processor = BlipImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def build(out: str | Path, seed: int = 0) -> Path:
     import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessorPil,
-        BlipProcessor,
-    )
+    from transformers import BlipConfig, BlipForConditionalGeneration
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = make_vocab()
-    # transformers 5's BertTokenizer takes the vocabulary as a dict (vocab_file is ignored).
-    tokenizer = BertTokenizer(
-        vocab={token: i for i, token in enumerate(vocab)},
-        do_lower_case=True,
-        bos_token="[DEC]",
-        additional_special_tokens=["[ENC]"],
-        model_max_length=64,
-    )
-    image_processor = BlipImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
     config = BlipConfig(
         text_config=dict(
             vocab_size=len(vocab),
@@ -87,5 +88,5 @@ def build(out: str | Path, seed: int = 0) -> Path:
             if param.dim() > 1:
                 param.normal_(0.0, 0.2)
     model.save_pretrained(out)
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    make_processor().save_pretrained(out)
     return out

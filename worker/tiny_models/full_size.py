@@ -86,31 +86,13 @@ def caption_word_ids(vocab: list[str]) -> list[int]:
 
 def build_caption(out: Path, seed: int = 0, layers: int | None = None) -> Path:
     import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessorPil,
-        BlipProcessor,
-    )
+    from transformers import BlipConfig, BlipForConditionalGeneration
 
-    from worker.tiny_models.caption import make_vocab
+    from worker.tiny_models.caption import make_processor, make_vocab
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = make_vocab()
-    tokenizer = BertTokenizer(
-        vocab={token: i for i, token in enumerate(vocab)},
-        do_lower_case=True,
-        bos_token="[DEC]",
-        additional_special_tokens=["[ENC]"],
-        model_max_length=512,
-    )
-    image_processor = BlipImageProcessorPil(
-        size={"height": 384, "width": 384},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
     depth = layers or BLIP_LAYERS
     # Salesforce/blip-image-captioning-base's config.json; only the special ids are the tiny vocabulary's.
     config = BlipConfig(
@@ -148,7 +130,7 @@ def build_caption(out: Path, seed: int = 0, layers: int | None = None) -> Path:
     with torch.no_grad():
         model.text_decoder.cls.predictions.bias[blocked] = BLOCKED_BIAS  # tied to the LM head's bias
     model.save_pretrained(out)
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    make_processor(image_size=384, max_length=512).save_pretrained(out)
     return out
 
 
