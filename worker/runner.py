@@ -92,7 +92,8 @@ def run_wakeup(
     if heartbeat.stopping:
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
-    batch = store.claim(claimant, batch_size(settings, engine), settings.lease_seconds, first=job_id)
+    # WORKER_BATCH_SIZE, or unset, the engine's default for its device (128 on a GPU, 8 on a CPU).
+    batch = store.claim(claimant, settings.worker_batch_size or engine.batch_size, settings.lease_seconds, first=job_id)
     if not batch:
         return {}  # already run, running elsewhere or canceled: the message was only a wake-up
     metrics.batch_claimed(len(batch))
@@ -130,11 +131,6 @@ def run_wakeup(
         return {**outcomes, **finish()}
     finisher.submit(finish)  # waits while the previous batch is still finishing
     return {**outcomes, **dict.fromkeys((job.id for job in narrated.jobs), "finishing")}
-
-
-def batch_size(settings, engine) -> int:
-    """WORKER_BATCH_SIZE, or unset, the engine's default for its device (128 on a GPU, 8 on a CPU)."""
-    return settings.worker_batch_size or engine.batch_size
 
 
 def is_rerun(store: JobStore, job_id: str) -> bool:
@@ -400,19 +396,21 @@ def run_fault_hooks(jobs: list[Job]) -> None:
     """TEST_FAULT_HOOKS only: a photo uploaded as `__kill_worker__...` kills its worker (a poison
     job), one named `__sleep_<seconds>__...` makes its batch's GPU part take that much longer."""
     for job in jobs:
-        name = job.filename or ""
-        if name.startswith("__kill_worker__"):
+        if (job.filename or "").startswith("__kill_worker__"):
             log.warning("fault hook: killing this worker for job %s", job.id)
             os.kill(os.getpid(), signal.SIGKILL)
-        match = re.match(r"__sleep_(\d+(?:\.\d+)?)__", name)
-        if match:
-            time.sleep(float(match.group(1)))
+        sleep_as_named(job, "sleep")
 
 
 def run_finish_fault_hooks(jobs: list[Job]) -> None:
     """TEST_FAULT_HOOKS only: a photo named `__slow_finish_<seconds>__...` makes its batch's
     finishing (encode, upload) take that much longer."""
     for job in jobs:
-        match = re.match(r"__slow_finish_(\d+(?:\.\d+)?)__", job.filename or "")
-        if match:
-            time.sleep(float(match.group(1)))
+        sleep_as_named(job, "slow_finish")
+
+
+def sleep_as_named(job: Job, hook: str) -> None:
+    """Sleep the seconds a photo named `__<hook>_<seconds>__...` asks for."""
+    match = re.match(rf"__{hook}_(\d+(?:\.\d+)?)__", job.filename or "")
+    if match:
+        time.sleep(float(match.group(1)))
