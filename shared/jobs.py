@@ -75,6 +75,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then enqueue(ARGV[4], KEYS[1]) else dequeue(ARGV[4], owner_of(KEYS[1])) end
 if status ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+redis.call('PUBLISH', 'jobs:changed', ARGV[4])
 return 1
 """
 )
@@ -129,6 +130,7 @@ while progress and not solo and #claimed < limit do
   end
 end
 for _, id in ipairs(claimed) do redis.call('HSET', 'job:' .. id, 'batch_size', tostring(#claimed)) end
+if #claimed > 0 then redis.call('PUBLISH', 'jobs:changed', table.concat(claimed, ' ')) end
 return claimed
 """
 )
@@ -184,6 +186,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0
     redis.call('EXPIRE', key, tonumber(ARGV[3]))
   end
 end
+if #requeued + #failed > 0 then
+  redis.call('PUBLISH', 'jobs:changed', table.concat(requeued, ' ') .. ' ' .. table.concat(failed, ' '))
+end
 return {requeued, failed}
 """
 )
@@ -211,6 +216,9 @@ class JobStore:
     QUEUED = "jobs:queued"
     RUNNING = "jobs:running"
     OWNERS = "jobs:owners"
+    # Every script that changes jobs' status or stage publishes their ids here (space-separated),
+    # so web processes can answer long polls (`?wait=`) the moment a job changes.
+    CHANGES = "jobs:changed"
 
     @staticmethod
     def owner_index(owner: str) -> str:
