@@ -22,7 +22,7 @@ import logging
 import time
 
 from shared import styles
-from shared.job_schema import Job, JobStatus
+from shared.jobs.schema import Job, JobStatus
 from shared.storage import Storage, StorageError, StorageNotFound
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.job_schema import Job, JobStatus, iso
+from shared.jobs.schema import Job, JobStatus, iso
 from shared.queue import PUBLISH_RETRY
 
 log = logging.getLogger(__name__)
@@ -304,14 +304,16 @@ def delivery_key(job_id: str, event: str) -> str:
     return f"webhook:{job_id}:{event}"
 
 
-def notify_finished(celery, store, job_ids: Iterable[str]) -> list[str]:
+def notify_finished(celery, store, jobs: Iterable[Job | str]) -> list[str]:
     """For each job that has a webhook and has finished, enqueue its delivery, once: a job already
-    enqueued is skipped (HSETNX marker). Never raises: a job whose message could not be published
-    is logged and its marker removed, so a later call can enqueue it. Returns the ids enqueued."""
+    enqueued is skipped (HSETNX marker). `jobs`: the records as the caller wrote them (nothing is
+    read again), or ids to read. Never raises: a job whose message could not be published is
+    logged and its marker removed, so a later call can enqueue it. Returns the ids enqueued."""
     sent = []
-    for job_id in dict.fromkeys(job_ids):
+    for item in jobs:
+        job_id = item if isinstance(item, str) else item.id
         try:
-            job = store.get(job_id)
+            job = store.get(item) if isinstance(item, str) else item
             if job is None or not job.webhook or not JobStatus(job.status).finished:
                 continue
             event = EVENTS[JobStatus(job.status)]

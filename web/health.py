@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from shared import workers
-from shared.job_schema import iso
+from shared.jobs.schema import iso
 from web.services import services
 
 bp = Blueprint("health", __name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from shared.job_schema import iso
+from shared.jobs.schema import iso
 from web import auth
 from web.services import services
 

@@ -5,7 +5,7 @@ code breaks the schema), and the component schemas, built from the constants the
 
 from __future__ import annotations
 
-from shared.job_schema import JobStatus, Stage
+from shared.jobs.schema import JobStatus, Stage
 from shared.webhooks import PUBLIC_FIELDS
 from web.api import JOB_ID as JOB_ID_PATTERN
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER

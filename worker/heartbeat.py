@@ -96,6 +96,7 @@ class Heartbeat:
 
     def reap(self) -> None:
         requeued, failed = self.store.reap(self.settings.max_attempts)
+        self.store.trim_indexes()
         for job_id in failed:
             log.error("job %s failed: its worker died on each of its %d attempts", job_id, self.settings.max_attempts)
         if failed:

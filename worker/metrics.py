@@ -103,15 +103,14 @@ def stage_timer(stage: str):
 
 
 @_quietly
-def jobs_finished(outcomes: dict[str, str], store) -> None:
+def jobs_finished(outcomes: dict[str, str], ended) -> None:
     """Jobs of a run that ended (worker/runner.py calls it once per job: when its GPU part ended it,
-    or when its finishing did)."""
-    for job_id, status in outcomes.items():
+    or when its finishing did); `ended`: the records of those that ended, as the run wrote them."""
+    for status in outcomes.values():
         JOBS_FINISHED.labels(status).inc()
-        if status in ("succeeded", "failed"):
-            job = store.get(job_id)  # its recorded times: the submit is the web's, the finish this run's
-            if job is not None and job.created_at and job.finished_at:
-                JOB_SECONDS.labels(status).observe(max(0.0, job.finished_at - job.created_at))
+    for job in ended:  # the submit's time is the web's, the finish this run's
+        if job.status in ("succeeded", "failed") and job.created_at and job.finished_at:
+            JOB_SECONDS.labels(job.status.value).observe(max(0.0, job.finished_at - job.created_at))
 
 
 @_quietly

@@ -81,7 +81,7 @@ def run_wakeup(
     heartbeat,
     settings,
     finisher=None,
-    notify: Callable[[list[str]], object] | None = None,
+    notify: Callable[[list[Job]], object] | None = None,
 ) -> dict[str, str]:
     """Claim a batch (`job_id` first when it is still queued) and run it; {job id: status}.
 
@@ -93,39 +93,40 @@ def run_wakeup(
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
     # WORKER_BATCH_SIZE, or unset, the engine's default for its device (128 on a GPU, 8 on a CPU).
-    batch = store.claim(claimant, settings.worker_batch_size or engine.batch_size, settings.lease_seconds, first=job_id)
+    limit = settings.worker_batch_size or engine.batch_size
+    batch = store.claim_jobs(claimant, limit, settings.lease_seconds, first=job_id)
     if not batch:
         return {}  # already run, running elsewhere or canceled: the message was only a wake-up
     metrics.batch_claimed(len(batch))
     if len(batch) > 1:
-        log.info("running a batch of %d jobs: %s", len(batch), ", ".join(batch))
-    heartbeat.hold(claimant, batch)
+        log.info("running a batch of %d jobs: %s", len(batch), ", ".join(job.id for job in batch))
+    heartbeat.hold(claimant, [job.id for job in batch])
+    run = Run(claimant)
     narrated = None
     try:
-        if finisher is not None and len(batch) == 1 and is_rerun(store, batch[0]):
+        if finisher is not None and len(batch) == 1 and batch[0].attempts > 1:
             # A job whose earlier run died runs alone (store.claim) and, should it be a photo that kills
             # workers, with no other batch finishing beside it either: that batch did nothing wrong.
             finisher.wait()
-        outcomes, narrated = narrate_claimed(
-            batch, claimant, store=store, storage=storage, engine=engine, settings=settings
-        )
+        narrated = narrate_claimed(batch, run, store=store, storage=storage, engine=engine, settings=settings)
     finally:
         if narrated is None:
             heartbeat.release(claimant)
-    ended(outcomes, store, notify)
+    outcomes = run.report(notify)
     if narrated is None:
         return outcomes
     heartbeat.hold(claimant, [job.id for job in narrated.jobs])  # only those still to finish
 
     def finish() -> dict[str, str]:
+        done = Run(claimant)
         try:
-            done = finish_batch(narrated, store=store, storage=storage, engine=engine, settings=settings)
+            finish_batch(narrated, done, store=store, storage=storage, engine=engine, settings=settings)
         finally:
             heartbeat.release(claimant)
-        ended(done, store, notify)
+        finished = done.report(notify)
         if finisher is not None:  # the task's own log line showed only "finishing"
-            log.info("finished %s", done)
-        return done
+            log.info("finished %s", finished)
+        return finished
 
     if finisher is None:
         return {**outcomes, **finish()}
@@ -133,69 +134,87 @@ def run_wakeup(
     return {**outcomes, **dict.fromkeys((job.id for job in narrated.jobs), "finishing")}
 
 
-def is_rerun(store: JobStore, job_id: str) -> bool:
-    job = store.get(job_id)
-    return job is not None and job.attempts > 1
+class Run:
+    """What one run (a claimant) has ended so far: each job's outcome, and the records of the jobs
+    that ended as written, which metrics, webhooks and the result cache take without a re-read."""
 
+    def __init__(self, claimant: str):
+        self.claimant = claimant
+        self.outcomes: dict[str, str] = {}
+        self.ended: list[Job] = []
 
-def ended(outcomes: dict[str, str], store: JobStore, notify: Callable[[list[str]], object] | None) -> None:
-    """Each job's outcome, counted once, and the webhooks of those that ended."""
-    metrics.jobs_finished(outcomes, store)
-    done = [job_id for job_id, status in outcomes.items() if status in FINAL]
-    if notify is not None and done:
-        notify(done)
+    def pending(self, jobs: list[Job]) -> list[Job]:
+        return [job for job in jobs if job.id not in self.outcomes]
+
+    def finish(self, store: JobStore, results: list[tuple[Job, JobStatus, dict]]) -> None:
+        """End jobs in one write; those this run no longer holds are "lost" (canceled, or taken
+        back), and with Redis gone they are "abandoned" (their leases lapse, the reaper requeues)."""
+        results = [r for r in results if r[0].id not in self.outcomes]
+        try:
+            ended = store.finish_batch(self.claimant, results)
+        except RedisError:
+            self.outcomes.update((job.id, "abandoned") for job, _, _ in results)
+            return
+        self.ended += ended
+        self.outcomes.update((job.id, job.status.value) for job in ended)
+        self.outcomes.update((job.id, "lost") for job, _, _ in results if job.id not in self.outcomes)
+
+    def fail(self, store: JobStore, jobs: list[Job], message: str) -> None:
+        self.finish(store, [(job, JobStatus.FAILED, {"error": message}) for job in jobs])
+
+    def report(self, notify: Callable[[list[Job]], object] | None) -> dict[str, str]:
+        """Each job's outcome, counted once, and the webhooks of those that ended."""
+        metrics.jobs_finished(self.outcomes, self.ended)
+        if notify is not None and self.ended:
+            notify(self.ended)
+        return self.outcomes
 
 
 def narrate_claimed(
-    job_ids: list[str], claimant: str, *, store: JobStore, storage: Storage, engine, settings
-) -> tuple[dict[str, str], Narrated | None]:
+    jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, settings
+) -> Narrated | None:
     """The GPU part of a claimed batch, within JOB_TIME_LIMIT: read the photos, run the stages.
-    Returns the outcomes of the jobs that ended here, and what is left to finish (None: nothing)."""
+    Returns what is left to finish (None: nothing); the jobs that ended here are in `run`."""
     try:
         with time_limit(settings.job_time_limit):
-            return run_stages(job_ids, claimant, store=store, storage=storage, engine=engine, settings=settings)
+            return run_stages(jobs, run, store=store, storage=storage, engine=engine, settings=settings)
     except SoftTimeLimitExceeded:  # fired outside the stages
-        return {job_id: fail_job(store, job_id, TIME_LIMIT_MESSAGE, claimant) for job_id in job_ids}, None
+        run.fail(store, run.pending(jobs), TIME_LIMIT_MESSAGE)
     except RedisError as exc:
         # Nothing can be recorded now; the leases lapse and the reaper puts the jobs back.
         log.warning(
-            "lost Redis while running %s (%s); they are requeued when their leases lapse", ", ".join(job_ids), exc
+            "lost Redis while running %s (%s); they are requeued when their leases lapse",
+            ", ".join(job.id for job in jobs),
+            exc,
         )
-        return dict.fromkeys(job_ids, "abandoned"), None
+        run.outcomes.update((job.id, "abandoned") for job in run.pending(jobs))
+    return None
 
 
-def run_stages(
-    job_ids: list[str], claimant: str, *, store: JobStore, storage: Storage, engine, settings
-) -> tuple[dict[str, str], Narrated | None]:
+def run_stages(jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, settings) -> Narrated | None:
     """Read the claimed jobs' photos and run them through the GPU stages as one batch."""
-    outcomes: dict[str, str] = {}
-    found = []
-    for job_id in job_ids:
-        job = store.get(job_id)
-        if job is None:  # expired between claim and now
-            outcomes[job_id] = "missing"
-        else:
-            found.append(job)
-    jobs, images = [], []
-    for job, image in zip(found, read_images(found, storage, engine, settings), strict=True):
+    read = read_images(jobs, storage, engine, settings)
+    for job, image in zip(jobs, read, strict=True):
         if isinstance(image, JobFailed):
-            outcomes[job.id] = fail_job(store, job.id, str(image), claimant)
-        else:
-            jobs.append(job)
-            images.append(image)
+            run.finish(store, [(job, JobStatus.FAILED, {"error": str(image)})])
+    images = [image for image in read if not isinstance(image, JobFailed)]
+    jobs = run.pending(jobs)
     if settings.test_fault_hooks:
         run_fault_hooks(jobs)
     active = {job.id for job in jobs}
     stage_now = Stage.CAPTION
 
     def publish(stage: str, fields: list[dict]) -> None:
-        # Each stage boundary shows what exists so far (caption, story) and notices lost jobs.
+        # Each stage boundary shows what exists so far (caption, story) and notices lost jobs, in
+        # one write for the batch. The claim already put the jobs at the caption stage.
         nonlocal stage_now
         stage_now = Stage(stage)
-        for job, changes in zip(jobs, fields, strict=True):
-            if job.id in active and not store.progress(job.id, stage_now, claimant=claimant, **changes):
-                active.discard(job.id)  # canceled, or taken back after this worker's lease lapsed
-                outcomes[job.id] = "lost"
+        if stage_now == Stage.CAPTION:
+            return
+        changes = [(job.id, f) for job, f in zip(jobs, fields, strict=True) if job.id in active]
+        for job_id in store.progress_batch(run.claimant, stage_now, changes):
+            active.discard(job_id)  # canceled, or taken back after this worker's lease lapsed
+            run.outcomes[job_id] = "lost"
         if not active:
             raise JobCanceled()
 
@@ -213,24 +232,24 @@ def run_stages(
                 **extra,
             )
             kept = [(job, n) for job, n in zip(jobs, narrations, strict=True) if job.id in active]
-            return outcomes, Narrated(claimant, [job for job, _ in kept], [n for _, n in kept])
+            return Narrated(run.claimant, [job for job, _ in kept], [n for _, n in kept])
     except JobCanceled:
         pass
     except RedisError:
         raise
     except SoftTimeLimitExceeded:
-        fail_rest(store, active, TIME_LIMIT_MESSAGE, claimant, outcomes)
+        run.fail(store, [job for job in jobs if job.id in active], TIME_LIMIT_MESSAGE)
     except Exception as exc:  # a model error ends these jobs, not the worker
         log.exception("jobs %s failed in stage %s", ", ".join(active), stage_now.value)
-        fail_rest(store, active, failure_message(exc, stage_now), claimant, outcomes)
-    return outcomes, None
+        run.fail(store, [job for job in jobs if job.id in active], failure_message(exc, stage_now))
+    return None
 
 
-def finish_batch(narrated: Narrated, *, store: JobStore, storage: Storage, engine, settings) -> dict[str, str]:
-    """Encode the batch's MP3s, then upload and record each job: succeeded, failed or lost. Runs off
-    the GPU's path (worker/finisher.py), outside JOB_TIME_LIMIT: storage retries have their own deadline."""
-    outcomes: dict[str, str] = {}
-    jobs, claimant = narrated.jobs, narrated.claimant
+def finish_batch(narrated: Narrated, run: Run, *, store: JobStore, storage: Storage, engine, settings) -> None:
+    """Encode the batch's MP3s, upload them, then record the batch's results in one write: each job
+    succeeded, failed or lost (in `run`). Runs off the GPU's path when a finisher is used
+    (worker/finisher.py), outside JOB_TIME_LIMIT: storage retries have their own deadline."""
+    jobs = narrated.jobs
     retry = storage_retry(settings.storage_retry_seconds)
     stage_now = Stage.SPEECH  # encoding is the tail of the speech stage
     try:
@@ -239,22 +258,38 @@ def finish_batch(narrated: Narrated, *, store: JobStore, storage: Storage, engin
         engine.encode(narrated.narrations)
         metrics.stages_done(narrated.narrations)
         stage_now = Stage.UPLOAD
-        for job in jobs:
-            if not store.progress(job.id, stage_now, claimant=claimant):
-                outcomes[job.id] = "lost"  # canceled while its batch was on the GPU or encoding
+        for job_id in store.progress_batch(run.claimant, stage_now, [(job.id, {}) for job in jobs]):
+            run.outcomes[job_id] = "lost"  # canceled while its batch was on the GPU or encoding
+        results: list[tuple[Job, JobStatus, dict]] = []
+        down = None  # storage stayed unreachable: the rest of the batch fails without waiting again
         for job, narration in zip(jobs, narrated.narrations, strict=True):
-            if job.id not in outcomes:
+            if job.id in run.outcomes:
+                continue
+            try:
+                if down:
+                    raise down
                 with metrics.stage_timer("upload"):
-                    outcomes[job.id] = finish_job(store, storage, job.id, narration, claimant, retry)
-                if outcomes[job.id] == JobStatus.SUCCEEDED.value:
-                    remember_result(store, settings, job)
+                    results.append(upload(storage, job, narration, run.claimant, retry))
+            except StorageError as exc:  # this job fails; its batch-mates are recorded as they are
+                log.warning("job %s: the upload failed: %s", job.id, exc)
+                results.append((job, JobStatus.FAILED, {"error": failure_message(exc, Stage.UPLOAD)}))
+                if isinstance(exc, StorageUnavailable):
+                    down = exc
+                else:
+                    discard(storage, job.id, run.claimant)
+        run.finish(store, results)  # one write records the whole batch
+        for job, status, _ in results:
+            if run.outcomes.get(job.id) == JobStatus.SUCCEEDED.value:
+                tidy_other_runs(storage, job)
+                remember_result(store, settings, job)
+            elif status == JobStatus.SUCCEEDED:  # canceled meanwhile, or another run holds the job now
+                discard(storage, job.id, run.claimant)  # this run's files belong to no one
     except RedisError as exc:
-        log.warning("lost Redis while finishing %s (%s); they are requeued when their leases lapse", claimant, exc)
-        outcomes.update((job.id, "abandoned") for job in jobs if job.id not in outcomes)
+        log.warning("lost Redis while finishing %s (%s); they are requeued when their leases lapse", run.claimant, exc)
+        run.outcomes.update((job.id, "abandoned") for job in run.pending(jobs))
     except Exception as exc:  # an encode or storage error ends the unfinished jobs, not the worker
-        log.exception("jobs of %s failed in stage %s", claimant, stage_now.value)
-        fail_rest(store, [job.id for job in jobs], failure_message(exc, stage_now), claimant, outcomes)
-    return outcomes
+        log.exception("jobs of %s failed in stage %s", run.claimant, stage_now.value)
+        run.fail(store, run.pending(jobs), failure_message(exc, stage_now))
 
 
 def failure_message(exc: Exception, stage: Stage) -> str:
@@ -263,65 +298,63 @@ def failure_message(exc: Exception, stage: Stage) -> str:
     return f"the {stage.value} stage failed ({type(exc).__name__}: {exc})"
 
 
-def fail_rest(store: JobStore, job_ids, message: str, claimant: str, outcomes: dict[str, str]) -> None:
-    """Fail each of `job_ids` that has no outcome yet (Redis gone meanwhile: abandoned, the reaper requeues)."""
-    for job_id in job_ids:
-        if job_id not in outcomes:
-            try:
-                outcomes[job_id] = fail_job(store, job_id, message, claimant)
-            except RedisError:
-                outcomes[job_id] = "abandoned"
-
-
-def finish_job(store: JobStore, storage: Storage, job_id: str, narration, claimant: str, retry: Callable) -> str:
+def upload(storage: Storage, job: Job, narration, claimant: str, retry: Callable) -> tuple[Job, JobStatus, dict]:
+    """Store a job's MP3 and subtitles under this run's own keys: the job's result to record."""
     from worker.engine.subtitles import to_vtt
 
-    key, vtt_key = audio_key(job_id, claimant), subtitles_key(job_id, claimant)
+    key, vtt_key = audio_key(job.id, claimant), subtitles_key(job.id, claimant)
     retry(lambda: storage.put(key, narration.mp3, content_type="audio/mpeg"))
     vtt = to_vtt(getattr(narration, "words", None) or []).encode()
     retry(lambda: storage.put(vtt_key, vtt, content_type="text/vtt; charset=utf-8"))
-    timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
-    if store.succeed(
-        job_id,
-        key,
-        round(narration.audio_seconds, 3),
-        claimant=claimant,
-        caption=narration.caption,
-        story=narration.story,
-        timings=timings,
-        subtitles_key=vtt_key,
-    ):
-        _remove_other_runs_audio(storage, job_id, key, vtt_key)
-        return JobStatus.SUCCEEDED.value
-    # Canceled meanwhile, or another run holds the job now: this run's audio belongs to no one.
-    retry(lambda: storage.delete(key))
-    retry(lambda: storage.delete(vtt_key))
-    return "lost"
+    return (
+        job,
+        JobStatus.SUCCEEDED,
+        {
+            "audio_key": key,
+            "audio_seconds": round(narration.audio_seconds, 3),
+            "subtitles_key": vtt_key,
+            "caption": narration.caption,
+            "story": narration.story,
+            "timings": {name: round(seconds, 4) for name, seconds in narration.timings.items()},
+        },
+    )
+
+
+def discard(storage: Storage, job_id: str, claimant: str) -> None:
+    """Best effort: a run's files for a job it did not finish (the bucket's lifecycle rule ages out
+    what storage refuses to delete now)."""
+    for key in (audio_key(job_id, claimant), subtitles_key(job_id, claimant)):
+        try:
+            storage.delete(key)
+        except StorageError as exc:
+            log.warning("could not delete %s: %s", key, exc)
 
 
 def remember_result(store: JobStore, settings, job: Job) -> None:
     """A succeeded job with a seed answers later submits of the same photo, words, seed and style
     (shared/result_cache.py). Best effort: the job has succeeded whatever happens here."""
-    if not getattr(settings, "result_cache", False) or result_cache.job_key(settings, job) is None:
+    if not getattr(settings, "result_cache", False):
         return
     try:
-        done = store.get(job.id)  # what finish_job recorded: the audio's key, the timings
-        key = result_cache.job_key(settings, done) if done is not None else None
-        if done is not None and key and done.status == JobStatus.SUCCEEDED:
-            result_cache.remember(store.redis, store.ttl, key, done)
+        key = result_cache.job_key(settings, job)  # the record as this run wrote it
+        if key:
+            result_cache.remember(store.redis, store.ttl, key, job)
     except Exception as exc:
         log.warning("could not cache the result of job %s: %s", job.id, exc)
 
 
-def _remove_other_runs_audio(storage: Storage, job_id: str, *keep: str) -> None:
-    # A run whose worker died after uploading left its MP3 (and subtitles) behind; the job has one result.
+def tidy_other_runs(storage: Storage, job: Job) -> None:
+    """A run whose worker died after uploading left its MP3 (and subtitles) behind; the job has one
+    result. Only a job that ran before can have such leftovers (a listing per job costs a round trip)."""
+    if job.runs <= 1:
+        return
     try:
-        for prefix in (f"audio/{job_id}/", f"subtitles/{job_id}/"):
+        for prefix in (f"audio/{job.id}/", f"subtitles/{job.id}/"):
             for key in storage.list(prefix):
-                if key not in keep:
+                if key not in (job.audio_key, job.subtitles_key):
                     storage.delete(key)
     except StorageError as exc:
-        log.warning("could not tidy the audio of job %s: %s", job_id, exc)
+        log.warning("could not tidy the audio of job %s: %s", job.id, exc)
 
 
 def storage_retry(seconds: float) -> Callable:
@@ -386,10 +419,6 @@ def read_image(storage: Storage, key: str, max_pixels: int | None, retry: Callab
         return load_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         raise JobFailed(exc.message) from None
-
-
-def fail_job(store: JobStore, job_id: str, message: str, claimant: str) -> str:
-    return JobStatus.FAILED.value if store.fail(job_id, message, claimant=claimant) else "lost"
 
 
 def run_fault_hooks(jobs: list[Job]) -> None:

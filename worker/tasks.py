@@ -1,8 +1,9 @@
 """The one Celery task: a wake-up naming a job; the work lives in worker.runner.run_wakeup.
 
-The task runs a batch's GPU part and hands its finishing to the worker's finisher
+On a GPU the task runs a batch's GPU part and hands its finishing to the worker's finisher
 (worker/finisher.py), so it returns while the batch's MP3s are still being encoded and uploaded:
-its answer shows those jobs as "finishing" (the finisher logs "finished {...}" when they end).
+its answer shows those jobs as "finishing" (the finisher logs "finished {...}" when they end). On a
+CPU it finishes the batch itself (FINISH_IN_BACKGROUND).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def narrate_job(job_id: str) -> dict:
         engine=ctx.engine,
         heartbeat=ctx.heartbeat,
         settings=ctx.settings,
-        finisher=ctx.finisher,
+        finisher=ctx.finisher if ctx.finishes_in_background else None,
         # Jobs that end get their webhook (delivered by the light webhooks worker, never here).
-        notify=lambda ids: notify_finished(narrate_job.app, ctx.store, ids),
+        notify=lambda jobs: notify_finished(narrate_job.app, ctx.store, jobs),
     )

@@ -210,7 +210,7 @@ def test_the_job_page_names_the_style_and_a_cached_result(app, client, redis_url
     job_id = upload(client).headers["Location"].rsplit("/", 1)[1]
     plain = Elements(client.get(f"/jobs/{job_id}").get_data(as_text=True))
     assert not plain.find("p", id="story-meta")  # no style configured, not cached: nothing to say
-    # As a styled job served from the result cache is stored (shared/job_schema.py encodes True as "1").
+    # As a styled job served from the result cache is stored (shared/jobs/schema.py encodes True as "1").
     redis.Redis.from_url(redis_url).hset(f"job:{job_id}", mapping={"style": "bedtime", "cached": "1"})
     text = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     html = Elements(text)

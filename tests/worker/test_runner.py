@@ -52,11 +52,21 @@ class RecordingStore(JobStore):
         super().__init__(*args, **kwargs)
         self.published = []
 
-    def progress(self, job_id, stage, **changes):
-        ok = super().progress(job_id, stage, **changes)
+    def claim_jobs(self, *args, **kwargs):
+        jobs = super().claim_jobs(*args, **kwargs)
+        for job in jobs:  # a claimed job is at the caption stage
+            self.record("caption", job.id)
+        return jobs
+
+    def progress_batch(self, claimant, stage, changes):
+        lost = super().progress_batch(claimant, stage, changes)
+        for job_id, _ in changes:
+            self.record(stage, job_id)
+        return lost
+
+    def record(self, stage, job_id):
         job = self.get(job_id)
         self.published.append((str(getattr(stage, "value", stage)), job.status.value, job.caption, job.story))
-        return ok
 
 
 @pytest.fixture
@@ -147,14 +157,14 @@ def test_a_canceled_job_is_not_run(store, storage, engine):
 def test_cancel_while_running_stops_at_the_next_stage(store, storage, engine):
     job_id = submit(store, storage, jpeg())
 
-    original = store.progress
+    original = store.progress_batch
 
-    def progress(jid, stage, **changes):
+    def progress_batch(claimant, stage, changes):
         if str(getattr(stage, "value", stage)) == "story":
-            store.cancel(jid)  # the client cancels while the caption is being written
-        return original(jid, stage, **changes)
+            store.cancel(job_id)  # the client cancels while the caption is being written
+        return original(claimant, stage, changes)
 
-    store.progress = progress
+    store.progress_batch = progress_batch
     assert run_job(job_id, store=store, storage=storage, engine=engine) == "canceled"
     job = store.get(job_id)
     assert job.status is JobStatus.CANCELED and job.story is None
@@ -332,8 +342,7 @@ def test_a_run_that_lost_its_jobs_changes_nothing_and_leaves_no_audio(store, sto
     job_id = submit(store, storage, jpeg())
 
     def taken_back():  # this worker stopped beating: the reaper took the job back, another run has it
-        store.update(job_id, lease_until=time.time() - 1)
-        store.redis.zadd(JobStore.RUNNING, {job_id: 0})
+        store.redis.zadd(JobStore.RUNNING, {job_id: 0})  # its lease lapsed
         assert store.reap(max_attempts=3) == ([job_id], [])
         assert store.claim("other", first=job_id) == [job_id]
 
@@ -344,7 +353,7 @@ def test_a_run_that_lost_its_jobs_changes_nothing_and_leaves_no_audio(store, sto
 
 
 def test_a_late_finish_cannot_overwrite_the_newer_result(store, storage, engine):
-    from worker.runner import audio_key, finish_job, storage_retry
+    from worker.runner import Narrated, Run, audio_key, finish_batch
 
     job_id = submit(store, storage, jpeg())
     store.claim("host-a:1:old", first=job_id, lease_seconds=0.05)
@@ -355,7 +364,10 @@ def test_a_late_finish_cannot_overwrite_the_newer_result(store, storage, engine)
     storage.put(newer, b"the newer run's mp3")
     assert store.succeed(job_id, newer, 1.0, claimant="host-b:2:new")
     narration = engine.narrate(Image.open(io.BytesIO(jpeg())), words=12)
-    assert finish_job(store, storage, job_id, narration, "host-a:1:old", storage_retry(0)) == "lost"
+    old = Run("host-a:1:old")
+    late = Narrated(old.claimant, [store.get(job_id)], [narration])
+    finish_batch(late, old, store=store, storage=storage, engine=engine, settings=Settings(storage_retry_seconds=0))
+    assert old.outcomes == {job_id: "lost"} and old.ended == []
     assert store.get(job_id).audio_key == newer and storage.get(newer) == b"the newer run's mp3"
     assert storage.list("audio/") == [newer]
 
@@ -503,7 +515,7 @@ def test_the_next_batch_uses_the_gpu_while_the_last_one_uploads(store, storage):
                 heartbeat=beat,
                 settings=settings,
                 finisher=finisher,
-                notify=notified.extend,
+                notify=lambda jobs: notified.extend(job.id for job in jobs if job.status.finished),
             )
         )
         answers[-1]["returned"] = time.monotonic()
@@ -548,7 +560,7 @@ def test_without_a_finisher_a_wakeup_answers_every_final_status(store, storage):
         engine=Timed(0),
         heartbeat=heartbeat_for(store, settings),
         settings=settings,
-        notify=notified.extend,
+        notify=lambda jobs: notified.extend(job.id for job in jobs if job.status.finished),
     )
     assert outcomes == {ids[0]: "succeeded", ids[1]: "succeeded", bad: "failed"}
     assert sorted(notified) == sorted([*ids, bad])
@@ -570,7 +582,7 @@ def test_an_error_while_finishing_fails_only_the_unfinished_jobs(store, storage)
         heartbeat=(beat := heartbeat_for(store, settings)),
         settings=settings,
         finisher=finisher,
-        notify=notified.extend,
+        notify=lambda jobs: notified.extend(job.id for job in jobs if job.status.finished),
     )
     assert answer == dict.fromkeys(ids, "finishing")
     assert finisher.wait(timeout=30)
@@ -623,7 +635,7 @@ def test_a_job_canceled_after_the_gpu_part_is_not_uploaded(store, storage):
         heartbeat=heartbeat_for(store, settings),
         settings=settings,
         finisher=finisher,
-        notify=notified.extend,
+        notify=lambda jobs: notified.extend(job.id for job in jobs if job.status.finished),
     )
     assert run_wakeup(ids[0], **kwargs) == {ids[0]: "finishing"}
     assert run_wakeup(ids[1], **kwargs) == {ids[1]: "finishing"}

@@ -1,6 +1,6 @@
 """What a job is: its statuses and stages, the Job record, and how it is stored in a Redis hash.
 
-Pure data and encoding; the Redis reads and writes are JobStore's (jobs.py).
+Pure data and encoding; the Redis reads and writes are JobStore's (store.py).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class Stage(str, Enum):
     UPLOAD = "upload"
 
 
-_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds", "lease_until")
-_INTS = ("words", "seed", "batch_size", "attempts")
+_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
+_INTS = ("words", "seed", "batch_size", "attempts", "runs")
 _BOOLS = ("cached",)
 
 
@@ -81,13 +81,15 @@ class Job:
     webhook: str | None = None  # POSTed (signed) when the job ends
     # How many runs were started; a run that ended with its worker dying counts (MAX_ATTEMPTS).
     attempts: int = 0
+    # Runs started, a handed-back one included (attempts does not count those): a job run more
+    # than once may have a lost run's files in storage to tidy.
+    runs: int = 0
     # Succeeded at submit from the result cache (shared/result_cache.py), without a run of its own.
     cached: bool = False
     image_sha256: str | None = None  # the photo's, for the result cache's key (seeded jobs only)
-    # Worker bookkeeping (not shown by the API): the run that holds the job, until when its lease
-    # holds (Redis server time), and how many jobs shared its batch.
+    # Worker bookkeeping (not shown by the API): the run that holds the job (its lease is its score
+    # in jobs:running, on Redis's clock), and how many jobs shared its batch.
     worker: str | None = None
-    lease_until: float | None = None
     batch_size: int | None = None
 
     def to_dict(self) -> dict:
