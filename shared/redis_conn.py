@@ -10,7 +10,6 @@ the database number, the password (and user) and TLS (`rediss://`), its host and
   that became a replica is dropped, so clients move to the new master by themselves);
 - `broker_url` and `broker_transport_options`: Celery's broker (kombu's `sentinel://` transport with
   `master_name`), for the web app, the GPU workers and the webhooks worker alike;
-- `limiter_storage`: Flask-Limiter counts in the app's own (Sentinel-managed) connection pool;
 - `wait_for_replicas`: the durability step after a job is accepted (see its docstring).
 
 Sentinels themselves are reached without a password (the stock sentinel.conf has none); the Redis
@@ -106,14 +105,6 @@ def broker_transport_options(settings: Settings) -> dict:
     if uses_sentinel(settings):
         options.update(master_name=settings.redis_master_name, sentinel_kwargs=dict(SENTINEL_SOCKET))
     return options
-
-
-def limiter_storage(settings: Settings, client: redis.Redis) -> tuple[str, dict]:
-    """Flask-Limiter's storage URI and options: the app's own connection pool, Sentinel-managed or
-    not, so rate limits follow the master like everything else. (limits' `redis+sentinel://` storage
-    would build a second Sentinel client that sends REDIS_URL's password to the Sentinels and
-    reads counters from replicas.) The URI only selects limits' Redis storage."""
-    return settings.redis_url, {"connection_pool": client.connection_pool}
 
 
 def wait_for_replicas(

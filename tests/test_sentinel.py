@@ -32,7 +32,6 @@ from shared.redis_conn import (
     WAIT_TIMEOUT_MS,
     broker_transport_options,
     broker_url,
-    limiter_storage,
     redis_client,
     sentinels,
     uses_sentinel,
@@ -413,10 +412,6 @@ def test_without_sentinels_everything_uses_redis_url(tmp_path):
         5,
     )
     assert wait_for_replicas(client, settings, "job:x", 60) is None  # no round trip: no replica to wait for
-    assert limiter_storage(settings, client) == (
-        "redis://:pw@queue.internal:6380/2",
-        {"connection_pool": client.connection_pool},
-    )
 
 
 def test_with_sentinels_every_client_asks_them_for_the_master():
@@ -444,7 +439,6 @@ def test_with_sentinels_every_client_asks_them_for_the_master():
     for sentinel in manager.sentinels:  # the Sentinels get short timeouts and no password
         sentinel_kwargs = sentinel.connection_pool.connection_kwargs
         assert sentinel_kwargs["socket_timeout"] == 1.0 and not sentinel_kwargs.get("password")
-    assert limiter_storage(settings, client)[1] == {"connection_pool": pool}, "rate limits follow the master too"
 
     url = broker_url(settings)
     assert url == celery_config(settings)["broker_url"]

@@ -1,4 +1,4 @@
-"""Rate limits (Flask-Limiter, counted in the app's Redis) and the cap on queued jobs per owner.
+"""Rate limits (fixed windows counted in the app's Redis) and the cap on queued jobs per owner.
 
 - SUBMIT_RATE_LIMIT (default "2/second;60/minute"): job submissions, the API's and the form's
   together; a form post of several photos (web/albums.py) counts once in the windows shorter than a
@@ -7,26 +7,31 @@
   together;
 
 each counted per API key, else per browser session, else per client address (the proxy's client
-with PROXY_HOPS, which ProxyFix applies). Over a limit: 429 `rate_limited` with Retry-After.
-/healthz, /readyz, the pages' GETs and static files are never limited.
-MAX_QUEUED_PER_OWNER (checked in web/uploads.py): 429 `too_many_queued`.
+with PROXY_HOPS, which ProxyFix applies). Over a limit: 429 `rate_limited` with Retry-After, the
+seconds to the end of the window. /healthz, /readyz, the pages' GETs and static files are never
+limited. MAX_QUEUED_PER_OWNER (checked in web/uploads.py): 429 `too_many_queued`.
+
+Counting: one round trip per request, `INCRBY` and `EXPIRE ... NX` per limit in one pipeline (no
+script: this runs on every poll). Windows are aligned to the clock, the counter's key carrying the
+window's number (unix time // window), so a new window is a new key and nothing is ever reset; the
+web hosts' clocks must agree (NTP), as the leases already require of the Redis hosts. A refused
+request counts too, in every window of its scope.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import redis
 from flask import Flask, request
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
-from limits import parse, parse_many
 
-from shared.redis_conn import limiter_storage
-from web import health
 from web.auth import current_owner
-from web.errors import error_response
+from web.errors import AppError
 
 SUBMIT_ENDPOINTS = ("api.submit", "pages.submit")
 FORM_SUBMIT = "pages.submit"
@@ -39,15 +44,72 @@ READ_ENDPOINTS = (
     "api.job_subtitles",
     "albums.album_jobs",
 )
+KEY_PREFIX = "ratelimit"
+
+# The notation the `limits` package (Flask-Limiter's) reads, which these settings have always used:
+# "N/unit", "N per unit" or "N/M units", several joined by "," ";" or "|"; a month is 30 days and a
+# year 12 of them.
+UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400, "year": 360 * 86400}
+ONE_LIMIT = re.compile(r"\s*([0-9]+)\s*(?:/|per)\s*([0-9]+)?\s*([a-z]+)\s*", re.IGNORECASE)
+SEPARATORS = re.compile(r"[,;|]")
 
 
-def split_by_window(value: str) -> tuple[str, str]:
-    """A limit string split into its parts shorter than PER_PHOTO_WINDOW and the others."""
-    short: list[str] = []
-    long: list[str] = []
-    for part in filter(None, (p.strip() for p in re.split(r"[,;|]", value))):
-        (long if parse(part).get_expiry() >= PER_PHOTO_WINDOW else short).append(part)
-    return ";".join(short), ";".join(long)
+@dataclass(frozen=True)
+class Rate:
+    amount: int
+    window: int  # seconds
+    text: str  # as the 429's message has always put it: "2 per 1 second"
+
+    def window_end(self, now: float) -> float:
+        return (now // self.window + 1) * self.window
+
+
+def parse_limits(value: str) -> list[Rate]:
+    """Raises ValueError unless every part is a limit."""
+    rates = []
+    for part in SEPARATORS.split(value):
+        match = ONE_LIMIT.fullmatch(part)
+        unit = match[3].lower() if match else ""
+        unit = unit if unit in UNITS else unit.removesuffix("s")  # "seconds", "2 minutes"
+        if not match or unit not in UNITS:
+            raise ValueError(f"not a rate limit: {part!r}")
+        amount, multiples = int(match[1]), int(match[2] or 1)
+        if multiples < 1:
+            raise ValueError(f"an empty window: {part!r}")
+        rates.append(Rate(amount, multiples * UNITS[unit], f"{amount} per {multiples} {unit}"))
+    return rates
+
+
+class RateLimiter:
+    """Fixed-window counters in Redis: the app's own client, so they follow a Sentinel master."""
+
+    def __init__(self, client: redis.Redis, prefix: str = KEY_PREFIX):
+        self.redis, self.prefix = client, prefix
+
+    def key(self, scope: str, who: str, rate: Rate, number: int) -> str:
+        return f"{self.prefix}:{scope}:{who}:{rate.amount}/{rate.window}:{number}"
+
+    def hit(self, scope: str, who: str, charges: list[tuple[Rate, int]]) -> tuple[Rate, int] | None:
+        """Count each (rate, cost); None if all hold, else the broken limit whose window ends last
+        (retrying before then would only be refused again) and the seconds until it ends.
+        Redis errors propagate: web/errors.py answers them with 503 `redis_unavailable`."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for rate, cost in charges:
+            key = self.key(scope, who, rate, int(now // rate.window))
+            pipe.incrby(key, cost)
+            pipe.expire(key, rate.window, nx=True)  # outlives its window, which ends within that
+        counts = pipe.execute()[::2]
+        broken = [rate for (rate, _), count in zip(charges, counts, strict=True) if count > rate.amount]
+        if not broken:
+            return None
+        rate = max(broken, key=lambda rate: rate.window_end(now))
+        return rate, max(1, math.ceil(rate.window_end(now) - now))
+
+
+def split_by_window(rates: list[Rate]) -> tuple[list[Rate], list[Rate]]:
+    """The limits shorter than PER_PHOTO_WINDOW and the others."""
+    return [r for r in rates if r.window < PER_PHOTO_WINDOW], [r for r in rates if r.window >= PER_PHOTO_WINDOW]
 
 
 def form_photo_count() -> int:
@@ -61,67 +123,58 @@ def form_photo_count() -> int:
         return 1
 
 
-def _wrap_view(app: Flask, endpoint: str, limit) -> None:
-    app.view_functions[endpoint] = limit(app.view_functions[endpoint])
-
-
 def rate_limit_key() -> str:
     """Whom a request counts against: its owner (key or session), else its client address."""
     return current_owner() or f"addr:{request.remote_addr or 'unknown'}"
 
 
-def init_limits(app: Flask, settings, redis_client) -> Limiter:
-    """One Limiter per app, sharing the app's Redis connection pool (Sentinel-managed when
-    REDIS_SENTINELS is set); the limits wrap the views already registered under SUBMIT_ENDPOINTS
-    and READ_ENDPOINTS."""
+def _limited(view, limiter: RateLimiter, scope: str, rates: list[Rate], per_photo: Sequence[Rate] = ()):
+    # Wrapping the view (not a before_request hook) keeps the order requests always had: the key
+    # check, then the pages' origin check, and only then the count.
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        charges = [(rate, 1) for rate in rates]
+        if per_photo:
+            photos = form_photo_count()
+            charges += [(rate, photos) for rate in per_photo]
+        broken = limiter.hit(scope, rate_limit_key(), charges)
+        if broken is not None:
+            rate, retry_after = broken
+            raise AppError(
+                429,
+                "rate_limited",
+                f"Too many requests (limit: {rate.text}); retry in {retry_after} s.",
+                {"Retry-After": str(retry_after)},
+            )
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def init_limits(app: Flask, settings, redis_client: redis.Redis) -> RateLimiter:
+    """Wraps the views already registered under SUBMIT_ENDPOINTS and READ_ENDPOINTS; a malformed
+    limit stops the app here rather than limiting nothing."""
+    parsed = {}
     for name, value in (
         ("SUBMIT_RATE_LIMIT", settings.submit_rate_limit),
         ("READ_RATE_LIMIT", settings.read_rate_limit),
     ):
         try:
-            parse_many(value)
-        except ValueError:  # Flask-Limiter would log it and quietly limit nothing
+            parsed[name] = parse_limits(value)
+        except ValueError:
             raise RuntimeError(f"{name}={value!r} is not a rate limit such as '2/second;60/minute'") from None
-    storage_uri, storage_options = limiter_storage(settings, redis_client)
-    limiter = Limiter(
-        rate_limit_key,
-        app=app,
-        storage_uri=storage_uri,
-        storage_options=storage_options,
-        strategy="fixed-window",
-        key_prefix="narrator",
-        headers_enabled=False,  # Retry-After is set on a 429 only (no extra Redis read per request)
-        swallow_errors=False,  # Redis down: the 503 every other Redis failure gets
-    )
-    submit = limiter.shared_limit(settings.submit_rate_limit, scope="submit")
-    read = limiter.shared_limit(settings.read_rate_limit, scope="read")
-    for limit, endpoints in ((submit, SUBMIT_ENDPOINTS), (read, READ_ENDPOINTS)):
-        for endpoint in endpoints:
-            if endpoint != FORM_SUBMIT:
-                _wrap_view(app, endpoint, limit)
-    # The same counters (scope "submit"), but a form post of several photos costs one per photo in
-    # the windows of a minute or more (fair: a photo is a job), and one per post in the shorter ones
-    # (a 20-photo album counted per photo would never pass the default 2/second).
-    per_post, per_photo = split_by_window(settings.submit_rate_limit)
-    for value, cost in ((per_post, 1), (per_photo, form_photo_count)):
-        if value:
-            _wrap_view(app, FORM_SUBMIT, limiter.shared_limit(value, scope="submit", cost=cost))
-    limiter.exempt(health.bp)
-
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(exc: RateLimitExceeded):
-        retry_after = 1
-        try:
-            hit = limiter.current_limit
-            if hit is not None:
-                retry_after = max(1, math.ceil(hit.window[0] - time.time()))  # the window's end
-        except Exception as error:  # the window's end is a hint; the 429 stands without it
-            app.logger.warning("rate limit window unavailable: %s", error)
-        return error_response(
-            429,
-            "rate_limited",
-            f"Too many requests (limit: {exc.limit.limit}); retry in {retry_after} s.",
-            {"Retry-After": str(retry_after)},
-        )
-
+    limiter = RateLimiter(redis_client)
+    submit, read = parsed["SUBMIT_RATE_LIMIT"], parsed["READ_RATE_LIMIT"]
+    for endpoint in READ_ENDPOINTS:
+        app.view_functions[endpoint] = _limited(app.view_functions[endpoint], limiter, "read", read)
+    for endpoint in SUBMIT_ENDPOINTS:
+        view = app.view_functions[endpoint]
+        if endpoint == FORM_SUBMIT:
+            # The same counters, but a form post of several photos costs one per photo in the windows
+            # of a minute or more (fair: a photo is a job), and one per post in the shorter ones (a
+            # 20-photo album counted per photo would never pass the default 2/second).
+            per_post, per_photo = split_by_window(submit)
+            app.view_functions[endpoint] = _limited(view, limiter, "submit", per_post, per_photo)
+        else:
+            app.view_functions[endpoint] = _limited(view, limiter, "submit", submit)
     return limiter

@@ -8,11 +8,13 @@ import io
 import time
 
 import pytest
+import redis
 import requests
 from PIL import Image
 
 from shared.settings import Settings
 from tests.conftest import create_api_key
+from web.limits import parse_limits
 
 pytestmark = pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 
@@ -118,6 +120,55 @@ def test_reads_over_the_limit_get_429_and_health_checks_never(default_limits):
             assert {http.get(base + path, timeout=10).status_code for _ in range(60)} <= {200, 503}
         # The pages are not API reads.
         assert http.get(f"{base}/jobs/{job_id}", timeout=10).status_code == 200
+
+
+def test_a_poll_pays_its_rate_limit_with_two_plain_commands(default_limits, service_env, redis_url):
+    """One INCRBY and one EXPIRE NX per limit, in the round trip's pipeline: no Lua script."""
+    _, base = default_limits
+    key = create_api_key(service_env, "poller")
+    url = f"{base}/api/v1/jobs/{submit(base, bearer(key)).json()['id']}"
+    store = redis.Redis.from_url(redis_url)
+    polls = 10  # within 20/second even in one window
+    with requests.Session() as http:
+        store.config_resetstat()
+        assert all(http.get(url, headers=bearer(key), timeout=10).status_code == 200 for _ in range(polls))
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in store.info("commandstats").items()}
+    assert not {name for name in calls if name.startswith(("eval", "fcall", "script"))}, calls
+    assert calls.get("incrby", 0) + calls.get("expire", 0) <= 2 * polls, calls  # one limit: 20/second
+    ttls = [store.pttl(counter) for counter in store.scan_iter("ratelimit:read:key:poller:*")]
+    assert ttls and max(ttls) > 0 and all(ttl <= 1000 for ttl in ttls), ttls  # each lives one window at most
+
+
+@pytest.fixture
+def one_read_a_minute(service_env, request):
+    service_env["READ_RATE_LIMIT"] = "1/minute"
+    return request.getfixturevalue("web_server")
+
+
+def test_retry_after_is_the_time_left_in_the_window(one_read_a_minute):
+    _, base = one_read_a_minute
+    url = f"{base}/api/v1/jobs/{submit(base).json()['id']}"
+    before = time.time()
+    responses = [requests.get(url, timeout=10) for _ in range(2)]
+    after = time.time()
+    if int(before // 60) != int(after // 60):
+        pytest.skip("the two reads met two windows")
+    assert [r.status_code for r in responses] == [200, 429]
+    left = 60 - after % 60
+    assert assert_rate_limited(responses[1]) in range(max(1, int(left)), int(left) + 3)
+    assert "limit: 1 per 1 minute" in responses[1].json()["error"]["message"]
+
+
+def test_the_limit_notation(storage_url):  # storage_url: this module's parametrisation asks for it
+    assert [(r.amount, r.window) for r in parse_limits(" 2/second; 60 per minute|5/2 hours,1/day ")] == [
+        (2, 1),
+        (60, 60),
+        (5, 7200),
+        (1, 86400),
+    ]
+    for wrong in ("", "lots", "2/second;", "1/fortnight", "1/s", "2/0 seconds"):
+        with pytest.raises(ValueError):
+            parse_limits(wrong)
 
 
 @pytest.fixture
