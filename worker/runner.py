@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
@@ -59,8 +60,10 @@ def subtitles_key(job_id: str, claimant: str) -> str:
     return f"subtitles/{job_id}/{claimant.rsplit(':', 1)[-1]}.vtt"
 
 
+T = TypeVar("T")
+R = TypeVar("R")
 FINAL = ("succeeded", "failed", "canceled")  # outcomes that end a job (its webhook fires)
-IMAGE_READERS = 8  # parallel storage reads per batch: each GET is a round trip
+STORAGE_THREADS = 8  # parallel storage calls per batch (photo reads, uploads): each is a round trip
 
 
 @dataclass
@@ -260,23 +263,20 @@ def finish_batch(narrated: Narrated, run: Run, *, store: JobStore, storage: Stor
         stage_now = Stage.UPLOAD
         for job_id in store.progress_batch(run.claimant, stage_now, [(job.id, {}) for job in jobs]):
             run.outcomes[job_id] = "lost"  # canceled while its batch was on the GPU or encoding
-        results: list[tuple[Job, JobStatus, dict]] = []
-        down = None  # storage stayed unreachable: the rest of the batch fails without waiting again
-        for job, narration in zip(jobs, narrated.narrations, strict=True):
-            if job.id in run.outcomes:
-                continue
+        pending = [(job, n) for job, n in zip(jobs, narrated.narrations, strict=True) if job.id not in run.outcomes]
+
+        def store_one(item: tuple[Job, Any]) -> tuple[Job, JobStatus, dict]:
+            job, narration = item
             try:
-                if down:
-                    raise down
                 with metrics.stage_timer("upload"):
-                    results.append(upload(storage, job, narration, run.claimant, retry))
+                    return upload(storage, job, narration, run.claimant, retry)
             except StorageError as exc:  # this job fails; its batch-mates are recorded as they are
                 log.warning("job %s: the upload failed: %s", job.id, exc)
-                results.append((job, JobStatus.FAILED, {"error": failure_message(exc, Stage.UPLOAD)}))
-                if isinstance(exc, StorageUnavailable):
-                    down = exc
-                else:
+                if not isinstance(exc, StorageUnavailable):
                     discard(storage, job.id, run.claimant)
+                return job, JobStatus.FAILED, {"error": failure_message(exc, Stage.UPLOAD)}
+
+        results = in_parallel(store_one, pending, "upload")  # each PUT is a round trip
         run.finish(store, results)  # one write records the whole batch
         for job, status, _ in results:
             if run.outcomes.get(job.id) == JobStatus.SUCCEEDED.value:
@@ -397,12 +397,17 @@ def read_images(jobs: list[Job], storage: Storage, engine, settings) -> list:
         except JobFailed as exc:
             return exc
 
-    if len(jobs) <= 1:
-        return [read(job) for job in jobs]
-    pool = ThreadPoolExecutor(max_workers=min(len(jobs), IMAGE_READERS), thread_name_prefix="read-image")
+    return in_parallel(read, jobs, "read-image")
+
+
+def in_parallel(func: Callable[[T], R], items: list[T], name: str) -> list[R]:
+    """func over items on up to STORAGE_THREADS threads (storage calls are round trips), in order."""
+    if len(items) <= 1:
+        return [func(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(len(items), STORAGE_THREADS), thread_name_prefix=name)
     try:
-        return list(pool.map(read, jobs))
-    finally:  # the time limit may cut the batch short: drop the reads not yet started
+        return list(pool.map(func, items))
+    finally:  # the time limit may cut a batch short: drop the calls not yet started
         pool.shutdown(wait=False, cancel_futures=True)
 
 
