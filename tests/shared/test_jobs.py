@@ -293,3 +293,67 @@ def test_each_owner_lists_only_its_own_jobs(store):
     store.delete("m0")
     assert [j.id for j in store.list(owner="key:me")[0]] == mine[:0:-1]
     assert store.queued_count("key:me") == 2
+
+
+# A run's writes are per batch: one call per stage and one to finish, each checking the claimant per job.
+
+
+def commands(client) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in client.info("commandstats").items()}
+
+
+def test_a_stage_is_written_for_the_whole_batch_in_one_call(store, client):
+    jobs = [make(store, created_at=time.time() + i) for i in range(4)]
+    claimed = store.claim_jobs("w1", limit=4)
+    assert [job.id for job in claimed] == [job.id for job in jobs]
+    assert all(job.status is JobStatus.RUNNING and job.worker == "w1" and job.batch_size == 4 for job in claimed)
+    store.cancel(jobs[1].id)  # the client cancels one while the batch runs
+    client.config_resetstat()
+    lost = store.progress_batch("w1", Stage.STORY, [(job.id, {"caption": f"c{i}"}) for i, job in enumerate(jobs)])
+    assert lost == {jobs[1].id}
+    assert commands(client)["evalsha"] == 1 and "zrem" not in commands(client)  # no queue index touched
+    assert [store.get(job.id).caption for job in jobs] == ["c0", None, "c2", "c3"]
+    assert store.progress_batch("w2", Stage.SPEECH, [(jobs[0].id, {"story": "not mine"})]) == {jobs[0].id}
+
+
+def test_finishing_a_batch_writes_once_and_hands_back_the_records(store, client):
+    jobs = [make(store, created_at=time.time() + i) for i in range(3)]
+    claimed = store.claim_jobs("w1", limit=3)
+    store.cancel(jobs[2].id)
+    client.config_resetstat()
+    results = [
+        (claimed[0], JobStatus.SUCCEEDED, {"audio_key": "audio/a.mp3", "audio_seconds": 1.5}),
+        (claimed[1], JobStatus.FAILED, {"error": "the story stage failed"}),
+        (claimed[2], JobStatus.SUCCEEDED, {"audio_key": "audio/c.mp3", "audio_seconds": 1.0}),
+    ]
+    ended = store.finish_batch("w1", results)
+    assert commands(client).get("hgetall") is None and commands(client)["evalsha"] == 1  # nothing re-read
+    assert [job.id for job in ended] == [jobs[0].id, jobs[1].id]  # the canceled one was not written
+    for job in ended:  # the records as written, without a read
+        assert job == store.get(job.id)
+    assert ended[0].status is JobStatus.SUCCEEDED and ended[0].audio_key == "audio/a.mp3" and ended[0].worker is None
+    assert ended[1].status is JobStatus.FAILED and ended[1].error == "the story stage failed"
+    assert store.get(jobs[2].id).status is JobStatus.CANCELED
+    assert client.zcard(store.RUNNING) == 0
+
+
+def test_a_wakeup_whose_job_was_taken_claims_nothing(store):
+    jobs = [make(store, created_at=time.time() + i) for i in range(3)]
+    assert store.claim("w1", limit=2, first=jobs[0].id) == [jobs[0].id, jobs[1].id]
+    # jobs[1]'s own wake-up arrives: its job is running, so it claims nothing (jobs[2] has a wake-up of its own)
+    assert store.claim("w2", limit=2, first=jobs[1].id) == []
+    assert store.claim("w2", limit=2, first=jobs[2].id) == [jobs[2].id]
+
+
+def test_a_claim_costs_the_same_whatever_the_number_of_owners_waiting(store, client):
+    def claim_cost(owners: int) -> int:
+        client.flushdb()
+        now = time.time()
+        for i in range(owners):
+            store.create(Job(id=f"o{i}", owner=f"key:{i}", created_at=now + i))
+        client.config_resetstat()
+        assert len(store.claim("w", limit=4)) == 4
+        return sum(commands(client).values())
+
+    few, many = claim_cost(4), claim_cost(2000)
+    assert many == few, (few, many)
