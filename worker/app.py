@@ -28,6 +28,10 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 log = logging.getLogger("worker")
 
 app = make_celery(get_settings(), name="worker")
+# A wake-up is taken with a plain BRPOP: kombu's ack emulation (a copy of every message in an
+# unacked hash, removed again on the ack: two transactions per message) would guard messages
+# nothing depends on (shared/queue.py). The webhooks worker keeps it: a delivery is acked late.
+app.conf.broker_transport_options = {**app.conf.broker_transport_options, "ack_emulation": False}
 app.conf.worker_pool = "solo"  # the default pool for GPU workers; --pool overrides it
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 celery = app
