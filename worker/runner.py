@@ -306,18 +306,11 @@ def upload(storage: Storage, job: Job, narration, claimant: str, retry: Callable
     retry(lambda: storage.put(key, narration.mp3, content_type="audio/mpeg"))
     vtt = to_vtt(getattr(narration, "words", None) or []).encode()
     retry(lambda: storage.put(vtt_key, vtt, content_type="text/vtt; charset=utf-8"))
-    return (
-        job,
-        JobStatus.SUCCEEDED,
-        {
-            "audio_key": key,
-            "audio_seconds": round(narration.audio_seconds, 3),
-            "subtitles_key": vtt_key,
-            "caption": narration.caption,
-            "story": narration.story,
-            "timings": {name: round(seconds, 4) for name, seconds in narration.timings.items()},
-        },
-    )
+    # The caption and story were recorded as their stages ended; the finished record has them.
+    job.caption, job.story = narration.caption, narration.story
+    timings = {name: round(seconds, 4) for name, seconds in narration.timings.items()}
+    result = {"audio_key": key, "audio_seconds": round(narration.audio_seconds, 3), "subtitles_key": vtt_key}
+    return job, JobStatus.SUCCEEDED, {**result, "timings": timings}
 
 
 def discard(storage: Storage, job_id: str, claimant: str) -> None:

@@ -1,6 +1,6 @@
 -- queued -> running: a batch for one run (the claimant).
 -- ARGV: claimant, lease seconds, limit, first id ("" = none).
--- Returns each claimed job's record (HGETALL), so the run reads nothing more before it starts.
+-- Returns the claimed ids.
 --
 -- A wake-up names a job; when that job is no longer queued, another run took it with its batch and
 -- the wake-up is spent (every queued job has a wake-up of its own, or the reaper sends one). Else
@@ -112,6 +112,4 @@ for _, id in ipairs(picked) do
 end
 redis.call('ZADD', 'jobs:running', unpack(leases))
 redis.call('PUBLISH', 'jobs:changed', table.concat(picked, ' '))
-local records = {}
-for _, id in ipairs(picked) do table.insert(records, redis.call('HGETALL', 'job:' .. id)) end
-return records
+return picked
