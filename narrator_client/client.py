@@ -16,6 +16,8 @@ import requests
 from narrator_client.errors import ConnectionFailed, JobFailed, RateLimited, ServiceUnavailable, WaitTimeout, error_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+LONG_POLL = 30.0  # seconds one request of `wait` may be held by the service
+MAX_WAIT = 60.0  # the longest the service holds one
 FINISHED = ("succeeded", "failed", "canceled")
 Image = str | os.PathLike | bytes | IO[bytes]
 
@@ -48,9 +50,11 @@ class Client:
         webhook: str | None = None,
         idempotency_key: str | None = None,
         filename: str | None = None,
+        wait: float | None = None,
     ) -> dict[str, Any]:
         """Upload a photo (a path, its bytes or a binary file); returns the new job (status queued,
-        or succeeded at once when the service had the result cached)."""
+        or succeeded at once when the service had the result cached). With `wait` (seconds, at most
+        60) the service answers once the job is final or that time passed (`Prefer: wait`)."""
         name, data = _read_image(image, filename)
         fields = {
             k: str(v)
@@ -59,12 +63,24 @@ class Client:
         }
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if wait:
+            headers["Prefer"] = f"wait={wait:g}"
         return self._json(
-            "POST", "api/v1/jobs", data=fields, files={"image": (name, data, content_type)}, headers=headers
+            "POST",
+            "api/v1/jobs",
+            data=fields,
+            files={"image": (name, data, content_type)},
+            headers=headers,
+            read_timeout=wait or 0.0,
         )
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"api/v1/jobs/{job_id}")
+    def get(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
+        """The job. With `wait` (seconds, 0.1 to 60) a long poll: the service answers when the job's
+        status or stage changes, or once that time passed."""
+        if not wait:
+            return self._json("GET", f"api/v1/jobs/{job_id}")
+        wait = min(max(wait, 0.1), MAX_WAIT)
+        return self._json("GET", f"api/v1/jobs/{job_id}", params={"wait": f"{wait:.1f}"}, read_timeout=wait)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; an ApiError with code already_finished if it had ended."""
@@ -84,29 +100,43 @@ class Client:
     def wait(
         self, job_id: str, timeout: float | None = None, on_update: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
-        """Poll until the job finishes and return it; JobFailed if it failed or was canceled,
-        WaitTimeout after `timeout` seconds. Polls back off from 0.25 s to 5 s, and a 429 or 503
-        waits at least as long as its Retry-After says."""
+        """Follow the job until it finishes and return it; JobFailed if it failed or was canceled,
+        WaitTimeout after `timeout` seconds. Each request is a long poll (`?wait=`, up to 30 s) that
+        the service answers as soon as the job changes. A 429 or 503 waits at least as long as its
+        Retry-After says, and a service that answers at once without waiting (one from before long
+        polls) is polled with a backoff from 0.25 s to 5 s instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay, job, seen = 0.25, None, None
         while True:
+            remaining = LONG_POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(job or {"id": job_id, "status": "unknown"}, timeout or 0.0)
+            wait = max(0.1, min(remaining, LONG_POLL))  # as get() sends it
+            started = time.monotonic()
             try:
-                job = self.get(job_id)
+                job = self.get(job_id, wait=wait)
             except (RateLimited, ServiceUnavailable, ConnectionFailed) as exc:
                 pause = max(delay, getattr(exc, "retry_after", None) or 0.0)
             else:
-                if on_update is not None and (job["status"], job.get("stage")) != seen:
-                    seen = job["status"], job.get("stage")
+                state = job["status"], job.get("stage")
+                if on_update is not None and state != seen:
                     on_update(job)
                 if job["status"] == "succeeded":
                     return job
                 if job["status"] in FINISHED:
                     raise JobFailed(job)
-                pause = delay
-            if deadline is not None and time.monotonic() + pause > deadline:
-                raise WaitTimeout(job or {"id": job_id, "status": "unknown"}, timeout or 0.0)
-            self.sleep(pause)
-            delay = min(delay * 2, 5.0)
+                # Nothing changed, yet the answer came long before the wait was over: this service
+                # does not wait, so pace the polls. (A first answer has nothing to compare with.)
+                answered_at_once = time.monotonic() - started < wait / 2
+                pause = delay if answered_at_once and seen is not None and state == seen else 0.0
+                seen = state
+            if pause:
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise WaitTimeout(job or {"id": job_id, "status": "unknown"}, timeout or 0.0)
+                self.sleep(pause)
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.25
 
     def download(self, job_id: str, path: str | os.PathLike, tries: int = 4) -> Path:
         """Write the job's MP3 to `path` (whole or not at all). The audio URL may redirect to
@@ -146,16 +176,22 @@ class Client:
     def _json(self, method: str, path: str, **kwargs) -> dict[str, Any]:
         return self._request(method, path, **kwargs).json()
 
-    def _request(self, method: str, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
+    def _request(
+        self, method: str, path: str, headers: dict | None = None, read_timeout: float = 0.0, **kwargs
+    ) -> requests.Response:
+        """`read_timeout`: seconds the service may hold this request on top of `timeout` (a long poll)."""
         headers = dict(headers or {})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if read_timeout:
+            kwargs["timeout"] = (self.timeout, self.timeout + read_timeout)
         return self._send(self.session.request, urljoin(self.url, path), method=method, headers=headers, **kwargs)
 
     def _send(self, call, url: str, method: str | None = None, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
         try:
             args = (method, url) if method else (url,)
-            response = call(*args, timeout=self.timeout, **kwargs)
+            response = call(*args, **kwargs)
         except requests.RequestException as exc:
             raise ConnectionFailed(f"no answer from {url}: {exc.__class__.__name__}: {exc}") from None
         if response.status_code >= 400:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
-from flask import Blueprint, Response, jsonify, redirect, request, send_file, url_for
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
 
 from shared.jobs import Job, JobStatus
 from shared.storage import StorageNotFound
@@ -12,6 +14,7 @@ from shared.webhooks import PUBLIC_FIELDS, notify_finished, public_job  # noqa: 
 from web.auth import current_owner, may_see, require_owner
 from web.errors import AppError, error_response
 from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
+from web.job_events import JobEvents, applied_wait, parse_wait, preferred_wait
 from web.services import services
 from web.uploads import create_job_from_request, parse_int
 
@@ -19,6 +22,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 # Ids come from secrets.token_urlsafe; anything else cannot be a job, so Redis is not even asked.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PREFERENCE_APPLIED = "Preference-Applied"  # RFC 7240's answer to `Prefer: wait=S`
 
 
 def load_job(job_id: str) -> Job:
@@ -54,6 +58,41 @@ def subtitles_url(job: Job) -> str | None:
     return public_url("api.job_subtitles", job_id=job.id)
 
 
+def is_final(job: Job) -> bool:
+    return JobStatus(job.status).finished
+
+
+def job_events() -> JobEvents:
+    """This app's one subscription to job changes (web/job_events.py), made on the first wait."""
+    events = current_app.extensions.get("narrator_job_events")
+    if events is None:  # two first requests at once may both build one: only the kept one subscribes
+        events = current_app.extensions.setdefault("narrator_job_events", JobEvents(services().redis))
+    return events
+
+
+def await_job(job_id: str, seconds: float, done: Callable[[Job, Job], bool]) -> Job:
+    """The job once `done(first, now)` holds (or it is final), else after `seconds`; `first` is the
+    job as the wait began. Each wake-up costs one read of the job; the wait itself costs Redis nothing."""
+    deadline = time.monotonic() + seconds
+    events = job_events()
+
+    def read() -> Job:
+        with events.reading:
+            return load_job(job_id)
+
+    with events.watch(job_id) as waiter:
+        first = job = read()  # after registering: a change from here on wakes the waiter
+        while not (is_final(job) or done(first, job)):
+            if not waiter.wait(deadline - time.monotonic()):
+                return read()  # time is up: the job as it is now
+            job = read()
+        return job
+
+
+def moved(first: Job, job: Job) -> bool:
+    return (job.status, job.stage) != (first.status, first.stage)
+
+
 def job_view(job: Job) -> dict:
     view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks.py)
     view["audio_url"] = audio_url(job)
@@ -71,12 +110,17 @@ def submit():
         if exc.code != "idempotency_key_in_use":
             raise
         return error_response(exc.status, exc.code, exc.message, {"Retry-After": "1"})
+    wait = preferred_wait(request.headers.getlist("Prefer"))
+    if wait is not None:  # RFC 7240: answer once the job is final, or when the wait is over
+        job = await_job(job.id, wait, lambda first, now: False)
     response = jsonify(job_view(job))
     response.status_code = 202
     if idempotency is not None and idempotency.replayed:
         response.status_code = 200
         response.headers[REPLAYED_HEADER] = "true"
     response.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    if wait is not None:
+        response.headers[PREFERENCE_APPLIED] = applied_wait(wait)
     return response
 
 
@@ -97,7 +141,11 @@ def list_jobs():
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify(job_view(load_job(job_id)))
+    """With `?wait=S` a long poll: the answer comes when the job's status or stage changes (at once
+    when it is final), or after S seconds, and is then exactly what a plain GET answers."""
+    wait = parse_wait(request.args.get("wait"))
+    job = load_job(job_id) if wait is None else await_job(job_id, wait, moved)
+    return jsonify(job_view(job))
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -9,6 +9,7 @@ from shared.jobs.schema import JobStatus, Stage
 from shared.webhooks import PUBLIC_FIELDS
 from web.api import JOB_ID as JOB_ID_PATTERN
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER
+from web.job_events import MAX_WAIT
 from web.uploads import SEED_MAX, WORDS_MAX, WORDS_MIN
 
 # What each error code means; an error response documents the codes it can carry.
@@ -20,6 +21,7 @@ CODES = {
     "invalid_style": "`style` is not one of the server's story styles (GET /api/v1/styles)",
     "invalid_limit": "`limit` is not a whole number from 1 to 100",
     "invalid_cursor": "a `cursor` this API did not return",
+    "invalid_wait": f"`wait` is not a number of seconds more than 0 and at most {MAX_WAIT:g}",
     "invalid_idempotency_key": f"`{IDEMPOTENCY_HEADER}` is empty, over 255 characters or not printable ASCII",
     "invalid_webhook": "`webhook` is not an https URL of a public host (or, without an API key, the "
     "server has no WEBHOOK_SECRET)",
@@ -114,6 +116,25 @@ REDIS_DOWN = error(503, "redis_unavailable")
 RATE_LIMITED = error(429, "rate_limited", headers={"Retry-After": RETRY_AFTER_429})
 NO_JOB = error(404, "not_found")
 JOB = json_response("The job.", ref("Job"))
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "A long poll: answer when the job's `status` or `stage` changes (at once when it is final), "
+    f"or after this many seconds (decimals allowed, at most {MAX_WAIT:g}), with the job as a plain GET "
+    "answers it.",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT},
+}
+PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": f"RFC 7240. `wait=S` (seconds, at most {MAX_WAIT:g}; more counts as {MAX_WAIT:g}): answer "
+    "once the new job is final (succeeded, failed or canceled) or after S seconds, with the job as it then is. "
+    "Other preferences, and a `wait` that is not a number of seconds above 0, are ignored.",
+    "schema": {"type": "string"},
+}
+PREFERENCE_APPLIED = header("`wait=S`, the wait applied, when the request asked for one.", required=False)
 JOB_ID = {
     "name": "job_id",
     "in": "path",

@@ -19,6 +19,8 @@ from web.openapi_schemas import (
     LOCATION,
     NO_JOB,
     NOT_READY,
+    PREFER,
+    PREFERENCE_APPLIED,
     RATE_LIMITED,
     READY,
     REDIS_DOWN,
@@ -27,6 +29,7 @@ from web.openapi_schemas import (
     SCHEMAS,
     UNAUTHORIZED,
     VTT,
+    WAIT,
     error,
     header,
     json_response,
@@ -77,7 +80,8 @@ OPERATIONS = {
         "summary": "Submit a photo",
         "security": SUBMITTER,
         "description": "Stores the photo and queues a job. With an `Idempotency-Key`, repeating the request "
-        "(same photo and fields) within 24 hours returns the first request's job instead.",
+        "(same photo and fields) within 24 hours returns the first request's job instead. With "
+        "`Prefer: wait=S` the answer waits until the job is final or S seconds passed.",
         "parameters": [
             {
                 "name": IDEMPOTENCY_HEADER,
@@ -85,19 +89,25 @@ OPERATIONS = {
                 "required": False,
                 "description": "1 to 255 printable ASCII characters, e.g. a UUID.",
                 "schema": {"type": "string", "pattern": f"^{KEY_PATTERN.pattern}$"},
-            }
+            },
+            PREFER,
         ],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SUBMIT_FORM}}},
         "responses": {
             "202": json_response(
-                "The new job: queued, or (with a `seed`, from the result cache) already succeeded with `cached: true`.",
+                "The new job: queued, or (with a `seed`, from the result cache) already succeeded with `cached: true`; "
+                "with `Prefer: wait=S`, as it is when it is final or S seconds passed.",
                 ref("Job"),
-                {"Location": LOCATION},
+                {"Location": LOCATION, "Preference-Applied": PREFERENCE_APPLIED},
             ),
             "200": json_response(
                 "A repeated `Idempotency-Key`: the first request's job as it is now.",
                 ref("Job"),
-                {"Location": LOCATION, REPLAYED_HEADER: header("`true`.", enum=["true"])},
+                {
+                    "Location": LOCATION,
+                    REPLAYED_HEADER: header("`true`.", enum=["true"]),
+                    "Preference-Applied": PREFERENCE_APPLIED,
+                },
             ),
             "400": error(
                 400,
@@ -155,8 +165,17 @@ OPERATIONS = {
         "tags": ["jobs"],
         "summary": "Get a job",
         "security": ANYONE,
-        "parameters": [JOB_ID],
-        "responses": {"200": JOB, "401": UNAUTHORIZED, "404": NO_JOB, "429": RATE_LIMITED, "503": REDIS_DOWN},
+        "description": "The job. With `?wait=S`, a long poll: instead of polling every second, ask again as "
+        "soon as each answer arrives.",
+        "parameters": [JOB_ID, WAIT],
+        "responses": {
+            "200": JOB,
+            "400": error(400, "invalid_wait"),
+            "401": UNAUTHORIZED,
+            "404": NO_JOB,
+            "429": RATE_LIMITED,
+            "503": REDIS_DOWN,
+        },
     },
     ("/api/v1/jobs/{job_id}/cancel", "post"): {
         "operationId": "api.cancel",

@@ -1,4 +1,5 @@
-// Polls the job once a second and updates the page in place; stops when the job is finished.
+// Follows the job with long polls (the API answers ?wait=30 when the job changes, or after 30 s)
+// and updates the page in place; stops when the job is finished.
 (function () {
   "use strict";
   var root = document.getElementById("job");
@@ -49,15 +50,24 @@
     $("cancel").hidden = FINISHED.indexOf(job.status) >= 0;
   }
 
+  var WAIT = 30;  // seconds the server may hold a poll (it allows up to 60)
+  var seen = null;
   function poll(delay) {
     window.setTimeout(function () {
-      fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" })
+      var started = Date.now();
+      fetch(url + "?wait=" + WAIT, { headers: { Accept: "application/json" }, cache: "no-store" })
         .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
         .then(function (job) {
           render(job);
-          if (FINISHED.indexOf(job.status) < 0) poll(1000);
+          if (FINISHED.indexOf(job.status) >= 0) return;
+          // The server answers early only when the job changed; an unchanged answer that came at
+          // once (a proxy or server that does not wait) must not turn into a busy loop.
+          var state = job.status + "/" + job.stage;
+          var early = state === seen && Date.now() - started < WAIT * 500;
+          seen = state;
+          poll(early ? 1000 : 0);
         })
-        .catch(function () { poll(Math.min(delay * 2, 10000)); });  // back off while the server is away
+        .catch(function () { poll(Math.min(Math.max(delay, 500) * 2, 10000)); });  // back off while the server is away
     }, delay);
   }
 
@@ -101,7 +111,7 @@
   }
 
   readAlong();  // a finished job's page comes with its <track>
-  if (FINISHED.indexOf(root.dataset.status) < 0) poll(1000);
+  if (FINISHED.indexOf(root.dataset.status) < 0) poll(0);
 })();
 
 // The album page (web/albums.py): the same rules for several job cards, all polled in one request.
