@@ -99,10 +99,11 @@ class Settings(BaseSettings):
     # The story model's static KV cache, which lets its decoding step compile (worker/engine/story.py):
     # auto turns it on on a GPU, where it is several times faster, and off on a CPU, where it is not.
     static_cache: Literal["auto", "on", "off"] = "auto"
-    # Finish a batch (encode its MP3s, upload, record) on a background thread while the next batch
-    # runs its stages (worker/finisher.py): auto turns it on on a GPU, which it keeps busy, and off
-    # on a CPU, where encoding beside the next batch only competes with it for the same cores.
-    finish_in_background: Literal["auto", "on", "off"] = "auto"
+    # A batch's finishing (uploads, records, webhooks) runs on a background thread while the next
+    # batch runs its stages (worker/finisher.py). Encoding its MP3s goes there too when this is on:
+    # auto turns it on on a GPU, which it keeps busy, and off on a CPU, where encoding beside the
+    # next batch only competes with it for the same cores (the task encodes before handing over).
+    encode_in_background: Literal["auto", "on", "off"] = "auto"
 
     # Metrics (Prometheus): web/metrics.py serves GET /metrics; METRICS_TOKEN, when set, makes a scrape
     # send `Authorization: Bearer <token>`. A worker serves its own on WORKER_METRICS_PORT (None: off);

@@ -81,13 +81,10 @@ class WorkerContext:
         return self._once("heartbeat", build)
 
     @property
-    def finishes_in_background(self) -> bool:
-        """FINISH_IN_BACKGROUND; auto: on a GPU only. The fault hooks (TEST_FAULT_HOOKS) exercise the
-        GPU's path on CPU workers too."""
-        mode = self.settings.finish_in_background
-        if mode == "auto":
-            return self.engine.device.type == "cuda" or self.settings.test_fault_hooks
-        return mode == "on"
+    def encodes_in_background(self) -> bool:
+        """ENCODE_IN_BACKGROUND; auto: on a GPU only."""
+        mode = self.settings.encode_in_background
+        return self.engine.device.type == "cuda" if mode == "auto" else mode == "on"
 
     @property
     def finisher(self):

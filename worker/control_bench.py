@@ -18,7 +18,7 @@ Phases, each measured from CONFIG RESETSTAT to INFO commandstats of that Redis:
 2. run: W Celery worker processes, started as the README starts them (`celery worker --pool solo`),
    drain the queue. Their app is worker.app with the no-op engine in the worker's context
    (`noop_app` below), so wake-ups, claims, heartbeats, progress writes, finishing and webhooks'
-   notify are the real ones. FINISH_IN_BACKGROUND is on, as on GPU workers (--finish-in-background
+   notify are the real ones. ENCODE_IN_BACKGROUND is on, as on GPU workers (--encode-in-background
    off: as on CPU workers). Nothing polls the API; the bench watches the store until every job is
    final. The figures include the workers' start-up.
 3. poll: P GETs of /api/v1/jobs/<id> with the key, for each of a sample of the jobs (the workers
@@ -656,7 +656,7 @@ def figures(args, phases: dict[str, Phase], outcome: Outcome) -> dict:
             "polled_jobs": per["poll"]["units"] // args.polls,
             "web": "gunicorn" if args.gunicorn else "in-process",
             "storage": "s3" if args.s3_endpoint else "local",
-            "finish_in_background": args.finish_in_background,
+            "encode_in_background": args.encode_in_background,
             "split_scripts": args.split_scripts,
         },
         "phases": per,
@@ -752,12 +752,24 @@ def service_env(redis_url: str, storage_url: str, args) -> dict[str, str]:
         "READ_RATE_LIMIT": GENEROUS_LIMIT,
         "MAX_QUEUED_PER_OWNER": str(max(1000, args.jobs)),
         "WORKER_BATCH_SIZE": str(args.batch),
-        "FINISH_IN_BACKGROUND": args.finish_in_background,
+        "ENCODE_IN_BACKGROUND": args.encode_in_background,
         "WORKER_METRICS_PORT": "",  # W workers on one host cannot share a port
         "TEST_FAULT_HOOKS": "0",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
+        **(models_env(args.models) if args.models else {"OMP_NUM_THREADS": "1"}),
+    }
+
+
+def models_env(models: Path) -> dict[str, str]:
+    """--models: the real engine on this CPU, with those models (worker.tiny_models makes some)."""
+    folder = models.resolve()
+    return {
+        "CAPTION_MODEL": str(folder / "caption"),
+        "STORY_MODEL": str(folder / "story"),
+        "SPEECH_MODEL": str(folder / "speech"),
+        "DEVICE": "cpu",
+        "STORY_WORDS": "40",  # what `python -m worker.bench` asks for by default
     }
 
 
@@ -780,10 +792,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", help="measure this Redis (default: a private redis-server)")
     parser.add_argument("--s3-endpoint", help="store in a new bucket on this S3 endpoint (default: a temp folder)")
     parser.add_argument(
-        "--finish-in-background",
-        choices=("on", "off"),
-        default="on",
-        help="FINISH_IN_BACKGROUND: on, as GPU workers finish (default), or off, as CPU workers do",
+        "--encode-in-background",
+        choices=("on", "off", "auto"),
+        default=None,
+        help="ENCODE_IN_BACKGROUND: on, as GPU workers encode (the default with the no-op engine), off, "
+        "as CPU workers do, or auto (the default with --models)",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="run the real engine with these models (caption/ story/ speech/) instead of the no-op one: "
+        "the service's jobs/s on this machine, to set against `python -m worker.bench` with the same models",
     )
     parser.add_argument(
         "--split-scripts",
@@ -794,6 +813,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too (the last line)")
     parser.add_argument("--logs", type=Path, help="keep the workers' (and gunicorn's) logs in this folder")
     args = parser.parse_args(argv)
+    if args.encode_in_background is None:
+        args.encode_in_background = "auto" if args.models else "on"
     for name in ("jobs", "workers", "batch", "polls", "poll_jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -843,7 +864,8 @@ def bench(args, redis_url: str, workdir: Path, logdir: Path, stack: ExitStack) -
     before = meter.memory()
 
     submit, job_ids = submit_phase(meter, web, args.jobs)
-    workers = Workers("worker.control_bench:noop_app", args.workers, dict(os.environ), logdir, "noop")
+    app = "worker.app" if args.models else "worker.control_bench:noop_app"
+    workers = Workers(app, args.workers, dict(os.environ), logdir, "engine" if args.models else "noop")
     run = run_phase(meter, workers, job_ids, ttl, args.timeout)
     jobs = check_jobs(JobStore(meter.redis, ttl), open_storage(storage_url), job_ids)
     poll = poll_phase(meter, web, job_ids[: args.poll_jobs], args.polls)
@@ -864,14 +886,32 @@ def header(args, result: dict) -> str:
     return (
         f"control-plane bench: {args.jobs} jobs, {args.workers} workers, batch {args.batch}, "
         f"{args.polls} polls on each of {config['polled_jobs']} jobs; web {config['web']}, "
-        f"storage {config['storage']}, finishing in the background {args.finish_in_background}; "
+        f"storage {config['storage']}, encoding in the background {args.encode_in_background}; "
         f"Redis {config['redis_version']} ({'given' if args.redis_url else 'private'})"
     )
+
+
+def engine_jobs_per_second(models: Path, batch: int) -> float:
+    """The engine's own jobs/s at `batch`, batches one after another, from `python -m worker.bench`
+    (its table's row for that batch size: batch | stages... | total | jobs/s | ...)."""
+    command = [sys.executable, "-m", "worker.bench", "--models", str(models), "--batches", str(batch)]
+    output = subprocess.run(
+        [*command, "--runs", "5", "--styles", "none"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    for line in output.stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) > 6 and cells[0] == str(batch):
+            return float(cells[6])
+    raise BenchError(f"worker.bench gave no figure for batch {batch}:\n{output.stdout[-2000:]}{output.stderr[-2000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        before = engine_jobs_per_second(args.models, args.batch) if args.models else 0.0
         with ExitStack() as stack:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="control-bench-")))
             logdir = args.logs or workdir
@@ -887,6 +927,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ... and {len(problems) - LISTED} more", file=sys.stderr)
         return 1
     print(table(result, header(args, result)))
+    if args.models:
+        # Bracketed: the engine is measured before and after the service, and the two averaged, so a
+        # machine whose speed drifts (a shared VM) drifts for both sides alike.
+        after = engine_jobs_per_second(args.models, args.batch)
+        service, engine = result["run"]["jobs_per_second"], (before + after) / 2
+        result["engine_jobs_per_second"] = [before, after]
+        print(
+            f"service against the engine at batch {args.batch}: {number(service)} against {number(engine)} "
+            f"jobs/s ({number(before)} before, {number(after)} after), {service / engine:.2f}x "
+            "(engine: python -m worker.bench with the same models)"
+        )
     if args.json:
         print(json.dumps(result))
     return 0

@@ -46,7 +46,7 @@ def _word_timings(story: str, seconds: float) -> list[WordTiming]:
 class NoopEngine:
     def __init__(self, settings) -> None:
         self.settings = settings
-        # What Engine.device would be on this machine without a GPU (FINISH_IN_BACKGROUND=auto reads it).
+        # What Engine.device would be on this machine without a GPU (ENCODE_IN_BACKGROUND=auto reads it).
         self.device = torch.device("cpu")
 
     @property

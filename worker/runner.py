@@ -85,13 +85,15 @@ def run_wakeup(
     settings,
     finisher=None,
     notify: Callable[[list[Job]], object] | None = None,
+    encode_in_background: bool = True,
 ) -> dict[str, str]:
     """Claim a batch (`job_id` first when it is still queued) and run it; {job id: status}.
 
     The GPU stages run here; finishing (encode, upload, record) runs inline, or on `finisher`
-    (worker/finisher.py) so the next batch can use the GPU meanwhile: then the jobs still finishing
-    show "finishing" in the answer. Every job that ends is counted (metrics) and passed to `notify`
-    (its webhook) once, when it ends. The heartbeat holds the batch's leases until it is finished."""
+    (worker/finisher.py) so the next batch can use the GPU meanwhile (the MP3s are encoded first,
+    here, unless `encode_in_background`): then the jobs still finishing show "finishing" in the
+    answer. Every job that ends is counted (metrics) and passed to `notify` (its webhook) once, when
+    it ends. The heartbeat holds the batch's leases until it is finished."""
     if heartbeat.stopping:
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
@@ -133,6 +135,8 @@ def run_wakeup(
 
     if finisher is None:
         return {**outcomes, **finish()}
+    if not encode_in_background:  # a CPU: encoding beside the next batch would only slow it down
+        engine.encode(narrated.narrations)
     finisher.submit(finish)  # waits while the previous batch is still finishing
     return {**outcomes, **dict.fromkeys((job.id for job in narrated.jobs), "finishing")}
 

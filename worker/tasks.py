@@ -1,9 +1,9 @@
 """The one Celery task: a wake-up naming a job; the work lives in worker.runner.run_wakeup.
 
-On a GPU the task runs a batch's GPU part and hands its finishing to the worker's finisher
-(worker/finisher.py), so it returns while the batch's MP3s are still being encoded and uploaded:
-its answer shows those jobs as "finishing" (the finisher logs "finished {...}" when they end). On a
-CPU it finishes the batch itself (FINISH_IN_BACKGROUND).
+The task runs a batch's GPU part and hands its finishing to the worker's finisher
+(worker/finisher.py), so it returns while the batch's MP3s are still being uploaded (and on a GPU,
+encoded: ENCODE_IN_BACKGROUND): its answer shows those jobs as "finishing" (the finisher logs
+"finished {...}" when they end).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def narrate_job(job_id: str) -> dict:
         engine=ctx.engine,
         heartbeat=ctx.heartbeat,
         settings=ctx.settings,
-        finisher=ctx.finisher if ctx.finishes_in_background else None,
+        finisher=ctx.finisher,
+        encode_in_background=ctx.encodes_in_background,
         # Jobs that end get their webhook (delivered by the light webhooks worker, never here).
         notify=lambda jobs: notify_finished(narrate_job.app, ctx.store, jobs),
     )

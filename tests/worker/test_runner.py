@@ -548,6 +548,32 @@ def test_the_next_batch_uses_the_gpu_while_the_last_one_uploads(store, storage):
     assert finished_count("succeeded") - succeeded_before == 6  # each outcome counted once
 
 
+@pytest.mark.parametrize("in_background", [True, False])
+def test_encoding_goes_to_the_finisher_only_where_it_helps(store, storage, in_background):
+    """ENCODE_IN_BACKGROUND: on a GPU the finisher encodes beside the next batch; on a CPU the task
+    encodes before handing over (encoding would compete with the next batch for the cores), and the
+    finisher only uploads and records."""
+    settings = Settings(worker_batch_size=2, storage_retry_seconds=0)
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
+    engine, threads = Timed(0), []
+    encode = engine.encode
+    engine.encode = lambda narrations: threads.append(threading.current_thread().name) or encode(narrations)
+    finisher = Finisher()
+    answer = run_wakeup(
+        ids[0],
+        store=store,
+        storage=storage,
+        engine=engine,
+        heartbeat=heartbeat_for(store, settings),
+        settings=settings,
+        finisher=finisher,
+        encode_in_background=in_background,
+    )
+    assert answer == dict.fromkeys(ids, "finishing") and finisher.wait(timeout=30)
+    assert threads[0] == ("finisher" if in_background else threading.current_thread().name)
+    assert all(store.get(job_id).status is JobStatus.SUCCEEDED for job_id in ids)
+
+
 def test_without_a_finisher_a_wakeup_answers_every_final_status(store, storage):
     settings = Settings(worker_batch_size=4, storage_retry_seconds=0)
     ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
