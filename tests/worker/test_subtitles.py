@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -141,29 +142,48 @@ def test_without_usable_durations_words_share_the_chunk_by_characters():
 
 def test_the_runner_stores_subtitles_with_their_run_and_tidies_other_runs(redis_url, tmp_path):
     from shared.jobs import Job, JobStore, new_job_id
+    from shared.settings import Settings
     from shared.storage import open_storage
-    from worker.runner import audio_key, finish_job, storage_retry, subtitles_key
+    from worker.runner import Narrated, Run, audio_key, finish_batch, subtitles_key
+
+    class Engine:  # the MP3s below are made already
+        @staticmethod
+        def encode(narrations):
+            return narrations
 
     store = JobStore(redis.Redis.from_url(redis_url), ttl_seconds=60)
     storage = open_storage(f"file://{tmp_path}/data")
+    settings = Settings(storage_retry_seconds=0)
     job_id = new_job_id()
     store.create(Job(id=job_id))
+    assert store.claim("host-a:1:dead", first=job_id, lease_seconds=0.05)
     storage.put(subtitles_key(job_id, "host-a:1:dead"), b"WEBVTT\n")  # a run that died after uploading
-    assert store.claim("host-b:2:live", first=job_id)
-    narration = SimpleNamespace(
-        mp3=b"ID3",
-        audio_seconds=1.0,
-        caption="c",
-        story="Hi there",
-        timings={},
-        words=[WordTiming("hi", 0.1, 0.3, 0), WordTiming("there", 0.4, 0.9, 1)],
-    )
-    assert finish_job(store, storage, job_id, narration, "host-b:2:live", storage_retry(0)) == "succeeded"
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3) == ([job_id], [])
+    [held] = store.claim_jobs("host-b:2:live", first=job_id)
+
+    def narration():
+        words = [WordTiming("hi", 0.1, 0.3, 0), WordTiming("there", 0.4, 0.9, 1)]
+        return SimpleNamespace(mp3=b"ID3", audio_seconds=1.0, caption="c", story="Hi there", timings={}, words=words)
+
+    def finish(claimant: str, job) -> Run:
+        run = Run(claimant)
+        finish_batch(
+            Narrated(claimant, [job], [narration()]),
+            run,
+            store=store,
+            storage=storage,
+            engine=Engine(),
+            settings=settings,
+        )
+        return run
+
+    assert finish("host-b:2:live", held).outcomes == {job_id: "succeeded"}
     job = store.get(job_id)
     assert job.subtitles_key == subtitles_key(job_id, "host-b:2:live")
     assert storage.list(f"subtitles/{job_id}/") == [job.subtitles_key]
     assert [cue[3] for cue in parse_vtt(storage.get(job.subtitles_key).decode())] == ["hi", "there"]
     # A late run whose job is no longer its own leaves nothing behind.
-    assert finish_job(store, storage, job_id, narration, "host-a:1:dead", storage_retry(0)) == "lost"
+    assert finish("host-a:1:dead", store.get(job_id)).outcomes == {job_id: "lost"}
     assert storage.list(f"subtitles/{job_id}/") == [job.subtitles_key]
     assert storage.list(f"audio/{job_id}/") == [audio_key(job_id, "host-b:2:live")]
