@@ -73,7 +73,6 @@ def test_a_job_that_did_not_succeed_is_named():
 
 
 @requires_tool(shutil.which("redis-server") is not None, "redis-server")
-@pytest.mark.serial  # worker processes drained against the clock: alone on the machine
 def test_a_small_run_succeeds_and_reports_every_figure():
     command = ["-m", "worker.control_bench", "--jobs", "24", "--workers", "2", "--batch", "4", "--polls", "3"]
     out = subprocess.run(
@@ -82,7 +81,7 @@ def test_a_small_run_succeeds_and_reports_every_figure():
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,  # nothing here is timed against the clock: a busy machine only makes it slower
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
