@@ -15,6 +15,7 @@ import torch
 
 from training.collate import Collator, EncodingError, encode_example, end_token_id, pad_id
 from training.dataset import dataset_sha256
+from training.errors import UsageError
 from training.loop import mean_loss, train_steps
 
 
@@ -26,7 +27,6 @@ def seed_everything(seed: int) -> None:
 def load_base(args, device, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.train import UsageError
     from worker.engine.devices import quantization_config
 
     base = Path(args.base).expanduser()
@@ -66,8 +66,6 @@ def add_lora(model, args):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             return get_peft_model(model, config)
     except ValueError as exc:  # e.g. a module name that does not exist in this model
-        from training.train import UsageError
-
         raise UsageError(f"--target-modules {modules}: {str(exc).splitlines()[0]}") from None
 
 
@@ -84,8 +82,6 @@ def encode_all(tokenizer, examples, args):
             for e in examples
         ]
     except EncodingError as exc:
-        from training.train import UsageError
-
         raise UsageError(str(exc)) from None
     cut = sum(1 for f in encoded if f["input_ids"][-1] != end_id)
     if cut:

@@ -12,12 +12,9 @@ import sys
 from pathlib import Path
 
 from training.dataset import DatasetError, read_dataset, split_eval
+from training.errors import UsageError
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "stories.jsonl"
-
-
-class UsageError(Exception):
-    """A setting that cannot work here: reported in one line with exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
