@@ -28,6 +28,13 @@ CANONICAL = [
 ]
 
 
+@pytest.fixture
+def storage_url(tmp_path) -> str:
+    """A local folder: each test here starts a real worker, and storage is not what they test (the
+    storage contract tests, the fault tests and the client's tests run on S3 over HTTP)."""
+    return f"file://{tmp_path}/data"
+
+
 def photo(index: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
