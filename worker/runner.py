@@ -5,15 +5,18 @@ queued -> running (stage caption, story, speech, upload) -> succeeded | failed |
 A wake-up message names a job. The worker claims queued jobs for one run (that job first, then the
 oldest, up to WORKER_BATCH_SIZE or the engine's default for its device), each with a short lease its
 heartbeat renews (worker/heartbeat.py), runs them as one batch and publishes each job's caption and
-story as soon as they exist. Every write names the run (its claimant), so a run that lost its jobs
-(canceled, or reaped after its worker stopped beating) changes nothing, and each run writes its MP3
-under its own key, so a late run can never overwrite a newer result.
+story as soon as they exist, one store write per stage for the whole batch (shared/jobs/lua/).
+Every write names the run (its claimant), so a run that lost its jobs (canceled, or reaped after
+its worker stopped beating) changes nothing, and each run writes its MP3 under its own key, so a
+late run can never overwrite a newer result. The run keeps the records it claimed and finished
+(`Run`): nothing reads a job again once it has ended.
 
 A run has two parts. The GPU part (run_stages: read the photos in parallel, caption, story,
 speech) runs in the task, within JOB_TIME_LIMIT. The finishing part (finish_batch: encode the
-MP3s, upload, record each job, webhooks) needs no GPU: the Celery task hands it to the worker's
-finisher (worker/finisher.py) so that the next batch's GPU part overlaps it; called without one,
-run_wakeup finishes inline and answers every job's final status.
+MP3s, upload them in parallel, record the batch in one write, webhooks) needs no GPU: the Celery
+task hands it to the worker's finisher (worker/finisher.py) so that the next batch's GPU part
+overlaps it (on a CPU it encodes first: ENCODE_IN_BACKGROUND); called without one, run_wakeup
+finishes inline and answers every job's final status.
 """
 
 from __future__ import annotations
