@@ -46,9 +46,6 @@ class Settings(BaseSettings):
     worker_stop_grace: float = Field(60, ge=0, description="seconds a stopping worker may finish its batch")
     # How long a worker keeps retrying storage during an outage before it fails the job.
     storage_retry_seconds: float = Field(120, ge=0)
-    # Fault hooks for the fault tests (a photo named __kill_worker__ kills its worker, ...).
-    # Never enable them in production.
-    test_fault_hooks: bool = False
 
     # Storage: s3://bucket/prefix or file:///abs/path
     storage_url: str = Field(default_factory=_default_storage_url)

@@ -754,7 +754,6 @@ def service_env(redis_url: str, storage_url: str, args) -> dict[str, str]:
         "WORKER_BATCH_SIZE": str(args.batch),
         "ENCODE_IN_BACKGROUND": args.encode_in_background,
         "WORKER_METRICS_PORT": "",  # W workers on one host cannot share a port
-        "TEST_FAULT_HOOKS": "0",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         **(models_env(args.models) if args.models else {"OMP_NUM_THREADS": "1"}),

@@ -22,9 +22,6 @@ finishes inline and answers every job's final status.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -209,8 +206,6 @@ def run_stages(jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, 
             run.finish(store, [(job, JobStatus.FAILED, {"error": str(image)})])
     images = [image for image in read if not isinstance(image, JobFailed)]
     jobs = run.pending(jobs)
-    if settings.test_fault_hooks:
-        run_fault_hooks(jobs)
     active = {job.id for job in jobs}
     stage_now = Stage.CAPTION
 
@@ -263,8 +258,6 @@ def finish_batch(narrated: Narrated, run: Run, *, store: JobStore, storage: Stor
     retry = storage_retry(settings.storage_retry_seconds)
     stage_now = Stage.SPEECH  # encoding is the tail of the speech stage
     try:
-        if settings.test_fault_hooks:
-            run_finish_fault_hooks(jobs)
         engine.encode(narrated.narrations)
         metrics.stages_done(narrated.narrations)
         stage_now = Stage.UPLOAD
@@ -424,27 +417,3 @@ def read_image(storage: Storage, key: str, max_pixels: int | None, retry: Callab
         return load_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         raise JobFailed(exc.message) from None
-
-
-def run_fault_hooks(jobs: list[Job]) -> None:
-    """TEST_FAULT_HOOKS only: a photo uploaded as `__kill_worker__...` kills its worker (a poison
-    job), one named `__sleep_<seconds>__...` makes its batch's GPU part take that much longer."""
-    for job in jobs:
-        if (job.filename or "").startswith("__kill_worker__"):
-            log.warning("fault hook: killing this worker for job %s", job.id)
-            os.kill(os.getpid(), signal.SIGKILL)
-        sleep_as_named(job, "sleep")
-
-
-def run_finish_fault_hooks(jobs: list[Job]) -> None:
-    """TEST_FAULT_HOOKS only: a photo named `__slow_finish_<seconds>__...` makes its batch's
-    finishing (encode, upload) take that much longer."""
-    for job in jobs:
-        sleep_as_named(job, "slow_finish")
-
-
-def sleep_as_named(job: Job, hook: str) -> None:
-    """Sleep the seconds a photo named `__<hook>_<seconds>__...` asks for."""
-    match = re.match(rf"__{hook}_(\d+(?:\.\d+)?)__", job.filename or "")
-    if match:
-        time.sleep(float(match.group(1)))
