@@ -136,7 +136,10 @@ def run_wakeup(
     if finisher is None:
         return {**outcomes, **finish()}
     if not encode_in_background:  # a CPU: encoding beside the next batch would only slow it down
-        engine.encode(narrated.narrations)
+        try:
+            engine.encode(narrated.narrations)
+        except Exception as exc:  # finish_batch meets it again and fails the jobs, naming the stage
+            log.warning("encoding the MP3s of %s failed: %s", claimant, exc)
     finisher.submit(finish)  # waits while the previous batch is still finishing
     return {**outcomes, **dict.fromkeys((job.id for job in narrated.jobs), "finishing")}
 
@@ -201,9 +204,8 @@ def narrate_claimed(
 def run_stages(jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, settings) -> Narrated | None:
     """Read the claimed jobs' photos and run them through the GPU stages as one batch."""
     read = read_images(jobs, storage, engine, settings)
-    for job, image in zip(jobs, read, strict=True):
-        if isinstance(image, JobFailed):
-            run.finish(store, [(job, JobStatus.FAILED, {"error": str(image)})])
+    unreadable = [(job, image) for job, image in zip(jobs, read, strict=True) if isinstance(image, JobFailed)]
+    run.finish(store, [(job, JobStatus.FAILED, {"error": str(error)}) for job, error in unreadable])
     images = [image for image in read if not isinstance(image, JobFailed)]
     jobs = run.pending(jobs)
     active = {job.id for job in jobs}
@@ -258,7 +260,7 @@ def finish_batch(narrated: Narrated, run: Run, *, store: JobStore, storage: Stor
     retry = storage_retry(settings.storage_retry_seconds)
     stage_now = Stage.SPEECH  # encoding is the tail of the speech stage
     try:
-        engine.encode(narrated.narrations)
+        engine.encode(narrated.narrations)  # those the task encoded already are skipped
         metrics.stages_done(narrated.narrations)
         stage_now = Stage.UPLOAD
         for job_id in store.progress_batch(run.claimant, stage_now, [(job.id, {}) for job in jobs]):

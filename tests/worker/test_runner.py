@@ -621,7 +621,8 @@ def test_an_error_while_finishing_fails_only_the_unfinished_jobs(store, storage)
     assert beat._held == {}  # the leases are no longer renewed
 
 
-def test_an_encode_error_fails_the_batch_and_names_the_stage(store, storage):
+@pytest.mark.parametrize("in_background", [True, False], ids=["encoded-by-the-finisher", "encoded-by-the-task"])
+def test_an_encode_error_fails_the_batch_and_names_the_stage(store, storage, in_background):
     settings = Settings(worker_batch_size=2, storage_retry_seconds=0)
     ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(2)]
     finisher = Finisher()
@@ -630,11 +631,12 @@ def test_an_encode_error_fails_the_batch_and_names_the_stage(store, storage):
         store=store,
         storage=storage,
         engine=Timed(0, fail_encode=True),
-        heartbeat=heartbeat_for(store, settings),
+        heartbeat=(beat := heartbeat_for(store, settings)),
         settings=settings,
         finisher=finisher,
+        encode_in_background=in_background,
     )
-    assert finisher.wait(timeout=30)
+    assert finisher.wait(timeout=30) and beat._held == {}  # no lease left renewed
     for job_id in ids:
         job = store.get(job_id)
         assert job.status is JobStatus.FAILED
