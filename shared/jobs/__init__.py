@@ -9,7 +9,6 @@ from shared.jobs.schema import (
     encode_cursor,
     iso,
     new_job_id,
-    statuses,
 )
 from shared.jobs.store import JobStore, died_message
 
@@ -24,5 +23,4 @@ __all__ = [
     "encode_cursor",
     "iso",
     "new_job_id",
-    "statuses",
 ]

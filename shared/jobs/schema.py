@@ -11,7 +11,6 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
@@ -160,7 +159,3 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     if not math.isfinite(value):  # nan/inf parse as floats, but Redis refuses them as scores
         raise ValueError("invalid cursor")
     return value, job_id
-
-
-def statuses(values: Iterable) -> str:
-    return ",".join(JobStatus(v).value for v in values)
