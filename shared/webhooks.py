@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.jobs.public import public_job
 from shared.jobs.schema import Job, JobStatus, iso
 from shared.queue import PUBLISH_RETRY
 
@@ -49,30 +50,6 @@ WEBHOOK_QUEUE = "webhooks"
 DELIVER_TASK = "deliver_webhook"
 MAX_URL_LENGTH = 2048
 EVENTS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed", JobStatus.CANCELED: "job.canceled"}
-# What GET /api/v1/jobs/<id> shows of a job, in this order (web.api.job_view uses it too).
-PUBLIC_FIELDS = (
-    "id",
-    "status",
-    "stage",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "caption",
-    "story",
-    "audio_url",
-    "audio_seconds",
-    "subtitles_url",
-    "error",
-    "timings",
-    "words",
-    "seed",
-    "style",
-    "filename",
-    "attempts",
-    "cached",
-)
-AUDIO_PATH = "/api/v1/jobs/{id}/audio"
-SUBTITLES_PATH = "/api/v1/jobs/{id}/subtitles.vtt"
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "narrator-webhooks/1"
 
@@ -248,22 +225,6 @@ def webhook_for_submit(raw: str | None, owner: str | None, settings) -> str | No
             "the webhooks of requests without one."
         )
     return url
-
-
-# --- the job as the API shows it ----------------------------------------------------------------
-
-
-def public_job(job: Job, base_url: str | None = None) -> dict:
-    """The job as GET /api/v1/jobs/<id> shows it, without a request: `audio_url` (and
-    `subtitles_url`) are absolute under `base_url` (PUBLIC_BASE_URL) once the job succeeded, None
-    without a base URL."""
-    data = job.to_dict()
-    data["audio_url"] = data["subtitles_url"] = None
-    if base_url and JobStatus(job.status) == JobStatus.SUCCEEDED and job.audio_key:
-        data["audio_url"] = base_url.rstrip("/") + AUDIO_PATH.format(id=job.id)
-        if job.subtitles_key:
-            data["subtitles_url"] = base_url.rstrip("/") + SUBTITLES_PATH.format(id=job.id)
-    return {name: data.get(name) for name in PUBLIC_FIELDS}
 
 
 # --- secrets --------------------------------------------------------------------------------------

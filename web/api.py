@@ -9,8 +9,9 @@ from collections.abc import Callable
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
 
 from shared.jobs import Job, JobStatus
+from shared.jobs.public import public_job
 from shared.storage import StorageNotFound
-from shared.webhooks import PUBLIC_FIELDS, notify_finished, public_job  # noqa: F401 (PUBLIC_FIELDS: re-exported)
+from shared.webhooks import notify_finished
 from web.auth import current_owner, may_see, require_owner
 from web.errors import AppError, error_response
 from web.idempotency import REPLAYED_HEADER, IdempotentSubmit

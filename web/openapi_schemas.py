@@ -5,8 +5,8 @@ code breaks the schema), and the component schemas, built from the constants the
 
 from __future__ import annotations
 
+from shared.jobs.public import PUBLIC_FIELDS
 from shared.jobs.schema import JobStatus, Stage
-from shared.webhooks import PUBLIC_FIELDS
 from web.api import JOB_ID as JOB_ID_PATTERN
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER
 from web.job_events import MAX_WAIT

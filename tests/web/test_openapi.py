@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import validate
 
+from shared.jobs.public import PUBLIC_FIELDS
 from shared.settings import Settings
-from shared.webhooks import PUBLIC_FIELDS
 from tests.conftest import TEST_SECRET_KEY
 from web.app import create_app
 from web.openapi_schemas import CODES
