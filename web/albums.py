@@ -24,6 +24,7 @@ from web.auth import current_owner
 from web.errors import AppError
 from web.metrics import SUBMITTED
 from web.services import services
+from web.status_text import MESSAGES, STEPS, status_text, step_states
 from web.uploads import _discard, clean_filename, create_job, guard_request_body, validate_image
 
 bp = Blueprint("albums", __name__)
@@ -137,8 +138,6 @@ def load_album(album_id: str) -> list[dict]:
 
 @bp.get("/albums/<album_id>")
 def album_page(album_id: str):
-    from web.pages import MESSAGES, STEPS, status_text, step_states  # pages imports this module
-
     jobs = load_album(album_id)
     cards = [
         {

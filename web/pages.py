@@ -15,45 +15,11 @@ from web.api import job_view, load_job
 from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.errors import AppError, error_response
 from web.services import services
+from web.status_text import MESSAGES, STEPS, status_text, step_states
 from web.uploads import WORDS_MAX, WORDS_MIN, create_job_from_request
 
 bp = Blueprint("pages", __name__)
 RECENT = 10  # stories listed on the home page
-
-STEPS = [
-    ("queued", "Waiting in the queue"),
-    ("caption", "Describing the photo"),
-    ("story", "Writing the story"),
-    ("speech", "Reading it aloud"),
-    ("upload", "Saving the audio"),
-]
-MESSAGES = {
-    "queued": "Waiting for a worker…",
-    "running": "Working: {stage}…",
-    "succeeded": "Done: your story is ready.",
-    "failed": "Failed: {error}",
-    "canceled": "Canceled.",
-}
-
-
-def step_states(job: dict) -> list[dict]:
-    """Mirrors stepStates() in static/job.js, so the first render matches what the script shows."""
-    names = [name for name, _ in STEPS]
-    status = job["status"]
-    current = job["stage"] or ("queued" if not job["started_at"] else "caption")
-    index = len(names) if status == "succeeded" else names.index(current) if current in names else 0
-    here = {"failed": "failed", "canceled": "canceled"}.get(status, "current")
-    return [
-        {"name": name, "label": label, "state": "done" if i < index else here if i == index else "pending"}
-        for i, (name, label) in enumerate(STEPS)
-    ]
-
-
-def status_text(job: dict) -> str:
-    labels = dict(STEPS)
-    return MESSAGES[job["status"]].format(
-        stage=labels.get(job["stage"] or "", "starting").lower(), error=job["error"] or "unknown error"
-    )
 
 
 def recent_stories() -> list[dict]:
