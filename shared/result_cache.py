@@ -22,6 +22,7 @@ import logging
 import time
 
 from shared import styles
+from shared.jobs import files
 from shared.jobs.schema import Job, JobStatus
 from shared.storage import Storage, StorageError, StorageNotFound
 
@@ -130,7 +131,7 @@ def serve(redis_client, storage: Storage, settings, job: Job) -> bool:
         return False
     if entry is None:
         return False
-    audio = f"audio/{job.id}/cached.mp3"
+    audio = files.audio_key(job.id, files.CACHED_RUN)
     try:
         storage.put(audio, storage.get(entry["audio_key"]), content_type="audio/mpeg")
     except StorageNotFound:  # the source's MP3 expired or was removed: the entry answers nothing
@@ -152,7 +153,7 @@ def serve(redis_client, storage: Storage, settings, job: Job) -> bool:
 
 def _copy_subtitles(storage: Storage, source: str, job_id: str) -> str | None:
     """The subtitles go with the MP3 when they are there; a job without them still has its story."""
-    target = f"subtitles/{job_id}/cached.vtt"
+    target = files.subtitles_key(job_id, files.CACHED_RUN)
     try:
         storage.put(target, storage.get(source), content_type="text/vtt; charset=utf-8")
         return target

@@ -1,6 +1,6 @@
 """Blob storage for uploads and MP3s: `s3://bucket/prefix` (any S3-compatible server) or a local folder.
 
-Both the web process and the workers use it; keys are relative ("inputs/<id>", "audio/<id>.mp3").
+Both the web process and the workers use it; keys are relative (their layout: shared/jobs/files.py).
 Connection problems surface as StorageUnavailable so callers can retry or answer 503.
 This module is the one callers import: open_storage() picks the backend, and the contract
 (storage_base.py) and backends (storage_local.py, storage_s3.py) are re-exported from here.

@@ -38,12 +38,12 @@ import redis
 from PIL import Image
 
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
+from shared.jobs.files import audio_key
 from shared.queue import QUEUE, make_celery, wake
 from shared.settings import Settings
 from shared.storage import open_storage
 from tests.conftest import free_port, requires_tool
 from tests.fault_harness import RedisServer, Worker, wait_for_address
-from worker.runner import audio_key
 
 IP = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), None)
 TASKSET = shutil.which("taskset")  # util-linux: on every Debian

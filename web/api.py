@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
 
-from shared.jobs import Job, JobStatus
+from shared.jobs import Job, JobStatus, files
 from shared.jobs.public import public_job
 from shared.storage import StorageNotFound
 from shared.webhooks import notify_finished
@@ -209,7 +209,7 @@ def job_subtitles(job_id: str):
 def job_image(job_id: str):
     job = load_job(job_id)
     try:
-        data = services().storage.get(job.input_key or f"inputs/{job.id}")
+        data = services().storage.get(job.input_key or files.input_key(job.id))
     except StorageNotFound:
         raise AppError(404, "image_missing", "The uploaded photo is no longer stored.") from None
     response = Response(data, mimetype=job.content_type or "application/octet-stream")

@@ -20,7 +20,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from shared import result_cache
 from shared.images import ImageError, check_image
-from shared.jobs import Job, new_job_id
+from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, notify_finished, webhook_for_submit
 from web.errors import AppError
@@ -208,7 +208,7 @@ def create_job(
                     422, "idempotency_key_reused", "This Idempotency-Key was used by another client; choose another."
                 )
             return earlier
-    job.input_key = f"inputs/{job.id}"
+    job.input_key = files.input_key(job.id)
     try:
         svc.ensure_storage()
         svc.storage.put(job.input_key, data, content_type)

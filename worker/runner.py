@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from shared import result_cache
 from shared.images import ImageError, load_image
-from shared.jobs import Job, JobStatus, JobStore, Stage
+from shared.jobs import Job, JobStatus, JobStore, Stage, files
 from shared.storage import Storage, StorageError, StorageNotFound, StorageUnavailable
 from worker import metrics
 from worker.limits import time_limit
@@ -49,15 +49,6 @@ class JobCanceled(Exception):
 
 class JobFailed(Exception):
     """A failure the user can act on; its message becomes the job's `error`."""
-
-
-def audio_key(job_id: str, claimant: str) -> str:
-    return f"audio/{job_id}/{claimant.rsplit(':', 1)[-1]}.mp3"
-
-
-def subtitles_key(job_id: str, claimant: str) -> str:
-    # Its own prefix: audio/<id>/ holds exactly one MP3 per run, which the fault tests count.
-    return f"subtitles/{job_id}/{claimant.rsplit(':', 1)[-1]}.vtt"
 
 
 T = TypeVar("T")
@@ -304,7 +295,7 @@ def upload(storage: Storage, job: Job, narration, claimant: str, retry: Callable
     """Store a job's MP3 and subtitles under this run's own keys: the job's result to record."""
     from worker.engine.subtitles import to_vtt
 
-    key, vtt_key = audio_key(job.id, claimant), subtitles_key(job.id, claimant)
+    key, vtt_key = files.audio_key(job.id, claimant), files.subtitles_key(job.id, claimant)
     retry(lambda: storage.put(key, narration.mp3, content_type="audio/mpeg"))
     vtt = to_vtt(getattr(narration, "words", None) or []).encode()
     retry(lambda: storage.put(vtt_key, vtt, content_type="text/vtt; charset=utf-8"))
@@ -318,7 +309,7 @@ def upload(storage: Storage, job: Job, narration, claimant: str, retry: Callable
 def discard(storage: Storage, job_id: str, claimant: str) -> None:
     """Best effort: a run's files for a job it did not finish (the bucket's lifecycle rule ages out
     what storage refuses to delete now)."""
-    for key in (audio_key(job_id, claimant), subtitles_key(job_id, claimant)):
+    for key in (files.audio_key(job_id, claimant), files.subtitles_key(job_id, claimant)):
         try:
             storage.delete(key)
         except StorageError as exc:
@@ -344,7 +335,7 @@ def tidy_other_runs(storage: Storage, job: Job) -> None:
     if job.runs <= 1:
         return
     try:
-        for prefix in (f"audio/{job.id}/", f"subtitles/{job.id}/"):
+        for prefix in files.run_prefixes(job.id):
             for key in storage.list(prefix):
                 if key not in (job.audio_key, job.subtitles_key):
                     storage.delete(key)
@@ -388,7 +379,7 @@ def read_images(jobs: list[Job], storage: Storage, engine, settings) -> list:
     def read(job: Job):
         try:
             check_style(engine, job)
-            return read_image(storage, job.input_key or f"inputs/{job.id}", settings.max_image_pixels, retry)
+            return read_image(storage, job.input_key or files.input_key(job.id), settings.max_image_pixels, retry)
         except JobFailed as exc:
             return exc
 

@@ -353,7 +353,8 @@ def test_a_run_that_lost_its_jobs_changes_nothing_and_leaves_no_audio(store, sto
 
 
 def test_a_late_finish_cannot_overwrite_the_newer_result(store, storage, engine):
-    from worker.runner import Narrated, Run, audio_key, finish_batch
+    from shared.jobs.files import audio_key
+    from worker.runner import Narrated, Run, finish_batch
 
     job_id = submit(store, storage, jpeg())
     store.claim("host-a:1:old", first=job_id, lease_seconds=0.05)
@@ -412,7 +413,7 @@ def test_the_reaper_wakes_queued_jobs_whose_message_was_lost(store):
 
 
 def test_the_audio_of_a_run_that_died_after_uploading_is_removed(store, storage, engine):
-    from worker.runner import audio_key
+    from shared.jobs.files import audio_key
 
     job_id = submit(store, storage, jpeg())
     store.claim("host-a:1:dead", first=job_id, lease_seconds=0.05)

@@ -142,9 +142,10 @@ def test_without_usable_durations_words_share_the_chunk_by_characters():
 
 def test_the_runner_stores_subtitles_with_their_run_and_tidies_other_runs(redis_url, tmp_path):
     from shared.jobs import Job, JobStore, new_job_id
+    from shared.jobs.files import audio_key, subtitles_key
     from shared.settings import Settings
     from shared.storage import open_storage
-    from worker.runner import Narrated, Run, audio_key, finish_batch, subtitles_key
+    from worker.runner import Narrated, Run, finish_batch
 
     class Engine:  # the MP3s below are made already
         @staticmethod
