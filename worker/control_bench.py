@@ -590,12 +590,12 @@ def run_phase(meter: Meter, workers: Workers, job_ids: list[str], ttl: int, time
 
 def baseline(meter: Meter, redis_url: str, workers: Workers, n: int, timeout: float) -> tuple[Phase, Phase, int]:
     """The plain Celery task: N sent, then W workers started and the N results fetched; the memory
-    its results take, in bytes."""
+    its results take, in bytes: MEMORY USAGE of each result key, since with few tasks the change in
+    used_memory is smaller than what the workers' comings and goings move it by."""
     from celery.exceptions import TimeoutError as CeleryTimeout
     from celery.result import ResultSet
 
     app = _baseline_app(redis_url)
-    before = meter.memory()
     meter.start()
     sent = [app.send_task(BASELINE_TASK, args=[i, i]) for i in range(n)]
     send = meter.stop("baseline send", "task", n)
@@ -608,7 +608,7 @@ def baseline(meter: Meter, redis_url: str, workers: Workers, n: int, timeout: fl
             raise Unsucceeded(f"{len(waiting)} baseline tasks had no result after {timeout:g}s", waiting) from None
         run = meter.stop("baseline run", "task", n)
     app.close()
-    memory = meter.memory() - before  # the workers and the results' subscriptions gone: what stays
+    memory = sum(meter.redis.memory_usage(f"celery-task-meta-{result.id}") or 0 for result in sent)
     wrong = [f"task {i}: {value!r} instead of {2 * i}" for i, value in enumerate(values) if value != 2 * i]
     if wrong:
         raise Unsucceeded(f"{len(wrong)} of {n} baseline tasks returned a wrong result", wrong)
