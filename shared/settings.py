@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     # whose lease lapses (its worker was killed, or its host vanished) goes back to the queue.
     heartbeat_seconds: float = Field(5, gt=0, le=60)
     lease_seconds: float = Field(20, gt=0, le=600)
-    max_attempts: int = Field(3, ge=1, le=20, description="runs that may end with their worker dying")
+    # A death in a batch does not count: each of its jobs runs alone next, where a death is its own.
+    max_attempts: int = Field(3, ge=1, le=20, description="runs of a job alone that may end with its worker dying")
     worker_stop_grace: float = Field(60, ge=0, description="seconds a stopping worker may finish its batch")
     # How long a worker keeps retrying storage during an outage before it fails the job.
     storage_retry_seconds: float = Field(120, ge=0)

@@ -36,7 +36,7 @@ class Stage(str, Enum):
 
 
 _FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
-_INTS = ("words", "seed", "batch_size", "attempts", "runs")
+_INTS = ("words", "seed", "batch_size", "attempts", "runs", "lone_deaths")
 _BOOLS = ("cached",)
 
 
@@ -78,8 +78,12 @@ class Job:
     # (an anonymous API call: reachable by its id only, never listed).
     owner: str | None = None
     webhook: str | None = None  # POSTed (signed) when the job ends
-    # How many runs were started; a run that ended with its worker dying counts (MAX_ATTEMPTS).
+    # How many runs were started, a handed-back one not counted: more than one means a run died, and
+    # the job then runs alone.
     attempts: int = 0
+    # Runs alone that ended with their worker dying: what MAX_ATTEMPTS counts (a death in a batch may
+    # be any of its photos' doing).
+    lone_deaths: int = 0
     # Runs started, a handed-back one included (attempts does not count those): a job run more
     # than once may have a lost run's files in storage to tidy.
     runs: int = 0

@@ -30,7 +30,7 @@ def _script(redis_client, name: str):
 
 def died_message(attempts: int) -> str:
     return (
-        f"the worker stopped while running this job, {attempts} times (MAX_ATTEMPTS); "
+        f"the worker stopped while running this job alone, {attempts} time(s) (MAX_ATTEMPTS); "
         "the photo may be one the models cannot handle"
     )
 

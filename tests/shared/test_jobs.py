@@ -234,6 +234,21 @@ def test_a_job_out_of_attempts_fails_with_a_clear_error(store):
     assert got.finished_at and store.queued_count() == 0
 
 
+def test_only_deaths_of_a_job_running_alone_count_against_max_attempts(store):
+    now = time.time()
+    for i in range(2):
+        store.create(Job(id=f"j{i}", created_at=now + i))
+    assert store.claim("batch", limit=8, lease_seconds=0.05) == ["j0", "j1"]
+    time.sleep(0.1)
+    assert store.reap(max_attempts=1) == (["j0", "j1"], [])  # either photo may have killed the batch
+    assert store.claim("alone", first="j0", lease_seconds=0.05) == ["j0"]  # a rerun runs alone
+    time.sleep(0.1)
+    assert store.reap(max_attempts=1) == ([], ["j0"])  # its own death: out of attempts
+    got = store.get("j0")
+    assert got.status is JobStatus.FAILED and got.lone_deaths == 1 and "alone, 1 time(s)" in got.error
+    assert store.get("j1").status is JobStatus.QUEUED and store.get("j1").lone_deaths == 0
+
+
 def test_a_job_that_ran_before_runs_alone(store):
     now = time.time()
     for i in range(3):

@@ -1,16 +1,23 @@
 -- running -> queued (at its old place) | failed (out of attempts): every job whose lease lapsed,
 -- its worker having died or vanished from the network. ARGV: max attempts, error for a job out of
--- attempts, ttl, cap. Returns {requeued ids, failed ids}.
+-- attempts, ttl, cap. Returns {requeued ids, failed ids}. Only deaths of the job running alone count
+-- against MAX_ATTEMPTS: when a batch dies, any of its photos may be the cause; each of its jobs then
+-- runs alone (claim.lua), where a death is the job's own.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local requeued, failed = {}, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', 'jobs:running', '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))) do
   local key = 'job:' .. id
-  local s = redis.call('HMGET', key, 'status', 'attempts', 'owner', 'created_at')
+  local s = redis.call('HMGET', key, 'status', 'lone_deaths', 'owner', 'created_at', 'batch_size')
   redis.call('ZREM', 'jobs:running', id)
   if s[1] == 'running' then
     redis.call('HDEL', key, 'worker', 'stage')
-    if (tonumber(s[2] or '0') or 0) >= tonumber(ARGV[1]) then
+    local lone_deaths = tonumber(s[2] or '0') or 0
+    if s[5] == '1' then
+      lone_deaths = lone_deaths + 1
+      redis.call('HSET', key, 'lone_deaths', tostring(lone_deaths))
+    end
+    if lone_deaths >= tonumber(ARGV[1]) then
       redis.call('HSET', key, 'status', 'failed', 'error', ARGV[2], 'finished_at', tostring(now))
       table.insert(failed, id)
     else
