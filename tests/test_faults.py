@@ -177,25 +177,48 @@ def test_a_killed_worker_s_jobs_finish_on_another_within_a_minute(stack):
         worker.kill()
 
 
-def test_a_poison_photo_fails_after_max_attempts_and_spares_its_batch_mates(stack):
-    env = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "2"}
-    stack.env.update(env)
-    supervisor = Supervisor(stack.env, stack.logdir, count=2)
+def test_only_deaths_alone_count_a_poison_photo_fails_and_its_batch_mates_succeed(stack):
+    """MAX_ATTEMPTS=2. One batch: a poison photo, a slow healthy one and two more. The poison kills the
+    batch's worker; then each job runs alone. The poison kills its worker twice alone and fails; the
+    slow one's worker is killed once while it runs alone, and it still succeeds."""
+    stack.env.update({"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "2", "MAX_ATTEMPTS": "2"})
+    poison = post_job(stack.base, 0, filename="__kill_worker__.jpg")[1]["id"]
+    slow = post_job(stack.base, 1, filename="__sleep_4__.jpg")[1]["id"]
+    ids = [slow, *(post_job(stack.base, i)[1]["id"] for i in range(2, 4))]
+    supervisor = Supervisor(stack.env, stack.logdir, count=1)  # started after the submits: one batch of 4
     try:
-        poison = post_job(stack.base, 0, filename="__kill_worker__.jpg")[1]["id"]
-        ids = [post_job(stack.base, i)[1]["id"] for i in range(1, 7)]
+        deadline = time.monotonic() + 120
+        while not ((job := stack.store.get(slow)).status is JobStatus.RUNNING and job.batch_size == 1):
+            assert time.monotonic() < deadline and not job.status.finished, job
+            time.sleep(0.05)
+        supervisor.workers[0].kill()  # the slow job, running alone, loses its worker
         jobs = stack.wait_all([poison, *ids], timeout=150)
     finally:
         supervisor.stop()
     bad = jobs[poison]
     print(
-        f"\npoison photo: failed after {bad.attempts} attempts, {supervisor.deaths} worker deaths, "
-        f"{bad.finished_at - bad.created_at:.1f}s after it was submitted"
+        f"\npoison photo: failed after {bad.attempts} runs ({bad.lone_deaths} alone), {supervisor.deaths} worker "
+        f"deaths, {bad.finished_at - bad.created_at:.1f}s after it was submitted"
     )
-    assert bad.status is JobStatus.FAILED and bad.attempts == 3 and "worker stopped" in bad.error
-    assert supervisor.deaths == 3
-    assert all(jobs[job_id].status is JobStatus.SUCCEEDED for job_id in ids)
+    assert bad.status is JobStatus.FAILED and bad.lone_deaths == 2 and bad.attempts == 3, bad
+    assert "alone, 2 time(s)" in bad.error
+    assert supervisor.deaths == 4  # the batch, the poison alone twice, the slow job alone once
+    assert all(jobs[job_id].status is JobStatus.SUCCEEDED for job_id in ids), {j: jobs[j].error for j in ids}
+    assert jobs[slow].attempts == 3 and jobs[slow].lone_deaths == 1
+    assert all(jobs[job_id].attempts == 2 and jobs[job_id].batch_size == 1 for job_id in ids[1:])
     stack.one_mp3_each({job_id: jobs[job_id] for job_id in ids})
+
+
+def test_a_worker_whose_heartbeat_thread_dies_exits_and_its_job_is_reaped(stack):
+    stack.env.update({"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "2"})
+    a = stack.worker("a")
+    job_id = post_job(stack.base, 0, filename="__stop_heartbeat____sleep_3__.jpg")[1]["id"]
+    assert a.proc.wait(timeout=60) == 70  # EXIT_HEARTBEAT_STOPPED, with the job still held
+    assert "heartbeat thread died" in a.log.read_text()
+    b = stack.worker("b")
+    job = stack.wait_all([job_id], timeout=60)[job_id]
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 2 and b.pid != a.pid
+    b.kill()
 
 
 def test_sigterm_finishes_the_batch_within_the_grace_period(stack):

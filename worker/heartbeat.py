@@ -8,6 +8,10 @@ Every HEARTBEAT_SECONDS it
   MAX_ATTEMPTS; every queued job whose wake-up was lost (Redis restarted, a worker died holding
   it) gets a new one.
 
+A heartbeat that stops (its thread died, or a round has hung for a lease) cannot keep leases: the
+worker then exits (code 70) rather than take jobs it cannot hold, so the other workers reap its jobs
+and a supervisor starts it again.
+
 On SIGTERM (`stop`) the worker takes no new jobs; a batch still held after WORKER_STOP_GRACE
 (running, or finishing in the background) is handed back to the queue at once and the process exits.
 """
@@ -31,6 +35,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 REAPER_LOCK = "jobs:reaper"
 WAKE_BATCH = 64  # wake-ups the reaper sends for lost messages per round, at most
+EXIT_HEARTBEAT_STOPPED = 70  # EX_SOFTWARE
 
 
 def worker_id() -> str:
@@ -54,6 +59,7 @@ class Heartbeat:
         self._held: dict[str, list[str]] = {}  # claimant -> job ids
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._round_started = time.monotonic()
 
     def new_claimant(self) -> str:
         # One per batch: a late write of an earlier run of this worker cannot pass for this one.
@@ -63,6 +69,24 @@ class Heartbeat:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()
+
+    def may_take_jobs(self) -> bool:
+        """False once stopping. A started heartbeat that is no longer beating ends the process here,
+        before a claim: the jobs would be claimed with leases nobody renews."""
+        if self.stopping:
+            return False
+        thread = self._thread
+        if thread is not None and self.state != "stopped":
+            if not thread.is_alive():
+                self._exit("the heartbeat thread died")
+            if time.monotonic() - self._round_started > self.settings.lease_seconds:
+                self._exit(f"no heartbeat for over LEASE_SECONDS ({self.settings.lease_seconds:g}s)")
+        return True
+
+    def _exit(self, why: str) -> None:
+        log.critical("%s: this worker can no longer keep its jobs' leases; exiting so they are reaped", why)
+        logging.shutdown()
+        os._exit(EXIT_HEARTBEAT_STOPPED)
 
     def hold(self, claimant: str, job_ids: list[str]) -> None:
         """Keep the leases of a batch alive until `release`: its GPU stages and its finishing, which
@@ -145,15 +169,19 @@ class Heartbeat:
         self._quietly(workers.retire, self.store.redis, self.worker)
 
     def _run(self) -> None:
-        while self.state != "stopped":
-            started = time.monotonic()
-            try:
-                self.beat()
-            except RedisError as exc:  # Redis restarting: the next beat tries again
-                log.warning("heartbeat: Redis unavailable (%s)", exc)
-            except Exception:  # never let the heartbeat die: leases would lapse under a live worker
-                log.exception("heartbeat failed")
-            time.sleep(max(0.0, self.settings.heartbeat_seconds - (time.monotonic() - started)))
+        try:
+            while self.state != "stopped":
+                started = self._round_started = time.monotonic()
+                try:
+                    self.beat()
+                except RedisError as exc:  # Redis restarting: the next beat tries again
+                    log.warning("heartbeat: Redis unavailable (%s)", exc)
+                except Exception:  # an error in one round must not end the heartbeat
+                    log.exception("heartbeat failed")
+                time.sleep(max(0.0, self.settings.heartbeat_seconds - (time.monotonic() - started)))
+        finally:
+            if self.state != "stopped":  # something no round catches ended the thread
+                self._exit("the heartbeat thread died")
 
     @staticmethod
     def _quietly(action, *args):

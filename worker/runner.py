@@ -85,7 +85,7 @@ def run_wakeup(
     here, unless `encode_in_background`): then the jobs still finishing show "finishing" in the
     answer. Every job that ends is counted (metrics) and passed to `notify` (its webhook) once, when
     it ends. The heartbeat holds the batch's leases until it is finished."""
-    if heartbeat.stopping:
+    if not heartbeat.may_take_jobs():
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
     # WORKER_BATCH_SIZE, or unset, the engine's default for its device (128 on a GPU, 8 on a CPU).
