@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
-from flask import Flask
+from flask import Flask, request
 from flask.helpers import get_debug_flag
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -25,6 +25,8 @@ from web.services import Services
 
 # Room for multipart framing and the small form fields next to a photo of exactly MAX_UPLOAD_MB.
 FORM_OVERHEAD = 64 * 1024
+# Blueprints whose answers do not depend on who asks (static files have no blueprint).
+SAME_FOR_EVERYONE = frozenset({"static", "health", "openapi", "metrics", "styles_api"})
 SESSION_DAYS = 30  # a browser keeps its session (and so its list of stories) this long after its last visit
 
 NO_SECRET_KEY = (
@@ -58,6 +60,9 @@ def secret_key(settings: Settings, app: Flask) -> str:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
+    # `/jobs//x` would otherwise get a redirect to the merged path built from the Host header,
+    # which any client sets: no answer names a host the request chose.
+    app.url_map.merge_slashes = False
     app.config.update(
         MAX_UPLOAD_MB=settings.max_upload_mb,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + FORM_OVERHEAD,  # werkzeug stops reading past it
@@ -111,8 +116,14 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers.setdefault(
                 "Content-Security-Policy",
                 "default-src 'self'; media-src 'self' https: http:; img-src 'self' data:; "
-                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
             )
+        if (request.blueprint or "static") not in SAME_FOR_EVERYONE:
+            # What the caller's key or session may see: no shared cache keeps it, and no browser
+            # cache hands one caller's answer to another (answers that set their own stay cacheable,
+            # privately: audio, photos, subtitles).
+            response.headers.setdefault("Cache-Control", "private, no-store")
+            response.vary.update(("Authorization", "Cookie"))
         return response
 
     return app
