@@ -1,20 +1,23 @@
 """`Idempotency-Key` on POST /api/v1/jobs: a retried submission returns the job the first one made.
 
-The key (1-255 printable ASCII characters, compared as sent) is reserved in Redis before anything
-is stored, with one atomic SET NX, so of any number of concurrent requests with one key exactly
-one creates the job. The reservation, `idempotency:<sha256 of the key>`, holds the request's
-fingerprint and the id the job will get, and goes through two states:
+The key (1-255 printable ASCII characters, compared as sent) belongs to the caller: two owners (API
+keys; ownerless calls share one scope) may use the same key, each for their own job. It is reserved
+in Redis before anything is stored, with one atomic SET NX, so of any number of concurrent requests
+with one key exactly one creates the job. The reservation, `idempotency:<sha256 of owner and key>`,
+holds the request's fingerprint and the id the job will get, and goes through two states:
 
-- pending: the job is being created. The reservation lives PENDING_TTL seconds, so one left
-  behind by a process that died mid-request frees the key by itself. Requests that find it wait
-  up to WAIT_SECONDS for it to be settled (409 `idempotency_key_in_use` if it is not).
+- pending: the job is being created. The reservation lives PENDING_TTL seconds and the request
+  renews it while it works, so one left behind by a process that died mid-request frees the key
+  within PENDING_TTL. Requests that find it wait up to WAIT_SECONDS for it to be settled (409
+  `idempotency_key_in_use` if it is not).
 - done: the job was created and queued; the reservation now lives 24 hours (never longer than
   job records live) and every later request with the key gets that job back.
 
 A request that fails (bad input, storage, Redis or the queue down) deletes its pending reservation,
 so the key is not burned: a waiting duplicate or a later retry creates the job instead. Waiters
 wait for `done`, not for the job record, because a record can still be removed when enqueueing
-fails. The same key with another photo, `words` or `seed` is a 422 `idempotency_key_reused`.
+fails. The same key with another photo, `words` or `seed` is a 422 `idempotency_key_reused`, whose
+message says no more than that (nothing about which request used the key, or how).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 
 from flask import current_app
@@ -34,7 +38,9 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, space included
 TTL_SECONDS = 24 * 3600  # how long a key names its job
-PENDING_TTL = 120  # longer than creating a job can take (an S3 upload's retries included)
+PENDING_TTL = 10  # what a request that died leaves the key reserved for, at most
+RENEW_EVERY = PENDING_TTL / 3  # a living request renews its reservation (an S3 upload may retry for longer)
+REUSED_MESSAGE = f"This {HEADER} was already used for a different request; choose another key."
 WAIT_SECONDS = 5.0  # how long a duplicate waits for the first request to settle
 POLL_FIRST, POLL_MAX = 0.02, 0.2
 
@@ -42,6 +48,12 @@ POLL_FIRST, POLL_MAX = 0.02, 0.2
 # request never frees a reservation that has passed to another request meanwhile.
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] the reservation. ARGV[1] the value it must still hold, ARGV[2] the TTL in ms. 1: renewed.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -58,13 +70,10 @@ return 0
 """
 
 
-def redis_key(idempotency_key: str) -> str:
-    """Where a key's reservation lives: the one place that decides a key's scope.
-
-    Keys are global for now. Once requests carry an owner (an API key), mix the owner's id into
-    the hash here, so that two clients choosing the same key never see each other's jobs.
-    """
-    return "idempotency:" + hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()
+def redis_key(idempotency_key: str, owner: str | None = None) -> str:
+    """Where a key's reservation lives: the one place that decides a key's scope, the owner's."""
+    scope = (owner or "") + "\n"  # no owner id holds a newline
+    return "idempotency:" + hashlib.sha256((scope + idempotency_key).encode("ascii")).hexdigest()
 
 
 def fingerprint(
@@ -96,10 +105,11 @@ class IdempotentSubmit:
 
     def __init__(self, key: str):
         self.key = key
-        self.redis_key = redis_key(key)
+        self.redis_key = redis_key(key)  # until reserve() knows the owner
         self.replayed = False
         self._pending: str | None = None  # our reservation's value while we hold it
         self._done: str | None = None
+        self._settled = threading.Event()
 
     @classmethod
     def from_headers(cls, headers: Headers) -> IdempotentSubmit | None:
@@ -121,8 +131,10 @@ class IdempotentSubmit:
         job_id: str,
         webhook: str | None = None,
         style: str | None = None,
+        owner: str | None = None,
     ) -> Job | None:
-        """Reserve the key for `job_id`, or return the job another request made with it."""
+        """Reserve the owner's key for `job_id`, or return the job another request made with it."""
+        self.redis_key = redis_key(self.key, owner)
         fp = fingerprint(image, words, seed, webhook, style)
         pending = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "pending"})
         deadline = time.monotonic() + WAIT_SECONDS
@@ -133,6 +145,7 @@ class IdempotentSubmit:
             if redis_client.set(self.redis_key, pending, nx=True, ex=PENDING_TTL):
                 self._pending = pending
                 self._done = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "done"})
+                threading.Thread(target=self._renew, args=(redis_client, pending), daemon=True).start()
                 return None
             raw = redis_client.get(self.redis_key)
             if raw is None:
@@ -144,11 +157,7 @@ class IdempotentSubmit:
                 self._free(redis_client, raw)
                 continue
             if held_fp != fp:
-                raise AppError(
-                    422,
-                    "idempotency_key_reused",
-                    f"This {HEADER} was used with a different photo or parameters (words, seed, webhook).",
-                )
+                raise AppError(422, "idempotency_key_reused", REUSED_MESSAGE)
             if state == "done":
                 job = jobs.get(held_job)
                 if job is not None:
@@ -178,6 +187,7 @@ class IdempotentSubmit:
         except Exception as exc:
             current_app.logger.warning("could not settle idempotency key %s: %s", self.redis_key, exc)
         self._pending = None
+        self._settled.set()
 
     def release(self, redis_client) -> None:
         """Creating the job failed: free the key for a retry. Best effort (the original error is the
@@ -189,6 +199,18 @@ class IdempotentSubmit:
         except Exception as exc:
             current_app.logger.warning("could not release idempotency key %s: %s", self.redis_key, exc)
         self._pending = None
+        self._settled.set()
+
+    def _renew(self, redis_client, pending: str) -> None:
+        """Keep our pending reservation while this request works on it (its own thread, a greenlet
+        under gevent): if the process dies, the renewals stop and the key frees within PENDING_TTL."""
+        renew = redis_client.register_script(_RENEW_LUA)
+        while not self._settled.wait(RENEW_EVERY):
+            try:
+                if renew(keys=[self.redis_key], args=[pending, int(PENDING_TTL * 1000)]) != 1:
+                    return  # no longer ours
+            except Exception:  # Redis away: the request meets that itself; keep trying while it runs
+                continue
 
     @staticmethod
     def _in_use() -> AppError:

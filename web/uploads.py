@@ -11,7 +11,6 @@ import re
 import sys
 import threading
 import unicodedata
-from typing import TYPE_CHECKING
 
 import redis
 from flask import current_app, request
@@ -24,12 +23,10 @@ from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, notify_finished, webhook_for_submit
 from web.errors import AppError
+from web.idempotency import REUSED_MESSAGE, IdempotentSubmit
 from web.metrics import note_rejection
 from web.services import services
 from web.styles_api import job_style
-
-if TYPE_CHECKING:  # web.idempotency is the API's; only its type is named here
-    from web.idempotency import IdempotentSubmit
 
 WORDS_MIN, WORDS_MAX = 10, 200
 SEED_MAX = 2**32 - 1  # what torch/numpy seeding accepts everywhere
@@ -200,13 +197,11 @@ def create_job(
         raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key
         earlier = idempotency.reserve(
-            svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook, style=job.style
+            svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook, style=job.style, owner=owner
         )
         if earlier is not None:
-            if earlier.owner != owner:  # never hand one owner's job to another
-                raise AppError(
-                    422, "idempotency_key_reused", "This Idempotency-Key was used by another client; choose another."
-                )
+            if earlier.owner != owner:  # keys are per owner; a reservation from before that was not
+                raise AppError(422, "idempotency_key_reused", REUSED_MESSAGE)
             return earlier
     job.input_key = files.input_key(job.id)
     try:

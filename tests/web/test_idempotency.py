@@ -62,8 +62,9 @@ def photo(color="teal") -> bytes:
     return buf.getvalue()
 
 
-def post(base: str, key=None, image: bytes | None = None, filename="p.png", **fields) -> Reply:
-    """A multipart submission; `key` is sent as given (str as latin-1, bytes raw), None sends none."""
+def post(base: str, key=None, image: bytes | None = None, filename="p.png", token=None, **fields) -> Reply:
+    """A multipart submission; `key` is sent as given (str as latin-1, bytes raw), None sends none;
+    `token`: an API key to send."""
     boundary = uuid.uuid4().hex
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
@@ -83,6 +84,8 @@ def post(base: str, key=None, image: bytes | None = None, filename="p.png", **fi
         conn.putheader("Content-Length", str(len(body)))
         if key is not None:
             conn.putheader("Idempotency-Key", key)
+        if token is not None:
+            conn.putheader("Authorization", f"Bearer {token}")
         conn.endheaders(body)
         response = conn.getresponse()
         return Reply(response.status, response.headers, json.loads(response.read()))
@@ -199,7 +202,7 @@ def test_the_reservation_lives_24_hours_and_hides_the_key(server, r, monkeypatch
     app, base = server
     post(base, "ttl-key")
     assert not [k for k in r.keys("*") if b"ttl-key" in k]
-    key = "idempotency:" + hashlib.sha256(b"ttl-key").hexdigest()
+    key = "idempotency:" + hashlib.sha256(b"\nttl-key").hexdigest()  # an ownerless call: the empty owner
     assert redis_key("ttl-key") == key
     assert 24 * 3600 - 10 < r.ttl(key) <= 24 * 3600
     stored = json.loads(r.get(key))
@@ -369,3 +372,47 @@ def test_the_style_is_part_of_the_request():
         len({plain, fingerprint(b"photo", 30, 7, style="bedtime"), fingerprint(b"photo", 30, 7, style="adventure")})
         == 3
     )
+
+
+@LOCAL
+def test_keys_belong_to_their_owner(server, r):
+    from web.auth import create_key
+
+    app, base = server
+    alice, bob = create_key(r, "alice"), create_key(r, "bob")
+    first = post(base, "shared-key", token=alice)
+    other = post(base, "shared-key", token=bob, image=photo("navy"))  # another photo: no conflict across owners
+    assert first.status == 202 and other.status == 202 and first.body["id"] != other.body["id"]
+    assert post(base, "shared-key", token=alice).body["id"] == first.body["id"]  # each owner's replay is its own
+    replay = post(base, "shared-key", token=bob, image=photo("navy"))
+    assert replay.status == 200 and replay.body["id"] == other.body["id"]
+    reused = post(base, "shared-key", token=alice, words="40")
+    assert_error(reused, 422, "idempotency_key_reused")
+    assert reused.body["error"]["message"] == idempotency.REUSED_MESSAGE  # says nothing about the other request
+
+
+@LOCAL
+def test_a_living_request_keeps_its_reservation_past_pending_ttl(server, r, monkeypatch):
+    app, base = server
+    monkeypatch.setattr(idempotency, "PENDING_TTL", 1)
+    monkeypatch.setattr(idempotency, "RENEW_EVERY", 0.2)
+    storage = app.extensions["narrator"].storage
+    real_put = storage.put
+
+    def slow_put(*args, **kwargs):  # storage slower than the reservation lives without renewals
+        time.sleep(2.5)
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "put", slow_put)
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(post, base, "slow")
+        time.sleep(1.8)
+        held = r.get(redis_key("slow"))
+        assert held is not None and json.loads(held)["state"] == "pending"
+        assert 0 < r.pttl(redis_key("slow")) <= 1000
+        assert reply.result().status == 202
+    assert json.loads(r.get(redis_key("slow")))["state"] == "done"
+
+
+def test_a_dead_request_s_reservation_frees_within_ten_seconds():
+    assert idempotency.PENDING_TTL <= 10 and idempotency.RENEW_EVERY < idempotency.PENDING_TTL / 2
