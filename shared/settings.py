@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     submit_rate_limit: str = "2/second;60/minute"  # per key, else per session, else per client address
     read_rate_limit: str = "20/second"
+    # Every submit without an API key from one client address (an IPv6 client's /64) also counts
+    # here: a fresh session per post (or none) cannot get around the per-owner limits.
+    submit_address_rate_limit: str = "5/second;200/minute"
     max_queued_per_owner: int = Field(1000, ge=1)
     # Absolute URLs (audio_url, Location) come from here, or from a trusted proxy (PROXY_HOPS), never
     # from a raw Host header.

@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32  # signs session cookies (SECRET_KEY is required)
 GENEROUS_RATE_LIMIT = "10000/second"
+# Every test submits from 127.0.0.1, most of them faster than a person: the per-address limit (on top
+# of the per-owner ones, which service_env sets) is generous for every app and worker the tests start,
+# unless a test sets its own (tests/web/test_rate_limits.py).
+os.environ["SUBMIT_ADDRESS_RATE_LIMIT"] = GENEROUS_RATE_LIMIT
 
 
 def requires_tool(found: bool, name: str):

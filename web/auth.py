@@ -20,6 +20,7 @@ Redis layout: `apikey:<sha256 hex of the key>` -> name, and the hash `apikeys`: 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -134,6 +135,21 @@ def _bearer_owner() -> str | None:
     if name is None:
         raise _Unauthorized("invalid_api_key", "The API key is not valid (wrong, or revoked).")
     return f"key:{name}"
+
+
+def client_network() -> str:
+    """Whom an anonymous request counts as: its client's address (the proxy's client with
+    PROXY_HOPS), an IPv6 client by its /64, which one host can hold whole. "addr:..."."""
+    raw = request.remote_addr or "unknown"
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return f"addr:{raw}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+            return f"addr:{address.ipv4_mapped}"
+        return f"addr:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"addr:{address}"
 
 
 def session_id() -> str | None:

@@ -7,7 +7,12 @@
   together;
 
 each counted per API key, else per browser session, else per client address (the proxy's client
-with PROXY_HOPS, which ProxyFix applies). Over a limit: 429 `rate_limited` with Retry-After, the
+with PROXY_HOPS, which ProxyFix applies; an IPv6 client by its /64);
+- SUBMIT_ADDRESS_RATE_LIMIT (default "5/second;200/minute"): every submission without an API key
+  also counts per client address, so a new session per form post (or no cookie) gets no fresh
+  allowance. Keys are the operator's to hand out (`keys create`): several behind one address each
+  keep their own budget.
+ Over a limit: 429 `rate_limited` with Retry-After, the
 seconds to the end of the window. /healthz, /readyz, the pages' GETs and static files are never
 limited. MAX_QUEUED_PER_OWNER (checked in web/uploads.py): 429 `too_many_queued`.
 
@@ -28,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from flask import Flask, request
+from flask import Flask
 
-from web.auth import current_owner
+from web.auth import client_network, current_owner
 from web.errors import AppError
 
 SUBMIT_ENDPOINTS = ("api.submit", "pages.submit")
@@ -89,18 +94,18 @@ class RateLimiter:
     def key(self, scope: str, who: str, rate: Rate, number: int) -> str:
         return f"{self.prefix}:{scope}:{who}:{rate.amount}/{rate.window}:{number}"
 
-    def hit(self, scope: str, who: str, charges: list[tuple[Rate, int]]) -> tuple[Rate, int] | None:
-        """Count each (rate, cost); None if all hold, else the broken limit whose window ends last
-        (retrying before then would only be refused again) and the seconds until it ends.
+    def hit(self, charges: list[tuple[str, str, Rate, int]]) -> tuple[Rate, int] | None:
+        """Count each (scope, who, rate, cost); None if all hold, else the broken limit whose window
+        ends last (retrying before then would only be refused again) and the seconds until it ends.
         Redis errors propagate: web/errors.py answers them with 503 `redis_unavailable`."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
-        for rate, cost in charges:
+        for scope, who, rate, cost in charges:
             key = self.key(scope, who, rate, int(now // rate.window))
             pipe.incrby(key, cost)
             pipe.expire(key, rate.window, nx=True)  # outlives its window, which ends within that
         counts = pipe.execute()[::2]
-        broken = [rate for (rate, _), count in zip(charges, counts, strict=True) if count > rate.amount]
+        broken = [rate for (_, _, rate, _), count in zip(charges, counts, strict=True) if count > rate.amount]
         if not broken:
             return None
         rate = max(broken, key=lambda rate: rate.window_end(now))
@@ -124,20 +129,30 @@ def form_photo_count() -> int:
 
 
 def rate_limit_key() -> str:
-    """Whom a request counts against: its owner (key or session), else its client address."""
-    return current_owner() or f"addr:{request.remote_addr or 'unknown'}"
+    """Whom a request counts against: its owner (key or session), else its client network."""
+    return current_owner() or client_network()
 
 
-def _limited(view, limiter: RateLimiter, scope: str, rates: list[Rate], per_photo: Sequence[Rate] = ()):
+def _limited(
+    view,
+    limiter: RateLimiter,
+    scope: str,
+    rates: list[Rate],
+    per_photo: Sequence[Rate] = (),
+    per_address: Sequence[Rate] = (),
+):
     # Wrapping the view (not a before_request hook) keeps the order requests always had: the key
     # check, then the pages' origin check, and only then the count.
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        charges = [(rate, 1) for rate in rates]
+        who = rate_limit_key()
+        charges = [(scope, who, rate, 1) for rate in rates]
         if per_photo:
             photos = form_photo_count()
-            charges += [(rate, photos) for rate in per_photo]
-        broken = limiter.hit(scope, rate_limit_key(), charges)
+            charges += [(scope, who, rate, photos) for rate in per_photo]
+        if not who.startswith("key:"):
+            charges += [(f"{scope}-address", client_network(), rate, 1) for rate in per_address]
+        broken = limiter.hit(charges)
         if broken is not None:
             rate, retry_after = broken
             raise AppError(
@@ -158,13 +173,18 @@ def init_limits(app: Flask, settings, redis_client: redis.Redis) -> RateLimiter:
     for name, value in (
         ("SUBMIT_RATE_LIMIT", settings.submit_rate_limit),
         ("READ_RATE_LIMIT", settings.read_rate_limit),
+        ("SUBMIT_ADDRESS_RATE_LIMIT", settings.submit_address_rate_limit),
     ):
         try:
             parsed[name] = parse_limits(value)
         except ValueError:
             raise RuntimeError(f"{name}={value!r} is not a rate limit such as '2/second;60/minute'") from None
     limiter = RateLimiter(redis_client)
-    submit, read = parsed["SUBMIT_RATE_LIMIT"], parsed["READ_RATE_LIMIT"]
+    submit, read, by_address = (
+        parsed["SUBMIT_RATE_LIMIT"],
+        parsed["READ_RATE_LIMIT"],
+        parsed["SUBMIT_ADDRESS_RATE_LIMIT"],
+    )
     for endpoint in READ_ENDPOINTS:
         app.view_functions[endpoint] = _limited(app.view_functions[endpoint], limiter, "read", read)
     for endpoint in SUBMIT_ENDPOINTS:
@@ -174,7 +194,7 @@ def init_limits(app: Flask, settings, redis_client: redis.Redis) -> RateLimiter:
             # of a minute or more (fair: a photo is a job), and one per post in the shorter ones (a
             # 20-photo album counted per photo would never pass the default 2/second).
             per_post, per_photo = split_by_window(submit)
-            app.view_functions[endpoint] = _limited(view, limiter, "submit", per_post, per_photo)
+            app.view_functions[endpoint] = _limited(view, limiter, "submit", per_post, per_photo, by_address)
         else:
-            app.view_functions[endpoint] = _limited(view, limiter, "submit", submit)
+            app.view_functions[endpoint] = _limited(view, limiter, "submit", submit, per_address=by_address)
     return limiter

@@ -22,6 +22,7 @@ from shared.images import ImageError, check_image
 from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, notify_finished, webhook_for_submit
+from web.auth import client_network
 from web.errors import AppError
 from web.idempotency import REUSED_MESSAGE, IdempotentSubmit
 from web.metrics import note_rejection
@@ -165,7 +166,7 @@ def create_job_from_request(idempotency: IdempotentSubmit | None = None, owner: 
     request's job back (and `idempotency.replayed`)."""
     svc = services()
     check_request_size()
-    check_queued(svc, owner)
+    check_queued(svc, owner or client_network())
     data, filename = read_image_field(svc.settings.max_upload_bytes)
     return create_job(data, filename, owner, idempotency)
 
@@ -189,6 +190,8 @@ def create_job(
     job = Job(
         id=new_job_id(), words=words, seed=seed, style=style, content_type=content_type, filename=filename, owner=owner
     )
+    if owner is None:  # an ownerless job takes its client network's turns, not a turn of its own
+        job.lane = client_network()
     if result_cache.applies(settings, seed):  # what the result cache's key is made of
         job.image_sha256 = result_cache.image_digest(data)
     try:  # POSTed, signed, when the job ends (shared/webhooks.py); its host is resolved and checked
@@ -251,11 +254,9 @@ def ensure_replicated(svc, job: Job) -> None:
     raise AppError(503, "redis_unavailable", "The job store could not copy the job to a replica; try again shortly.")
 
 
-def check_queued(svc, owner: str | None) -> None:
-    """MAX_QUEUED_PER_OWNER, before the body is read. Concurrent submits may pass it together, so
-    it is a bound of about that many; ownerless submits are bounded by the rate limits alone."""
-    if owner is None:
-        return
+def check_queued(svc, owner: str) -> None:
+    """MAX_QUEUED_PER_OWNER, before the body is read, for an owner or (ownerless) a client network.
+    Concurrent submits may pass it together, so it is a bound of about that many."""
     most = svc.settings.max_queued_per_owner
     if svc.jobs.queued_count(owner) >= most:
         raise AppError(

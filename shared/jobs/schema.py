@@ -77,6 +77,9 @@ class Job:
     # Who may see the job: "key:<name>" (an API key), "session:<id>" (a browser session), or None
     # (an anonymous API call: reachable by its id only, never listed).
     owner: str | None = None
+    # An ownerless job's place in the round-robin and in MAX_QUEUED_PER_OWNER: its client's network
+    # ("addr:<IPv4>" or "addr:<IPv6 /64>"), so one address cannot take many turns. None: the owner's.
+    lane: str | None = None
     webhook: str | None = None  # POSTed (signed) when the job ends
     # How many runs were started, a handed-back one not counted: more than one means a run died, and
     # the job then runs alone.
@@ -94,6 +97,11 @@ class Job:
     # in jobs:running, on Redis's clock), and how many jobs shared its batch.
     worker: str | None = None
     batch_size: int | None = None
+
+    @property
+    def queue_owner(self) -> str:
+        """Whose queue the job waits in (queues.lua's owner_name)."""
+        return self.lane or self.owner or "-"
 
     def to_dict(self) -> dict:
         """JSON-ready: enum values as strings, timestamps as ISO 8601 UTC."""

@@ -77,6 +77,7 @@ class JobStore:
 
     @staticmethod
     def owner_queue(owner: str | None) -> str:
+        """A queue of the round-robin: an owner's, or a lane's (Job.queue_owner)."""
         return f"jobs:queued:{owner or '-'}"
 
     def __init__(self, redis_client, ttl_seconds: int):
@@ -104,10 +105,11 @@ class JobStore:
         pipe.zadd(self.INDEX, {job.id: job.created_at})
         if job.owner:
             pipe.zadd(self.owner_index(job.owner), {job.id: job.created_at})
+            pipe.expire(self.owner_index(job.owner), 2 * self.ttl)  # an owner gone quiet leaves no index
         if job.status == JobStatus.QUEUED:
             pipe.zadd(self.QUEUED, {job.id: job.created_at})
-            pipe.zadd(self.owner_queue(job.owner), {job.id: job.created_at})
-            pipe.zadd(self.OWNERS, {job.owner or "-": 0}, nx=True)
+            pipe.zadd(self.owner_queue(job.queue_owner), {job.id: job.created_at})
+            pipe.zadd(self.OWNERS, {job.queue_owner: 0}, nx=True)
         pipe.execute()
         return job
 
@@ -129,7 +131,7 @@ class JobStore:
         pipe.delete(self.key(job_id))
         indexes = [self.INDEX, self.QUEUED, self.RUNNING]
         if job is not None:
-            indexes.append(self.owner_queue(job.owner))
+            indexes.append(self.owner_queue(job.queue_owner))
             if job.owner:
                 indexes.append(self.owner_index(job.owner))
         for index in indexes:
@@ -137,7 +139,7 @@ class JobStore:
         pipe.execute()
 
     def queued_count(self, owner: str | None = None) -> int:
-        """All queued jobs, or one owner's."""
+        """All queued jobs, or one owner's (or lane's)."""
         return int(self.redis.zcard(self.owner_queue(owner) if owner else self.QUEUED))
 
     def queued_ids(self, limit: int) -> list[str]:

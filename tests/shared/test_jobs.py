@@ -383,3 +383,13 @@ def test_a_claim_costs_the_same_whatever_the_number_of_owners_waiting(store, cli
 
     few, many = claim_cost(4), claim_cost(2000)
     assert many == few, (few, many)
+
+
+def test_an_owner_s_index_expires_with_its_last_job_and_lanes_share_a_queue(store, client):
+    make(store, owner="session:gone-quiet")
+    assert 0 < client.ttl(JobStore.owner_index("session:gone-quiet")) <= 2 * TTL
+    a, b = make(store, lane="addr:203.0.113.9"), make(store, lane="addr:203.0.113.9")
+    assert store.queued_count("addr:203.0.113.9") == 2 and a.owner is None
+    assert client.zrange(JobStore.OWNERS, 0, -1).count(b"addr:203.0.113.9") == 1  # one lane, one turn
+    claimed = store.claim("w", limit=8)
+    assert {a.id, b.id} <= set(claimed) and store.queued_count("addr:203.0.113.9") == 0

@@ -59,6 +59,7 @@ def default_limits(service_env, request):
     """The web server with the default limits (conftest gives the other tests generous ones)."""
     for name in ("SUBMIT_RATE_LIMIT", "READ_RATE_LIMIT", "MAX_QUEUED_PER_OWNER"):
         service_env.pop(name, None)
+    service_env["SUBMIT_ADDRESS_RATE_LIMIT"] = Settings.model_fields["submit_address_rate_limit"].default
     assert Settings.model_fields["submit_rate_limit"].default == "2/second;60/minute"
     assert Settings.model_fields["read_rate_limit"].default == "20/second"
     return request.getfixturevalue("web_server")
@@ -227,3 +228,68 @@ def test_too_many_queued(capped, service_env):
         )
         assert response.status_code == expected
     assert "jobs waiting" in response.text and 'role="alert"' in response.text
+
+
+@pytest.fixture
+def three_a_second_per_address(service_env, request):
+    service_env["SUBMIT_ADDRESS_RATE_LIMIT"] = "3/second"  # the per-owner limits stay generous
+    return request.getfixturevalue("web_server")
+
+
+def form_post(base: str, cookie: str | None = None) -> requests.Response:
+    return requests.post(
+        f"{base}/jobs",
+        files={"image": ("p.png", PHOTO, "image/png")},
+        headers={"Origin": base, **({"Cookie": f"narrator_session={cookie}"} if cookie else {})},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+def posts_in_one_window(base: str, cookies: list) -> list[int]:
+    time.sleep(1 - time.time() % 1 + 0.01)  # at the start of a one-second window
+    started = time.time()
+    statuses = [form_post(base, cookie).status_code for cookie in cookies]
+    assert int(time.time()) == int(started), "too slow to test a per-second limit"
+    return statuses
+
+
+def test_one_address_is_limited_whatever_session_each_form_post_carries(three_a_second_per_address):
+    app, base = three_a_second_per_address
+    from web.auth import SESSION_FIELD, new_session_id
+
+    # Twelve sessions of their own, as twelve earlier visits would have left them.
+    serializer = app.session_interface.get_signing_serializer(app)
+    sessions = [serializer.dumps({SESSION_FIELD: new_session_id()}) for _ in range(12)]
+    for cookies in (sessions, [None] * 12):
+        statuses = posts_in_one_window(base, cookies)
+        assert set(statuses) <= {303, 429} and statuses.count(429) >= 8, statuses
+    # The API without a key counts against the address too; a key keeps its own budget.
+    assert 429 in [r.status_code for r in burst(base, 5)]
+
+
+def test_ownerless_submits_are_capped_and_take_one_turn_per_address(capped, redis_url):
+    app, base = capped
+    store = app.extensions["narrator"].jobs
+    ids = [submit(base).json()["id"] for _ in range(2)]
+    refused = submit(base)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_queued"
+    assert {store.get(job_id).lane for job_id in ids} == {"addr:127.0.0.1"}
+    assert store.get(ids[0]).owner is None  # still reachable by its id alone, never listed
+    assert [o.decode() for o in redis.Redis.from_url(redis_url).zrange(store.OWNERS, 0, -1)] == ["addr:127.0.0.1"]
+
+
+def test_an_ipv6_client_counts_by_its_slash_64(storage_url):  # storage_url: this module's parametrisation
+    from flask import Flask
+
+    from web.auth import client_network
+
+    app = Flask(__name__)
+    for remote, expected in (
+        ("2001:db8:1:2:aaaa::1", "addr:2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "addr:2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.7", "addr:198.51.100.7"),
+        ("198.51.100.7", "addr:198.51.100.7"),
+    ):
+        with app.test_request_context(environ_base={"REMOTE_ADDR": remote}):
+            assert client_network() == expected

@@ -2,10 +2,10 @@
 -- A run holding the job notices at its next write (its claimant no longer matches) and stops there.
 local id = ARGV[1]
 local key = 'job:' .. id
-local s = redis.call('HMGET', key, 'status', 'owner')
+local s = redis.call('HMGET', key, 'status', 'owner', 'lane')
 if not s[1] then return -1 end
 if s[1] == 'queued' then
-  dequeue(id, owner_name(s[2]))
+  dequeue(id, owner_name(s[2], s[3]))
 elseif s[1] == 'running' then
   redis.call('ZREM', 'jobs:running', id)
 else

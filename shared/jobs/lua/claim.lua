@@ -28,8 +28,8 @@ end
 
 -- 'take', 'gone' (expired or no longer queued: only its queue entry is left) or 'later' (a rerun)
 local function consider(id, o)
-  local s = redis.call('HMGET', 'job:' .. id, 'status', 'attempts', 'owner', 'runs')
-  o = o or owner_name(s[3])
+  local s = redis.call('HMGET', 'job:' .. id, 'status', 'attempts', 'owner', 'runs', 'lane')
+  o = o or owner_name(s[3], s[5])
   if s[1] ~= 'queued' then
     leave(o, id)
     return 'gone'

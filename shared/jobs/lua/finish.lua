@@ -10,7 +10,7 @@ local i = 3
 while i <= #ARGV do
   local id, status, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local key = 'job:' .. id
-  local s = redis.call('HMGET', key, 'status', 'worker', 'owner')
+  local s = redis.call('HMGET', key, 'status', 'worker', 'owner', 'lane')
   local held
   if claimant == '' then
     held = s[1] == 'running' or (s[1] == 'queued' and status == 'failed')
@@ -18,7 +18,7 @@ while i <= #ARGV do
     held = s[2] == claimant
   end
   if held then
-    if s[1] == 'queued' then dequeue(id, owner_name(s[3])) end
+    if s[1] == 'queued' then dequeue(id, owner_name(s[3], s[4])) end
     redis.call('HSET', key, 'status', status, 'finished_at', finished, unpack(ARGV, i + 3, i + 2 + 2 * n))
     if status == 'succeeded' then
       redis.call('HDEL', key, 'worker', 'stage', 'error')

@@ -9,7 +9,10 @@ local function dequeue(id, owner)
   redis.call('ZREM', 'jobs:queued:' .. owner, id)
   if redis.call('ZCARD', 'jobs:queued:' .. owner) == 0 then redis.call('ZREM', 'jobs:owners', owner) end
 end
-local function owner_name(o)
+-- Whose turn a job takes in the round-robin: its lane (an ownerless job's client network), else its
+-- owner, else '-' (records from before lanes).
+local function owner_name(o, lane)
+  if lane and lane ~= '' then return lane end
   if not o or o == '' then return '-' end
   return o
 end

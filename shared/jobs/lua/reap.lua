@@ -8,7 +8,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local requeued, failed = {}, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', 'jobs:running', '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))) do
   local key = 'job:' .. id
-  local s = redis.call('HMGET', key, 'status', 'lone_deaths', 'owner', 'created_at', 'batch_size')
+  local s = redis.call('HMGET', key, 'status', 'lone_deaths', 'owner', 'created_at', 'batch_size', 'lane')
   redis.call('ZREM', 'jobs:running', id)
   if s[1] == 'running' then
     redis.call('HDEL', key, 'worker', 'stage')
@@ -24,7 +24,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', 'jobs:running', '-inf', now, 'LI
       -- what the lost run published is gone with it
       redis.call('HDEL', key, 'started_at', 'caption', 'story', 'timings')
       redis.call('HSET', key, 'status', 'queued')
-      enqueue(id, owner_name(s[3]), s[4] or '0')
+      enqueue(id, owner_name(s[3], s[6]), s[4] or '0')
       table.insert(requeued, id)
     end
     redis.call('EXPIRE', key, tonumber(ARGV[3]))
