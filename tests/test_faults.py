@@ -1,7 +1,7 @@
 """Fault tests with real processes: workers killed (SIGKILL) or stopped (SIGTERM), a poison photo,
 a Redis restart (AOF), a storage outage behind a TCP proxy. Each asserts that nothing is lost, nothing
 runs twice without need, and how long recovery took; the figures are printed (pytest -s) and quoted
-in the README's reliability section."""
+in docs/reliability.md."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ continuously; the master is SIGKILLed mid-run; the Sentinels promote a replica. 
 service must answer 503 only during the switch (never a 500, never a request slower than 5 s), and
 every job it accepted (202) must end `succeeded` with one MP3: the web app waits for a replica to
 have each job before its 202 (WAIT), so a failover cannot lose one. The figures are printed
-(pytest -s) and quoted in the README."""
+(pytest -s) and quoted in docs/deployment.md and docs/reliability.md."""
 
 from __future__ import annotations
 

@@ -18,6 +18,12 @@ from training.dataset import dataset_sha256
 from training.errors import UsageError
 from training.loop import mean_loss, train_steps
 
+BASE_FIXES = (
+    "Fixes: --base a local model folder (`python -m worker.tiny_models --out DIR` builds a tiny one in DIR/story "
+    "for a trial run); or fill the Hugging Face cache (HF_HOME) on a machine with network and run with "
+    "HF_HUB_OFFLINE=1."
+)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -28,19 +34,28 @@ def load_base(args, device, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from worker.engine.devices import quantization_config
+    from worker.engine.hub import ModelLoadError, fixes, load_pretrained
 
     base = Path(args.base).expanduser()
     if args.base.startswith(("/", "./", "../", "~")) and not base.is_dir():
         raise UsageError(f"--base {args.base}: no such model folder")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.base)
-    except (OSError, ValueError) as exc:  # not a folder, not on the hub, or offline without a cache
-        raise UsageError(f"cannot load the base model {args.base!r}: {str(exc).splitlines()[0]}") from None
     qconfig = quantization_config(args.quantize, compute_dtype=dtype)
     kwargs = {"dtype": dtype}
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device.index or 0})
-    model = AutoModelForCausalLM.from_pretrained(args.base, **kwargs)
+
+    def load(local_files_only: bool):
+        tokenizer = AutoTokenizer.from_pretrained(args.base, local_files_only=local_files_only)
+        return tokenizer, AutoModelForCausalLM.from_pretrained(args.base, local_files_only=local_files_only, **kwargs)
+
+    # The worker's loader: a cached hub id loads without the network, and an unreachable hub is one
+    # short probe instead of huggingface_hub's retries (about a minute per file before this).
+    try:
+        tokenizer, model = load_pretrained("--base", args.base, load)
+    except ModelLoadError as exc:  # its fixes are the service's; a trainer's are these
+        raise UsageError(str(exc).replace(fixes("--base"), BASE_FIXES)) from None
+    except (OSError, ValueError) as exc:  # a folder that holds no model, say
+        raise UsageError(f"cannot load the base model {args.base!r}: {str(exc).splitlines()[0]}") from None
     if qconfig is None:
         model.to(device)
     else:
@@ -104,9 +119,6 @@ def peak_memory_mb(device) -> float:
 
 
 def run_training(args, train, evals, device, dtype, duplicates_dropped: int = 0) -> dict:
-    import peft
-    import transformers
-
     seed_everything(args.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -139,6 +151,11 @@ def run_training(args, train, evals, device, dtype, duplicates_dropped: int = 0)
         fp16=dtype == torch.float16,
     )
     seconds = time.perf_counter() - started
+    # Imported only here for their versions: peft imports bitsandbytes, which may log a line about
+    # its optional CPU kernels, and a run that stops at the base model should print only its error.
+    import peft
+    import transformers
+
     report = {
         "base_model": args.base,
         "dataset": str(Path(args.data).resolve()),

@@ -13,9 +13,9 @@ and every client's commands count, so give it a Redis nothing else uses.
 Phases, each measured from CONFIG RESETSTAT to INFO commandstats of that Redis:
 
 1. submit: N jobs POSTed to /api/v1/jobs with an API key (so they have an owner), through the app
-   in this process (Flask's test client), or with --gunicorn through gunicorn as the README runs it
+   in this process (Flask's test client), or with --gunicorn through gunicorn as `make up` runs it
    (`gunicorn -c web/gunicorn_conf.py "web.app:create_app()"`), over HTTP. No worker runs yet.
-2. run: W Celery worker processes, started as the README starts them (`celery worker --pool solo`),
+2. run: W Celery worker processes, started as `make up` starts them (`celery worker --pool solo`),
    drain the queue. Their app is worker.app with the no-op engine in the worker's context
    (`noop_app` below), so wake-ups, claims, heartbeats, progress writes, finishing and webhooks'
    notify are the real ones. ENCODE_IN_BACKGROUND is on, as on GPU workers (--encode-in-background
@@ -211,7 +211,7 @@ def private_redis(workdir: Path) -> Iterator[str]:
 
 @contextmanager
 def gunicorn_web(env: dict[str, str], log: Path) -> Iterator[str]:
-    """The web app as the README runs it; its base URL once it answers."""
+    """The web app as `make up` runs it; its base URL once it answers."""
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web.app:create_app()"]
     with open(log, "wb") as out:

@@ -3,7 +3,7 @@
 One worker process per GPU: on one host each needs its own port (9101, 9102, ...). A worker runs
 in one process (the solo pool), so its own registry is scraped directly; nothing is shared.
 
-The metrics and the queries to watch are in README.md ("Metrics"). narrator_queue_depth and
+The metrics and the queries to watch are in docs/metrics.md. narrator_queue_depth and
 narrator_gpu_memory_bytes are read at scrape time.
 
 Every observation swallows its own errors: a metric must never cost a job.
