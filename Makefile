@@ -34,7 +34,7 @@ redis:
 tiny-models: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m worker.tiny_models --out $(TINY_MODELS_DIR)
 
-## up: web app on PORT and one worker; MODELS=tiny uses the offline tiny models
+## up: web app on PORT, one worker and the webhooks worker; MODELS=tiny uses the offline tiny models
 up: setup redis
 	@MODELS=$(MODELS) TINY_MODELS_DIR=$(TINY_MODELS_DIR) VENV=$(VENV) scripts/up.sh
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the web app (gunicorn on $PORT) and one worker in the foreground; Ctrl-C stops both.
+# Runs the web app (gunicorn on $PORT), one worker and the webhooks worker in the foreground; Ctrl-C
+# stops them all.
 set -euo pipefail
 VENV="${VENV:-.venv}"
 PORT="${PORT:-8000}"
@@ -45,6 +46,7 @@ stop() {
   # The worker's TERM is a warm shutdown (a running job is handed back to the queue); QUIT is
   # gunicorn's quick shutdown, fine for a local server.
   [ -z "${worker:-}" ] || kill -TERM "$worker" 2>/dev/null || true
+  [ -z "${hooks:-}" ] || kill -TERM "$hooks" 2>/dev/null || true
   [ -z "${web:-}" ] || kill -QUIT "$web" 2>/dev/null || true
   for _ in $(seq 100); do
     kill -0 "${pids[@]}" 2>/dev/null || break
@@ -59,14 +61,20 @@ trap stop INT TERM HUP
 "$VENV/bin/celery" -A worker.app worker --pool solo --loglevel INFO &
 worker=$!
 pids+=("$worker")
+# The webhooks worker (shared/webhooks/worker.py): light, no torch; threads, as deliveries mostly
+# wait on the network. Its own node name, beside the worker's celery@host.
+"$VENV/bin/celery" -A shared.webhooks.worker worker -Q webhooks --pool threads --concurrency 4 \
+  --hostname "webhooks@%h" --loglevel INFO &
+hooks=$!
+pids+=("$hooks")
 # Every gunicorn setting lives in web/gunicorn_conf.py (it reads BIND, PORT, WEB_CONCURRENCY).
 "$VENV/bin/gunicorn" -c web/gunicorn_conf.py "web.app:create_app()" &
 web=$!
 pids+=("$web")
 case "$BIND" in 0.0.0.0|::|"[::]") host=127.0.0.1 ;; *) host="$BIND" ;; esac
 case "$host" in *:*) host="[${host#[}" host="${host%]}]" ;; esac
-echo "web: http://$host:$PORT  (Redis: ${REDIS_URL:-redis://127.0.0.1:6379/0}; Ctrl-C stops web and worker)"
-# Either one ending on its own ends both (its error is above); the exit status is that one's.
+echo "web: http://$host:$PORT  (Redis: ${REDIS_URL:-redis://127.0.0.1:6379/0}; Ctrl-C stops web and workers)"
+# Any one ending on its own ends them all (its error is above); the exit status is that one's.
 status=0
 wait -n "${pids[@]}" || status=$?
 trap - INT TERM HUP

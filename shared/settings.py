@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     # Clients may reach the S3 server at another address than the services do (compose: minio:9000
     # inside, localhost:9000 outside); presigned URLs must be signed for the address clients use.
     public_s3_endpoint_url: str | None = None
+    # Every S3 call (shared/storage_s3.py) fails fast when storage hangs (a blackholed address, a
+    # wedged server): a web request must get its 503 within seconds, and the worker's own retries
+    # (STORAGE_RETRY_SECONDS) ride out longer outages. The read timeout bounds each wait for the next
+    # bytes, not a whole transfer, so large objects still move. Worst case per call with the defaults:
+    # 2 attempts x (3 s connect, or a PUT's 1 s wait for "100 Continue" plus a 5 s read) + at most
+    # 1 s backoff, about 13 s. S3_MAX_ATTEMPTS counts the first try: 2 = one retry.
+    s3_connect_timeout: float = Field(3, gt=0)
+    s3_read_timeout: float = Field(5, gt=0)
+    s3_max_attempts: int = Field(2, ge=1)
 
     # Behind a reverse proxy (TLS terminator, load balancer): how many proxies' X-Forwarded-*
     # headers to trust, so absolute URLs (audio_url, Location) use the client's scheme and host.
@@ -76,6 +85,13 @@ class Settings(BaseSettings):
     # Webhooks: POSTed when a job ends, signed per Standard Webhooks
     webhook_secret: str | None = None  # whsec_...: signs the webhooks of ownerless jobs
     webhook_allow_private: bool = False  # allow http:// and private/loopback addresses (tests, intranets)
+    # Delivery (shared/webhooks/delivery.py): attempts per job and event; the first retry's wait,
+    # doubled after each failure; the longest wait, which stays below the Redis broker's one-hour
+    # visibility timeout so a waiting retry is never handed out twice; one attempt's time, connect to answer.
+    webhook_max_attempts: int = Field(12, ge=1, le=50)
+    webhook_retry_seconds: float = Field(5, gt=0)
+    webhook_retry_max_seconds: float = Field(1800, gt=0, le=3000)
+    webhook_timeout: float = Field(10, gt=0, le=60)
 
     # Uploads
     max_upload_mb: float = Field(10, gt=0)

@@ -8,6 +8,7 @@ This module is the one callers import: open_storage() picks the backend, and the
 
 from __future__ import annotations
 
+from shared.settings import Settings
 from shared.storage_base import (  # noqa: F401
     Storage,
     StorageError,
@@ -19,16 +20,17 @@ from shared.storage_local import LocalStorage
 from shared.storage_s3 import S3Storage
 
 
-def open_storage(url: str, public_endpoint_url: str | None = None) -> Storage:
+def open_storage(url: str, public_endpoint_url: str | None = None, settings: Settings | None = None) -> Storage:
     """`s3://bucket/prefix`, `file:///abs/path`, `file://./relative` (or a bare path).
 
-    public_endpoint_url (default: $PUBLIC_S3_ENDPOINT_URL) is where clients reach S3, for presigning.
+    public_endpoint_url (default: $PUBLIC_S3_ENDPOINT_URL) is where clients reach S3, for presigning;
+    `settings` (default: get_settings()) give the S3 client its timeouts (S3_CONNECT_TIMEOUT, ...).
     """
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise StorageError(f"STORAGE_URL {url!r} names no bucket")
-        return S3Storage(bucket, prefix.strip("/"), public_endpoint_url)
+        return S3Storage(bucket, prefix.strip("/"), public_endpoint_url, settings)
     if url.startswith("file://"):
         url = url[len("file://") :]
         if url.startswith("localhost/"):

@@ -6,20 +6,14 @@ import os
 import time
 from contextlib import contextmanager
 
+from shared.settings import Settings, get_settings
 from shared.storage_base import Storage, StorageError, StorageNotFound, StorageUnavailable, check_key
 
 # Server-side conditions worth retrying later rather than reporting as a broken request.
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
 
-# Every call fails fast when storage hangs (a blackholed address, a wedged server): a web request
-# must get its 503 within seconds, and the worker's own retries (STORAGE_RETRY_SECONDS) ride out
-# longer outages. The read timeout bounds each wait for the next bytes, not a whole transfer, so
-# large objects still move. Worst case per call: 2 attempts x (3 s connect, or a PUT's 1 s wait
-# for "100 Continue" plus a 5 s read) + at most 1 s backoff, about 13 s. Override with
-# S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT, S3_MAX_ATTEMPTS.
-CONNECT_TIMEOUT = 3.0
-READ_TIMEOUT = 5.0
-MAX_ATTEMPTS = 2
+# Every call's timeouts and attempts are the settings' S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT and
+# S3_MAX_ATTEMPTS (shared/settings.py says why they are short).
 # Readiness probes (/readyz, the bucket check at start-up) answer faster still: one attempt.
 PROBE_CONNECT_TIMEOUT = 2.0
 PROBE_READ_TIMEOUT = 3.0
@@ -29,26 +23,12 @@ PROBE_READ_TIMEOUT = 3.0
 UNREACHABLE_HOLD = 2.0
 
 
-def _env_number(name: str, default: float, cast=float):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise StorageError(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise StorageError(f"{name} must be positive, not {raw!r}")
-    return value
-
-
-def client_timeouts() -> dict:
+def client_timeouts(settings: Settings) -> dict:
     """botocore Config arguments of every S3 call of this process (the readiness probe aside)."""
     return {
-        "connect_timeout": _env_number("S3_CONNECT_TIMEOUT", CONNECT_TIMEOUT),
-        "read_timeout": _env_number("S3_READ_TIMEOUT", READ_TIMEOUT),
-        # total_max_attempts counts the first try: 2 = one retry.
-        "retries": {"mode": "standard", "total_max_attempts": _env_number("S3_MAX_ATTEMPTS", MAX_ATTEMPTS, int)},
+        "connect_timeout": settings.s3_connect_timeout,
+        "read_timeout": settings.s3_read_timeout,
+        "retries": {"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
     }
 
 
@@ -59,7 +39,9 @@ class S3Storage(Storage):
     environment or ~/.aws as boto3 reads them; nothing is hard-coded here.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", public_endpoint_url: str | None = None):
+    def __init__(
+        self, bucket: str, prefix: str = "", public_endpoint_url: str | None = None, settings: Settings | None = None
+    ):
         import boto3
         from botocore.config import Config
 
@@ -72,7 +54,7 @@ class S3Storage(Storage):
         # SigV4 everywhere: newer regions and MinIO refuse the legacy presigned-URL signature.
         signing = {"signature_version": "s3v4"}
         session = boto3.session.Session()
-        timeouts = client_timeouts()
+        timeouts = client_timeouts(settings or get_settings())
         self._client = session.client("s3", config=Config(s3=s3_opts, **signing, **timeouts))  # callers retry on top
         # Browsers may reach the server under another name than the services do (compose's
         # "minio:9000" vs localhost:9000): presigned URLs are signed for the public name.

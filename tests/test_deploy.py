@@ -145,7 +145,7 @@ def test_webhooks_service_runs_the_webhooks_queue_on_the_light_image():
     assert webhooks["command"] == [
         "celery",
         "-A",
-        "web.tasks",
+        "shared.webhooks.worker",
         "worker",
         "-Q",
         "webhooks",

@@ -1,5 +1,6 @@
-"""`make up`'s script: Ctrl-C stops web and worker promptly and quietly, and a second `make up` on
-the same Redis database is told that it shares the queue."""
+"""`make up`'s script: it runs the web app, a worker and the webhooks worker; Ctrl-C stops them
+promptly and quietly, and a second `make up` on the same Redis database is told that it shares the
+queue."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
         )
     try:
         deadline = time.monotonic() + 90
-        while b"ready." not in log.read_bytes() or not _answers(port):
+        # Two Celery workers say "ready.": the GPU worker and the webhooks worker.
+        while log.read_bytes().count(b"ready.") < 2 or not _answers(port):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
         started = time.monotonic()
@@ -69,6 +71,7 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
     assert stopped_in < 10, text[-3000:]
     assert "Traceback" not in text and "SIGKILL" not in text, text[-3000:]
     assert "1 worker(s) already use" in text and "REDIS_URL=redis://127.0.0.1:6379/1" in text
+    assert "webhooks@" in text and ". deliver_webhook" in text, "the webhooks worker ran, with its task"
     assert not _answers(port)
 
 

@@ -11,7 +11,6 @@ from flask import Blueprint, Response, current_app, jsonify, redirect, request, 
 from shared.jobs import Job, JobStatus, files
 from shared.jobs.public import public_job
 from shared.storage import StorageNotFound
-from shared.webhooks import notify_finished
 from web.auth import current_owner, may_see, require_owner
 from web.errors import AppError, error_response
 from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
@@ -95,7 +94,7 @@ def moved(first: Job, job: Job) -> bool:
 
 
 def job_view(job: Job) -> dict:
-    view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks.py)
+    view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks/)
     view["audio_url"] = audio_url(job)
     view["subtitles_url"] = subtitles_url(job)
     return view
@@ -155,7 +154,6 @@ def cancel(job_id: str):
     job = load_job(job_id)
     if job.status != JobStatus.CANCELED:  # canceling twice is harmless; finished is final
         raise AppError(409, "already_finished", f"The job has already {job.status.value}.")
-    notify_finished(services().celery, services().jobs, [job.id])  # its webhook, once (never raises)
     # The worker sees the canceled status at its next transition and stops there.
     return jsonify(job_view(job))
 

@@ -9,7 +9,6 @@ from flask import Blueprint, current_app, redirect, render_template, request, se
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.jobs import JobStatus
-from shared.webhooks import notify_finished
 from web import albums, styles_api
 from web.api import job_view, load_job
 from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
@@ -152,5 +151,4 @@ def job_page(job_id: str):
 def cancel(job_id: str):
     job = load_job(job_id)
     services().jobs.cancel(job.id)  # a job that finished meanwhile simply stays finished
-    notify_finished(services().celery, services().jobs, [job.id])  # its webhook, once (never raises)
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)

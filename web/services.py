@@ -18,6 +18,7 @@ from shared.queue import PUBLISH_RETRY, make_celery, wake
 from shared.redis_conn import redis_client
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
+from shared.webhooks import Outbox
 
 
 @dataclass
@@ -34,12 +35,14 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         # REDIS_URL's server, or the master REDIS_SENTINELS name; no retries: Redis down is a quick 503.
         client = redis_client(settings, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+        celery, ttl = make_celery(settings), settings.job_ttl_seconds
         return cls(
             settings=settings,
             redis=client,
-            jobs=JobStore(client, settings.job_ttl_seconds),
-            storage=open_storage(settings.storage_url, settings.public_s3_endpoint_url),
-            celery=make_celery(settings),
+            # Jobs that end here (a cancel, a result-cache hit) get their webhook from the store itself.
+            jobs=JobStore(client, ttl, notify=Outbox(celery, client, ttl).notify_finished),
+            storage=open_storage(settings.storage_url, settings.public_s3_endpoint_url, settings),
+            celery=celery,
         )
 
     def ensure_storage(self) -> None:

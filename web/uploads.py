@@ -21,7 +21,7 @@ from shared import result_cache
 from shared.images import ImageError, check_image
 from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
-from shared.webhooks import InvalidWebhook, notify_finished, webhook_for_submit
+from shared.webhooks import InvalidWebhook, webhook_for_submit
 from web.auth import client_network
 from web.errors import AppError
 from web.idempotency import REUSED_MESSAGE, IdempotentSubmit
@@ -194,7 +194,7 @@ def create_job(
         job.lane = client_network()
     if result_cache.applies(settings, seed):  # what the result cache's key is made of
         job.image_sha256 = result_cache.image_digest(data)
-    try:  # POSTed, signed, when the job ends (shared/webhooks.py); its host is resolved and checked
+    try:  # POSTed, signed, when the job ends (shared/webhooks/); its host is resolved and checked
         job.webhook = webhook_for_submit(request.form.get("webhook"), job.owner, settings)
     except InvalidWebhook as exc:
         raise AppError(400, "invalid_webhook", str(exc)) from None
@@ -231,8 +231,6 @@ def create_job(
         raise
     if idempotency is not None:
         idempotency.confirm(svc.redis, svc.jobs.ttl)
-    if cached:  # finished at once: its webhook goes out now, as for any finished job (never raises)
-        notify_finished(svc.celery, svc.jobs, [job.id])
     return job
 
 

@@ -48,13 +48,26 @@ class WorkerContext:
         )
 
     @property
+    def publisher(self):
+        """Sends this process's messages other than its tasks' own: the reaper's wake-ups, webhooks."""
+        return self._once("publisher", lambda: make_celery(self.settings, name="worker-wake"))
+
+    @property
     def store(self) -> JobStore:
-        return self._once("store", lambda: JobStore(self.redis, ttl_seconds=self.settings.job_ttl_seconds))
+        def build():
+            from shared.webhooks import Outbox
+
+            ttl = self.settings.job_ttl_seconds
+            # Every job that ends here (a run's batch, the reaper's failures) gets its webhook from
+            # the store, delivered by the light webhooks worker, never here.
+            return JobStore(self.redis, ttl, notify=Outbox(self.publisher, self.redis, ttl).notify_finished)
+
+        return self._once("store", build)
 
     @property
     def storage(self) -> Storage:
         # No round trip here: the web creates the bucket, and a job retries storage while it is down.
-        return self._once("storage", lambda: open_storage(self.settings.storage_url))
+        return self._once("storage", lambda: open_storage(self.settings.storage_url, settings=self.settings))
 
     @property
     def engine(self):
@@ -67,15 +80,11 @@ class WorkerContext:
         from worker.heartbeat import Heartbeat
 
         def build():
-            from shared.webhooks import notify_finished
-
-            celery = make_celery(self.settings, name="worker-wake")
             return Heartbeat(
                 self.store,
                 self.settings,
-                wake=lambda ids: wake(celery, ids, WAKE_RETRY),
+                wake=lambda ids: wake(self.publisher, ids, WAKE_RETRY),
                 queue_length=lambda: self.redis.llen(QUEUE),
-                notify=lambda ids: notify_finished(celery, self.store, ids),
             )
 
         return self._once("heartbeat", build)

@@ -49,10 +49,8 @@ class Heartbeat:
         settings: Settings,
         wake: Callable[[Iterable[str]], None],
         queue_length: Callable[[], int],
-        notify: Callable[[list[str]], object] = lambda ids: None,
     ):
         self.store, self.settings, self.wake, self.queue_length = store, settings, wake, queue_length
-        self.notify = notify  # webhooks of the jobs the reaper failed
         self.worker = worker_id()
         self.state = "starting"
         self.stopping = False
@@ -119,12 +117,11 @@ class Heartbeat:
         )
 
     def reap(self) -> None:
+        # The jobs it fails get their webhooks from the store (its notify).
         requeued, failed = self.store.reap(self.settings.max_attempts)
         self.store.trim_indexes()
         for job_id in failed:
             log.error("job %s failed: its worker died on each of its %d attempts", job_id, self.settings.max_attempts)
-        if failed:
-            self.notify(failed)
         if requeued:
             log.warning("requeued %d job(s) whose worker stopped beating: %s", len(requeued), ", ".join(requeued))
         # Queued jobs with no wake-up left in the broker lost it: send new ones (spares are harmless).

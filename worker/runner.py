@@ -75,7 +75,6 @@ def run_wakeup(
     heartbeat,
     settings,
     finisher=None,
-    notify: Callable[[list[Job]], object] | None = None,
     encode_in_background: bool = True,
 ) -> dict[str, str]:
     """Claim a batch (`job_id` first when it is still queued) and run it; {job id: status}.
@@ -83,8 +82,8 @@ def run_wakeup(
     The GPU stages run here; finishing (encode, upload, record) runs inline, or on `finisher`
     (worker/finisher.py) so the next batch can use the GPU meanwhile (the MP3s are encoded first,
     here, unless `encode_in_background`): then the jobs still finishing show "finishing" in the
-    answer. Every job that ends is counted (metrics) and passed to `notify` (its webhook) once, when
-    it ends. The heartbeat holds the batch's leases until it is finished."""
+    answer. Every job that ends is counted (metrics) once; its webhook goes out from the store's own
+    ending transition (JobStore.notify). The heartbeat holds the batch's leases until it is finished."""
     if not heartbeat.may_take_jobs():
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
@@ -108,7 +107,7 @@ def run_wakeup(
     finally:
         if narrated is None:
             heartbeat.release(claimant)
-    outcomes = run.report(notify)
+    outcomes = run.report()
     if narrated is None:
         return outcomes
     heartbeat.hold(claimant, [job.id for job in narrated.jobs])  # only those still to finish
@@ -119,7 +118,7 @@ def run_wakeup(
             finish_batch(narrated, done, store=store, storage=storage, engine=engine, settings=settings)
         finally:
             heartbeat.release(claimant)
-        finished = done.report(notify)
+        finished = done.report()
         if finisher is not None:  # the task's own log line showed only "finishing"
             log.info("finished %s", finished)
         return finished
@@ -137,7 +136,8 @@ def run_wakeup(
 
 class Run:
     """What one run (a claimant) has ended so far: each job's outcome, and the records of the jobs
-    that ended as written, which metrics, webhooks and the result cache take without a re-read."""
+    that ended as written, which metrics and the result cache take without a re-read (the store
+    handed them to the webhooks as it wrote them)."""
 
     def __init__(self, claimant: str):
         self.claimant = claimant
@@ -163,11 +163,9 @@ class Run:
     def fail(self, store: JobStore, jobs: list[Job], message: str) -> None:
         self.finish(store, [(job, JobStatus.FAILED, {"error": message}) for job in jobs])
 
-    def report(self, notify: Callable[[list[Job]], object] | None) -> dict[str, str]:
-        """Each job's outcome, counted once, and the webhooks of those that ended."""
+    def report(self) -> dict[str, str]:
+        """Each job's outcome, counted once."""
         metrics.jobs_finished(self.outcomes, self.ended)
-        if notify is not None and self.ended:
-            notify(self.ended)
         return self.outcomes
 
 

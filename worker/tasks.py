@@ -11,7 +11,6 @@ from __future__ import annotations
 from celery import shared_task
 
 from shared.queue import NARRATE_TASK
-from shared.webhooks import notify_finished
 from worker.context import get_context
 from worker.runner import run_wakeup
 
@@ -29,6 +28,4 @@ def narrate_job(job_id: str) -> dict:
         settings=ctx.settings,
         finisher=ctx.finisher,
         encode_in_background=ctx.encodes_in_background,
-        # Jobs that end get their webhook (delivered by the light webhooks worker, never here).
-        notify=lambda jobs: notify_finished(narrate_job.app, ctx.store, jobs),
     )

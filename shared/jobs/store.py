@@ -6,13 +6,17 @@ in one step, so a worker finishing a job, a user canceling it and the reaper tak
 dead worker cannot both win. A run's writes are per batch: one script call claims a batch, one
 writes a stage's results for all of it, one finishes it; each checks, job by job, that the run
 (its claimant) still holds the job. The Job record and its encoding live in schema.py.
+
+Every transition that ends a job (finish, cancel, reap, a job created already finished) hands the
+records it wrote to the store's `notify` (the webhooks' outbox, shared/webhooks/outbox.py, injected
+by whoever builds the store), so no caller has to remember a job's webhook.
 """
 
 from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -61,6 +65,9 @@ class JobStore:
     The record is the truth: a worker claims jobs with a short lease that its heartbeat renews, and
     `reap` puts back every job whose lease lapsed. Every write of a run names its claimant, so a
     run that lost its job (reaped, canceled) can no longer change it.
+
+    `notify`, when given, is called with the records of the jobs each ending transition ended, as
+    written (never read again), once per job: the webhooks' outbox, which never raises.
     """
 
     INDEX = "jobs:index"
@@ -80,9 +87,10 @@ class JobStore:
         """A queue of the round-robin: an owner's, or a lane's (Job.queue_owner)."""
         return f"jobs:queued:{owner or '-'}"
 
-    def __init__(self, redis_client, ttl_seconds: int):
+    def __init__(self, redis_client, ttl_seconds: int, notify: Callable[[list[Job]], object] | None = None):
         self.redis = redis_client
         self.ttl = max(1, int(ttl_seconds))
+        self.notify = notify
         self._scripts = {
             name: _script(redis_client, name)
             for name in ("claim", "progress", "finish", "cancel", "release", "renew", "reap")
@@ -92,13 +100,18 @@ class JobStore:
     def key(job_id: str) -> str:
         return f"job:{job_id}"
 
+    def _ended(self, jobs: builtins.list[Job]) -> None:
+        if jobs and self.notify is not None:
+            self.notify(jobs)
+
     def create(self, job: Job) -> Job:
         """Record a new job (queued: at the back of its owner's queue), in one round trip.
 
         No transaction is needed: the record comes first, so a claim that runs between these
         commands cannot find the id in a queue before its record exists (it would drop it as gone),
         and only a Redis crash between them (whose last second AOF everysec may lose anyway) could
-        leave a record without its queue entries."""
+        leave a record without its queue entries. A job created already finished (a result-cache
+        hit) ends here: it goes to `notify`."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=job.to_redis())
         pipe.expire(self.key(job.id), self.ttl)
@@ -111,6 +124,8 @@ class JobStore:
             pipe.zadd(self.owner_queue(job.queue_owner), {job.id: job.created_at})
             pipe.zadd(self.OWNERS, {job.queue_owner: 0}, nx=True)
         pipe.execute()
+        if JobStatus(job.status).finished:
+            self._ended([job])
         return job
 
     def trim_indexes(self, owner: str | None = None) -> None:
@@ -203,8 +218,8 @@ class JobStore:
     def finish_batch(self, claimant: str | None, results: Sequence[tuple[Job, JobStatus, dict]]) -> builtins.list[Job]:
         """End each (job, succeeded or failed, its fields) that `claimant` still holds (None: any
         run; then a queued job may fail too), in one call. Returns the jobs it ended, their records
-        updated in place as written: callers hand them on (metrics, webhooks, the result cache)
-        without reading them again."""
+        updated in place as written (and handed to `notify`): callers hand them on (metrics, the
+        result cache) without reading them again."""
         if not results:
             return []
         rows = [(job.id, JobStatus(status).value, changes) for job, status, changes in results]
@@ -219,21 +234,32 @@ class JobStore:
                 if job.status == JobStatus.SUCCEEDED:
                     job.error = None
                 ended.append(job)
+        self._ended(ended)
         return ended
 
+    # succeed and fail are finish_batch for one job by id, for callers that hold no record (tools,
+    # tests): they read it first, so that `notify` gets the whole record (its webhook included).
     def succeed(
         self, job_id: str, audio_key: str, audio_seconds: float, claimant: str | None = None, **changes
     ) -> bool:
-        job = Job(id=job_id)
+        job = self.get(job_id) or Job(id=job_id)
         changes.update(audio_key=audio_key, audio_seconds=float(audio_seconds))
         return bool(self.finish_batch(claimant, [(job, JobStatus.SUCCEEDED, changes)]))
 
     def fail(self, job_id: str, error: str, claimant: str | None = None, **changes) -> bool:
         """A run passes itself as claimant, so it can only fail a job it still holds."""
-        return bool(self.finish_batch(claimant, [(Job(id=job_id), JobStatus.FAILED, {**changes, "error": error})]))
+        job = self.get(job_id) or Job(id=job_id)
+        return bool(self.finish_batch(claimant, [(job, JobStatus.FAILED, {**changes, "error": error})]))
 
-    def cancel(self, job_id: str) -> bool:
-        return self._scripts["cancel"](args=[job_id, self.ttl]) == 1
+    def cancel(self, job_id: str) -> Job | None:
+        """queued | running -> canceled: the canceled record (handed to `notify`), or None when
+        there is no such job or it had already ended."""
+        raw = self._scripts["cancel"](args=[job_id, self.ttl])
+        if not isinstance(raw, builtins.list):
+            return None
+        job = Job.from_redis(dict(zip(raw[::2], raw[1::2], strict=True)))
+        self._ended([job])
+        return job
 
     def release(self, job_id: str, claimant: str) -> bool:
         """Hand a held job back to the queue (its worker is stopping); this run does not count
@@ -249,9 +275,12 @@ class JobStore:
 
     def reap(self, max_attempts: int, cap: int = 500) -> tuple[builtins.list[str], builtins.list[str]]:
         """Jobs whose lease lapsed: back to the queue, or failed once out of attempts.
-        Returns (requeued, failed); the caller wakes a worker for each requeued job."""
+        Returns (requeued ids, failed ids); the caller wakes a worker for each requeued job. The
+        failed records go to `notify`."""
         requeued, failed = self._scripts["reap"](args=[max_attempts, died_message(max_attempts), self.ttl, cap])
-        return [_text(i) for i in requeued], [_text(i) for i in failed]
+        records = [Job.from_redis(dict(zip(raw[::2], raw[1::2], strict=True))) for raw in failed]
+        self._ended(records)
+        return [_text(i) for i in requeued], [job.id for job in records]
 
     def list(
         self, limit: int = 20, cursor: str | None = None, owner: str | None = None

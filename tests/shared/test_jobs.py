@@ -104,8 +104,46 @@ def test_transition_is_atomic_under_a_race(store):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [False, True]  # exactly one wins, whichever it is
+    assert sorted(bool(r) for r in results) == [False, True]  # exactly one wins, whichever it is
     assert store.get(job.id).status in (JobStatus.CANCELED, JobStatus.SUCCEEDED)
+
+
+def test_every_ending_transition_hands_the_records_it_wrote_to_notify(client):
+    """The one place a job's end is told (its webhook, shared/webhooks/outbox.py): a job created
+    finished, finish, cancel and the reaper's failures each hand on the records as written, once;
+    transitions that end nothing hand on nothing."""
+    told: list[Job] = []
+    store = JobStore(client, TTL, notify=told.extend)
+    hook = "https://hooks.example/h"
+    cached = store.create(Job(id=new_job_id(), status=JobStatus.SUCCEEDED, finished_at=time.time(), webhook=hook))
+    assert told == [cached]
+    told.clear()
+
+    done, lost, canceled, died = (make(store, webhook=hook) for _ in range(4))
+    [claimed] = store.claim_jobs("w1", first=done.id)
+    assert store.progress(done.id, Stage.STORY, claimant="w1", caption="a cat")
+    assert told == []  # created queued, claimed, progressed: nothing ended
+    claimed.caption = "a cat"
+    assert store.finish_batch("w1", [(claimed, JobStatus.SUCCEEDED, {"audio_key": "audio/x.mp3"})]) == [claimed]
+    assert store.finish_batch("w2", [(lost, JobStatus.FAILED, {"error": "not held"})]) == []
+    [record] = told
+    assert record is claimed and record == store.get(done.id)  # the record as written, not a copy read back
+    assert record.status is JobStatus.SUCCEEDED and record.webhook == hook
+    told.clear()
+
+    record = store.cancel(canceled.id)
+    assert told == [record] and record == store.get(canceled.id) and record.status is JobStatus.CANCELED
+    assert record.webhook == hook and record.finished_at
+    assert store.cancel(canceled.id) is None and store.cancel("missing") is None
+    assert len(told) == 1  # a second cancel ends nothing
+    told.clear()
+
+    store.update(died.id, attempts=2)
+    store.claim("w3", first=died.id, lease_seconds=0.05)
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3) == ([], [died.id])
+    [record] = told
+    assert record == store.get(died.id) and record.status is JobStatus.FAILED and record.webhook == hook
 
 
 def test_update_sets_removes_and_refreshes_ttl(store, client):

@@ -207,3 +207,20 @@ def test_unreachable_endpoint_is_unavailable_fast(s3_env, monkeypatch):
     with pytest.raises(StorageUnavailable):
         store.ensure_ready()
     assert time.monotonic() - started < 15
+
+
+def test_s3_timeouts_are_settings_read_from_their_environment_variables(monkeypatch, s3_env):
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    monkeypatch.setenv("S3_CONNECT_TIMEOUT", "1.5")
+    monkeypatch.setenv("S3_READ_TIMEOUT", "7")
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "4")
+    settings = Settings()
+    config = open_storage(s3_env, settings=settings)._client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (1.5, 7)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 4}
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "0")
+    with pytest.raises(ValidationError, match="s3_max_attempts"):
+        Settings()

@@ -1,5 +1,5 @@
 """Signed webhooks with real parts: the web app on a real HTTP server, a real
-`celery -A web.tasks worker -Q webhooks --pool solo` process, the GPU worker on the tiny models for
+`celery -A shared.webhooks.worker worker -Q webhooks --pool solo` process, the GPU worker on the tiny models for
 the end-to-end case, and a real receiver on loopback that verifies every request with
 `standardwebhooks.Webhook(secret).verify(body, headers)`. Backoff and timeouts are shortened
 through the WEBHOOK_* settings so the whole file runs in well under a minute."""
@@ -26,16 +26,16 @@ from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-import shared.webhooks as webhooks
+import shared.webhooks.urls as urls
 from shared.jobs import Job, JobStatus, new_job_id
+from shared.queue import make_celery
 from shared.settings import Settings
 from shared.webhooks import (
-    DeliveryPolicy,
+    Outbox,
     check_webhook_url,
     deliver,
     delivery_key,
     new_secret,
-    notify_finished,
     webhook_id,
 )
 from tests.conftest import celery_worker_command, create_api_key
@@ -133,14 +133,14 @@ def receiver():
 
 @pytest.fixture
 def webhooks_worker(service_env, web_server, tmp_path):
-    """A real `celery -A web.tasks worker -Q webhooks` process; audio_url is absolute under the web
+    """A real `celery -A shared.webhooks.worker worker -Q webhooks` process; audio_url is absolute under the web
     server's address (PUBLIC_BASE_URL). Yields (process, log path, base URL)."""
     _, base = web_server
     log = tmp_path / "webhooks-worker.log"
     env = {**os.environ, **service_env, **FAST, "PUBLIC_BASE_URL": base, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            celery_worker_command(f"webhooks-{uuid.uuid4().hex[:8]}@%h", "web.tasks", "-Q", "webhooks"),
+            celery_worker_command(f"webhooks-{uuid.uuid4().hex[:8]}@%h", "shared.webhooks.worker", "-Q", "webhooks"),
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -205,7 +205,8 @@ def wait_until_finished(base: str, job_id: str, timeout: float = 60) -> dict:
 
 
 def finished_job(app, webhook: str, status=JobStatus.SUCCEEDED, owner=None) -> Job:
-    """A job that ended, straight in the store (the GPU worker's part is not under test here)."""
+    """A job that ended, straight in the store (the GPU worker's part is not under test here): the
+    app's store enqueues its webhook as it creates it, as for a result-cache hit."""
     svc = app.extensions["narrator"]
     job = Job(
         id=new_job_id(),
@@ -265,7 +266,7 @@ def test_500_twice_then_200_is_three_attempts_with_one_id(web_server, webhooks_w
     svc = app.extensions["narrator"]
     receiver.answers["/flaky"] = [500, 500]
     job = finished_job(app, receiver.url("/flaky"))
-    assert notify_finished(svc.celery, svc.jobs, [job.id]) == [job.id]
+    assert svc.jobs.notify([job]) == []  # creating it enqueued it: telling again sends nothing
 
     requests = receiver.wait_for("/flaky", 3)
     time.sleep(1.5)
@@ -277,17 +278,32 @@ def test_500_twice_then_200_is_three_attempts_with_one_id(web_server, webhooks_w
     assert delivery(app, job.id, "job.succeeded")["state"] == "delivered"
     assert delivery(app, job.id, "job.succeeded")["attempts"] == "3"
     # Telling it again (a second finisher, a repeated cancel) enqueues nothing.
-    assert notify_finished(svc.celery, svc.jobs, [job.id]) == []
+    assert svc.jobs.notify([job]) == []
     time.sleep(0.5)
     assert len(receiver.to("/flaky")) == 3
 
 
+def test_an_outbox_whose_broker_is_down_raises_nothing_and_can_enqueue_later(redis_url):
+    """Ending a job never fails on its webhook: the message that could not be published leaves no
+    marker behind, so the next call enqueues it."""
+    client = redis.Redis.from_url(redis_url)
+    job = Job(id=new_job_id(), status=JobStatus.FAILED, finished_at=time.time(), webhook="https://hooks.example/h")
+    key = delivery_key(job.id, "job.failed")
+    dead, live = make_celery(Settings(redis_url="redis://127.0.0.1:1/0")), make_celery(Settings(redis_url=redis_url))
+    try:
+        assert Outbox(dead, client, 60).notify_finished([job]) == []
+        assert not client.exists(key)
+        assert Outbox(live, client, 60).notify_finished([job]) == [job.id]
+        assert client.hget(key, "state") == b"queued" and 0 < client.ttl(key) <= 60
+    finally:
+        dead.close()
+        live.close()
+
+
 def test_410_stops_at_once(web_server, webhooks_worker, receiver):
     app, _ = web_server
-    svc = app.extensions["narrator"]
     receiver.answers["/gone"] = [410]
     job = finished_job(app, receiver.url("/gone"), status=JobStatus.FAILED)
-    notify_finished(svc.celery, svc.jobs, [job.id])
 
     [request] = receiver.wait_for("/gone", 1)
     payload = verified(request)
@@ -301,10 +317,8 @@ def test_410_stops_at_once(web_server, webhooks_worker, receiver):
 
 def test_a_receiver_slower_than_the_timeout_is_tried_again(web_server, webhooks_worker, receiver):
     app, _ = web_server
-    svc = app.extensions["narrator"]
     receiver.stall["/slow"] = 3  # WEBHOOK_TIMEOUT is 1 s here
     job = finished_job(app, receiver.url("/slow"))
-    notify_finished(svc.celery, svc.jobs, [job.id])
 
     first, second = receiver.wait_for("/slow", 2)
     assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
@@ -346,12 +360,10 @@ def test_a_canceled_job_delivers_job_canceled(web_server, webhooks_worker, recei
 
 def test_an_owners_webhooks_are_signed_with_the_owners_secret(web_server, webhooks_worker, receiver, service_env):
     app, base = web_server
-    svc = app.extensions["narrator"]
     key = create_api_key(service_env, "alice")
     status, body = http("GET", f"{base}/api/v1/webhooks/secret", headers={"Authorization": f"Bearer {key}"})
     assert status == 200
     job = finished_job(app, receiver.url("/alice"), owner="key:alice")
-    notify_finished(svc.celery, svc.jobs, [job.id])
     [request] = receiver.wait_for("/alice", 1)
     assert verified(request, body["secret"])["data"]["id"] == job.id
     with pytest.raises(WebhookVerificationError):
@@ -399,7 +411,7 @@ def fake_dns(monkeypatch):
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return FAKE_DNS[host]
 
-    monkeypatch.setattr(webhooks, "resolve", resolve)
+    monkeypatch.setattr(urls, "resolve", resolve)
 
 
 @pytest.fixture
@@ -498,24 +510,24 @@ def test_delivery_checks_the_address_again(service_env, receiver, redis_url, mon
     job = store.create(
         Job(id=new_job_id(), status=JobStatus.CANCELED, finished_at=time.time(), webhook=url.replace("http:", "https:"))
     )
-    monkeypatch.setattr(webhooks, "resolve", lambda host, port: ["127.0.0.1"])
-    policy = DeliveryPolicy(max_attempts=2, retry_seconds=0.1, timeout=2)
+    monkeypatch.setattr(urls, "resolve", lambda host, port: ["127.0.0.1"])
+    fast = dict(redis_url=redis_url, webhook_secret=SERVER_SECRET, webhook_max_attempts=2, webhook_timeout=2)
 
-    strict = Settings(redis_url=redis_url, webhook_secret=SERVER_SECRET, webhook_allow_private=False)
-    assert deliver(client, store, strict, policy, job.id, "job.canceled") is None
+    strict = Settings(**fast, webhook_allow_private=False)
+    assert deliver(client, store, strict, job.id, "job.canceled") is None
     state = delivery_key(job.id, "job.canceled")
     assert client.hget(state, "state") == b"failed" and b"loopback" in client.hget(state, "last")
     assert receiver.to("/rebound") == []
 
     client.delete(state)
     store.update(job.id, webhook=url)  # http too, now
-    relaxed = Settings(redis_url=redis_url, webhook_secret=SERVER_SECRET, webhook_allow_private=True)
-    assert deliver(client, store, relaxed, policy, job.id, "job.canceled") is None
+    relaxed = Settings(**fast, webhook_allow_private=True)
+    assert deliver(client, store, relaxed, job.id, "job.canceled") is None
     [request] = receiver.to("/rebound")
     assert request["headers"]["Host"] == f"hooks.example:{receiver.server.server_port}"
     assert verified(request)["type"] == "job.canceled"
     # Delivered: a duplicate message finds the series over and sends nothing.
-    assert deliver(client, store, relaxed, policy, job.id, "job.canceled") is None
+    assert deliver(client, store, relaxed, job.id, "job.canceled") is None
     assert len(receiver.to("/rebound")) == 1
 
 
@@ -570,11 +582,17 @@ def test_https_delivery_checks_the_certificate_for_the_host_name(tmp_path, redis
     rec = Receiver(tls=server_tls)
     try:
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # trust it, as a public CA would be
-        monkeypatch.setattr(webhooks, "resolve", lambda host, port: ["127.0.0.1"])
+        monkeypatch.setattr(urls, "resolve", lambda host, port: ["127.0.0.1"])
         client = redis.Redis.from_url(redis_url)
         store = JobStore(client, 3600)
-        settings = Settings(redis_url=redis_url, webhook_secret=SERVER_SECRET, webhook_allow_private=True)
-        policy = DeliveryPolicy(max_attempts=3, retry_seconds=0.1, timeout=3)
+        settings = Settings(
+            redis_url=redis_url,
+            webhook_secret=SERVER_SECRET,
+            webhook_allow_private=True,
+            webhook_max_attempts=3,
+            webhook_retry_seconds=0.1,
+            webhook_timeout=3,
+        )
         port = rec.server.server_port
 
         job = store.create(
@@ -585,7 +603,7 @@ def test_https_delivery_checks_the_certificate_for_the_host_name(tmp_path, redis
                 webhook=f"https://hooks.example:{port}/tls",
             )
         )
-        assert deliver(client, store, settings, policy, job.id, "job.canceled") is None
+        assert deliver(client, store, settings, job.id, "job.canceled") is None
         [request] = rec.to("/tls")
         assert verified(request)["data"]["id"] == job.id
         assert client.hget(delivery_key(job.id, "job.canceled"), "state") == b"delivered"
@@ -598,7 +616,7 @@ def test_https_delivery_checks_the_certificate_for_the_host_name(tmp_path, redis
                 webhook=f"https://other.example:{port}/tls",
             )
         )
-        wait = deliver(client, store, settings, policy, other.id, "job.canceled")
+        wait = deliver(client, store, settings, other.id, "job.canceled")
         assert wait is not None and 0 < wait <= 1  # tried again later
         assert b"certificate" in client.hget(delivery_key(other.id, "job.canceled"), "last").lower()
         assert len(rec.to("/tls")) == 1

@@ -1,4 +1,5 @@
--- queued | running -> canceled. ARGV: id, ttl. -1: no such job, 0: already ended, 1: canceled.
+-- queued | running -> canceled. ARGV: id, ttl. -1: no such job, 0: already ended, else the canceled
+-- record (HGETALL), which the store hands on (webhooks) without reading it again.
 -- A run holding the job notices at its next write (its claimant no longer matches) and stops there.
 local id = ARGV[1]
 local key = 'job:' .. id
@@ -16,4 +17,4 @@ redis.call('HSET', key, 'status', 'canceled', 'finished_at', tostring(tonumber(t
 redis.call('HDEL', key, 'worker', 'stage')
 redis.call('EXPIRE', key, tonumber(ARGV[2]))
 redis.call('PUBLISH', 'jobs:changed', id)
-return 1
+return redis.call('HGETALL', key)

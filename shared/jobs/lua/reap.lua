@@ -1,6 +1,7 @@
 -- running -> queued (at its old place) | failed (out of attempts): every job whose lease lapsed,
 -- its worker having died or vanished from the network. ARGV: max attempts, error for a job out of
--- attempts, ttl, cap. Returns {requeued ids, failed ids}. Only deaths of the job running alone count
+-- attempts, ttl, cap. Returns {requeued ids, failed records (HGETALL, each)}: the store hands the
+-- failed ones on (webhooks) without reading them again. Only deaths of the job running alone count
 -- against MAX_ATTEMPTS: when a batch dies, any of its photos may be the cause; each of its jobs then
 -- runs alone (claim.lua), where a death is the job's own.
 local t = redis.call('TIME')
@@ -30,7 +31,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', 'jobs:running', '-inf', now, 'LI
     redis.call('EXPIRE', key, tonumber(ARGV[3]))
   end
 end
+local records = {}
+for _, id in ipairs(failed) do
+  table.insert(records, redis.call('HGETALL', 'job:' .. id))
+end
 if #requeued + #failed > 0 then
   redis.call('PUBLISH', 'jobs:changed', table.concat(requeued, ' ') .. ' ' .. table.concat(failed, ' '))
 end
-return {requeued, failed}
+return {requeued, records}

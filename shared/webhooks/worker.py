@@ -1,10 +1,10 @@
-"""The webhooks worker: `celery -A web.tasks worker -Q webhooks`.
+"""The webhooks worker: `celery -A shared.webhooks.worker worker -Q webhooks`.
 
 Light: it needs only REDIS_URL (and REDIS_SENTINELS with Sentinel; plus PUBLIC_BASE_URL,
-WEBHOOK_SECRET, WEBHOOK_ALLOW_PRIVATE and the WEBHOOK_* retry settings) and never imports torch or
-the worker package, so it runs next to the web app, with the default prefork pool, as many
-processes as receivers deserve. GPU workers only publish its messages
-(shared.webhooks.notify_finished): a slow receiver costs them nothing.
+WEBHOOK_SECRET, WEBHOOK_ALLOW_PRIVATE and the WEBHOOK_* retry settings) and never imports torch,
+Flask or the worker package, so it runs next to the web app, with the default prefork pool, as many
+processes as receivers deserve. Whoever ends a job only publishes its message
+(shared/webhooks/outbox.py): a slow receiver costs them nothing.
 
 Each message is one job's final event. An attempt that should be retried (a timeout, a connection
 error, 408, 429, 5xx) is republished with a countdown that doubles each time
@@ -24,7 +24,8 @@ from shared.jobs import JobStore
 from shared.queue import make_celery
 from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
-from shared.webhooks import DELIVER_TASK, WEBHOOK_QUEUE, DeliveryPolicy, deliver
+from shared.webhooks.delivery import deliver, retry_delay
+from shared.webhooks.outbox import DELIVER_TASK, WEBHOOK_QUEUE
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("webhooks")
@@ -42,7 +43,6 @@ class Context:
     settings: Settings
     redis: redis.Redis
     store: JobStore
-    policy: DeliveryPolicy
 
 
 _context: Context | None = None
@@ -54,7 +54,8 @@ def get_context() -> Context:
     if _context is None:
         settings = get_settings()
         client = redis_client(settings, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30)
-        _context = Context(settings, client, JobStore(client, settings.job_ttl_seconds), DeliveryPolicy())
+        # No notifier: this worker reads jobs, it never ends one.
+        _context = Context(settings, client, JobStore(client, settings.job_ttl_seconds))
     return _context
 
 
@@ -64,9 +65,9 @@ def get_context() -> Context:
 def deliver_webhook(self, job_id: str, event: str) -> None:
     ctx = get_context()
     try:
-        wait = deliver(ctx.redis, ctx.store, ctx.settings, ctx.policy, job_id, event)
+        wait = deliver(ctx.redis, ctx.store, ctx.settings, job_id, event)
     except redis.RedisError as exc:  # the job store is down: try again later, same series
-        wait = ctx.policy.delay(self.request.retries + 1)
+        wait = retry_delay(ctx.settings, self.request.retries + 1)
         log.warning("webhook of job %s: Redis unavailable (%s); retrying in %.0fs", job_id, exc, wait)
     if wait is not None:
         raise self.retry(countdown=wait, max_retries=None)
