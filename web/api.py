@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
 
+from narrator_client.job import JOB_ID_PATTERN
 from shared.jobs import Job, JobStatus
-from shared.jobs.public import public_job
+from shared.jobs.public import public_model
 from shared.storage import StorageNotFound
 from shared.webhooks import notify_finished
 from web.auth import current_owner, may_see, require_owner
@@ -22,7 +23,7 @@ from web.uploads import create_job_from_request, parse_int
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 # Ids come from secrets.token_urlsafe; anything else cannot be a job, so Redis is not even asked.
-JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOB_ID = re.compile(JOB_ID_PATTERN)
 PREFERENCE_APPLIED = "Preference-Applied"  # RFC 7240's answer to `Prefer: wait=S`
 
 
@@ -95,10 +96,8 @@ def moved(first: Job, job: Job) -> bool:
 
 
 def job_view(job: Job) -> dict:
-    view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks.py)
-    view["audio_url"] = audio_url(job)
-    view["subtitles_url"] = subtitles_url(job)
-    return view
+    """The job as the API answers it: the model webhooks carry too, with this request's URLs."""
+    return public_model(job, audio_url(job), subtitles_url(job)).model_dump(mode="json")
 
 
 @bp.post("/jobs")

@@ -18,6 +18,7 @@ from flask import current_app, request
 from PIL import Image
 from werkzeug.exceptions import ClientDisconnected
 
+from narrator_client.job import SEED_MAX, WORDS_MAX, WORDS_MIN
 from shared import result_cache
 from shared.images import ImageError, check_image
 from shared.jobs import Job, new_job_id
@@ -31,8 +32,6 @@ from web.styles_api import job_style
 if TYPE_CHECKING:  # web.idempotency is the API's; only its type is named here
     from web.idempotency import IdempotentSubmit
 
-WORDS_MIN, WORDS_MAX = 10, 200
-SEED_MAX = 2**32 - 1  # what torch/numpy seeding accepts everywhere
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "")
 
 # At most this many uploads of one web process are being decoded at any moment: a full decode of
