@@ -115,7 +115,7 @@ class SubmitFields(BaseModel):
     style: Annotated[str | None, Blank, Field(max_length=100)] = Field(
         None, description="A story style from GET /api/v1/styles (blank: the default style)."
     )
-    webhook: Annotated[str | None, Blank, Field(max_length=MAX_URL_LENGTH)] = Field(
+    webhook: Annotated[str | None, Blank, Field(json_schema_extra={"maxLength": MAX_URL_LENGTH})] = Field(
         None, description="An https URL that gets a signed POST when the job ends (blank: none)."
     )
 
