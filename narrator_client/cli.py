@@ -11,10 +11,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from narrator_client.client import DEFAULT_URL, Client, new_idempotency_key
 from narrator_client.errors import ApiError, JobFailed, NarratorError, RateLimited, ServiceUnavailable
+from narrator_client.job import Job
 
 STEPS = [
     ("queued", "waiting for a worker"),
@@ -67,27 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 1)
     progress = Progress(enabled=not args.json and sys.stderr.isatty())
     try:
-        job = client.wait(job["id"], timeout=args.timeout, on_update=progress.update)
-        client.download(job["id"], output)
+        job = client.wait(job.id, timeout=args.timeout, on_update=progress.update)
+        client.download(job.id, output)
     except OSError as exc:
         progress.close()
         return fail(f"{output}: cannot write it ({exc.strerror or exc})", 1)
     except JobFailed as exc:
         progress.close()
-        return finish(args, exc.job, f"the job {exc.job.get('status')}: {exc.job.get('error') or 'no story'}", 1)
+        return finish(args, exc.job, f"the job {exc.job.status.value}: {exc.job.error or 'no story'}", 1)
     except NarratorError as exc:
         progress.close()
         return fail(str(exc), 1)
     progress.close()
     if args.json:
-        print(json.dumps({**job, "output": str(output)}))
+        print(json.dumps({**job.model_dump(mode="json"), "output": str(output)}))
     else:
-        print(job.get("story") or "")
-        print(f"\nsaved {output} ({job.get('audio_seconds') or 0:.1f} s of audio)", file=sys.stderr)
+        print(job.story or "")
+        print(f"\nsaved {output} ({job.audio_seconds or 0:.1f} s of audio)", file=sys.stderr)
     return 0
 
 
-def submit(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+def submit(client: Client, args: argparse.Namespace) -> Job:
     """One job, even when a submit must be retried (the Idempotency-Key makes a retry safe)."""
     key = new_idempotency_key()
     for attempt in range(1, SUBMIT_TRIES + 1):
@@ -105,9 +105,9 @@ def fail(message: str, status: int) -> int:
     return status
 
 
-def finish(args: argparse.Namespace, job: dict[str, Any], message: str, status: int) -> int:
+def finish(args: argparse.Namespace, job: Job, message: str, status: int) -> int:
     if args.json:
-        print(json.dumps(job))
+        print(json.dumps(job.model_dump(mode="json")))
     return fail(message, status)
 
 
@@ -121,13 +121,14 @@ class Progress:
 
             self.bar = tqdm(total=len(STEPS), file=sys.stderr, bar_format="{bar:20} {n_fmt}/{total_fmt} {desc}")
 
-    def update(self, job: dict[str, Any]) -> None:
+    def update(self, job: Job) -> None:
         if self.bar is None:
             return
         names = [name for name, _ in STEPS]
-        stage = job.get("stage") or ("queued" if job["status"] == "queued" else None)
-        done = len(STEPS) if job["status"] == "succeeded" else names.index(stage) if stage in names else 0
-        self.bar.set_description_str("done" if job["status"] == "succeeded" else dict(STEPS).get(stage or "", ""))
+        status = job.status.value
+        stage = job.stage.value if job.stage else ("queued" if status == "queued" else None)
+        done = len(STEPS) if status == "succeeded" else names.index(stage) if stage in names else 0
+        self.bar.set_description_str("done" if status == "succeeded" else dict(STEPS).get(stage or "", ""))
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The API client: one requests.Session, JSON in and out, typed errors (errors.py)."""
+"""The API client: one requests.Session, JSON in, jobs out as the API's own model (job.py), typed errors (errors.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from narrator_client.errors import ConnectionFailed, JobFailed, RateLimited, ServiceUnavailable, WaitTimeout, error_for
+from narrator_client.job import Job
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LONG_POLL = 30.0  # seconds one request of `wait` may be held by the service
 MAX_WAIT = 60.0  # the longest the service holds one
-FINISHED = ("succeeded", "failed", "canceled")
 Image = str | os.PathLike | bytes | IO[bytes]
 
 
@@ -51,7 +51,7 @@ class Client:
         idempotency_key: str | None = None,
         filename: str | None = None,
         wait: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> Job:
         """Upload a photo (a path, its bytes or a binary file); returns the new job (status queued,
         or succeeded at once when the service had the result cached). With `wait` (seconds, at most
         60) the service answers once the job is final or that time passed (`Prefer: wait`)."""
@@ -65,7 +65,7 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if wait:
             headers["Prefer"] = f"wait={wait:g}"
-        return self._json(
+        return self._job(
             "POST",
             "api/v1/jobs",
             data=fields,
@@ -74,43 +74,42 @@ class Client:
             read_timeout=wait or 0.0,
         )
 
-    def get(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
+    def get(self, job_id: str, wait: float | None = None) -> Job:
         """The job. With `wait` (seconds, 0.1 to 60) a long poll: the service answers when the job's
         status or stage changes, or once that time passed."""
         if not wait:
-            return self._json("GET", f"api/v1/jobs/{job_id}")
+            return self._job("GET", f"api/v1/jobs/{job_id}")
         wait = min(max(wait, 0.1), MAX_WAIT)
-        return self._json("GET", f"api/v1/jobs/{job_id}", params={"wait": f"{wait:.1f}"}, read_timeout=wait)
+        return self._job("GET", f"api/v1/jobs/{job_id}", params={"wait": f"{wait:.1f}"}, read_timeout=wait)
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; an ApiError with code already_finished if it had ended."""
-        return self._json("POST", f"api/v1/jobs/{job_id}/cancel")
+        return self._job("POST", f"api/v1/jobs/{job_id}/cancel")
 
-    def jobs(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def jobs(self, page_size: int = 100) -> Iterator[Job]:
         """Every job of this API key, newest first, following the pages as it goes."""
         cursor = None
         while True:
             params: dict[str, Any] = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
             page = self._json("GET", "api/v1/jobs", params=params)
-            yield from page["jobs"]
+            yield from (Job.model_validate(job) for job in page["jobs"])
             cursor = page.get("next_cursor")
             if not cursor:
                 return
 
-    def wait(
-        self, job_id: str, timeout: float | None = None, on_update: Callable[[dict[str, Any]], None] | None = None
-    ) -> dict[str, Any]:
+    def wait(self, job_id: str, timeout: float | None = None, on_update: Callable[[Job], None] | None = None) -> Job:
         """Follow the job until it finishes and return it; JobFailed if it failed or was canceled,
         WaitTimeout after `timeout` seconds. Each request is a long poll (`?wait=`, up to 30 s) that
         the service answers as soon as the job changes. A 429 or 503 waits at least as long as its
         Retry-After says, and a service that answers at once without waiting (one from before long
         polls) is polled with a backoff from 0.25 s to 5 s instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay, job, seen = 0.25, None, None
+        job: Job | None = None
+        delay, seen = 0.25, None
         while True:
             remaining = LONG_POLL if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
-                raise WaitTimeout(job or {"id": job_id, "status": "unknown"}, timeout or 0.0)
+                raise WaitTimeout(job_id, job, timeout or 0.0)
             wait = max(0.1, min(remaining, LONG_POLL))  # as get() sends it
             started = time.monotonic()
             try:
@@ -118,12 +117,12 @@ class Client:
             except (RateLimited, ServiceUnavailable, ConnectionFailed) as exc:
                 pause = max(delay, getattr(exc, "retry_after", None) or 0.0)
             else:
-                state = job["status"], job.get("stage")
+                state = job.status, job.stage
                 if on_update is not None and state != seen:
                     on_update(job)
-                if job["status"] == "succeeded":
+                if job.status == "succeeded":
                     return job
-                if job["status"] in FINISHED:
+                if job.finished:
                     raise JobFailed(job)
                 # Nothing changed, yet the answer came long before the wait was over: this service
                 # does not wait, so pace the polls. (A first answer has nothing to compare with.)
@@ -132,7 +131,7 @@ class Client:
                 seen = state
             if pause:
                 if deadline is not None and time.monotonic() + pause > deadline:
-                    raise WaitTimeout(job or {"id": job_id, "status": "unknown"}, timeout or 0.0)
+                    raise WaitTimeout(job_id, job, timeout or 0.0)
                 self.sleep(pause)
                 delay = min(delay * 2, 5.0)
             else:
@@ -175,6 +174,9 @@ class Client:
     # --- HTTP --------------------------------------------------------------------------------------------
     def _json(self, method: str, path: str, **kwargs) -> dict[str, Any]:
         return self._request(method, path, **kwargs).json()
+
+    def _job(self, method: str, path: str, **kwargs) -> Job:
+        return Job.model_validate(self._json(method, path, **kwargs))
 
     def _request(
         self, method: str, path: str, headers: dict | None = None, read_timeout: float = 0.0, **kwargs

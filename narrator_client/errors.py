@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from narrator_client.job import Job
 
 
 class NarratorError(Exception):
@@ -44,21 +47,23 @@ class ConnectionFailed(NarratorError):
 class JobFailed(NarratorError):
     """The job ended without a story: failed or canceled. `job` is its last state."""
 
-    def __init__(self, job: dict[str, Any]):
-        status = job.get("status")
-        reason = f": {job['error']}" if job.get("error") else ""
-        super().__init__(f"job {job.get('id')} {status}{reason}")
+    def __init__(self, job: Job):
+        status = job.status.value
+        reason = f": {job.error}" if job.error else ""
+        super().__init__(f"job {job.id} {status}{reason}")
         self.job, self.code = job, f"job_{status}"
 
 
 class WaitTimeout(NarratorError, TimeoutError):
-    """The job did not finish within the time `wait` was given. `job` is its last state."""
+    """The job did not finish within the time `wait` was given. `job` is its last state (None
+    when no poll was answered)."""
 
     code = "wait_timeout"
 
-    def __init__(self, job: dict[str, Any], timeout: float):
-        super().__init__(f"job {job.get('id')} still {job.get('status')} after {timeout:g} s")
-        self.job = job
+    def __init__(self, job_id: str, job: Job | None, timeout: float):
+        state = job.status.value if job is not None else "unknown"
+        super().__init__(f"job {job_id} still {state} after {timeout:g} s")
+        self.job_id, self.job = job_id, job
 
 
 def error_for(status: int, body: Any, retry_after: float | None) -> ApiError:

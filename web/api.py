@@ -6,22 +6,28 @@ import re
 import time
 from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
+from flask import Response, current_app, jsonify, redirect, request, send_file, url_for
+from flask_openapi3 import APIBlueprint, Tag
 
+from narrator_client.job import JOB_ID_PATTERN
+from narrator_client.job import Job as PublicJob
 from shared.jobs import Job, JobStatus, files
-from shared.jobs.public import public_job
+from shared.jobs.public import public_model
 from shared.storage import StorageNotFound
+from web import contract as c
 from web.auth import current_owner, may_see, require_owner
+from web.contract import E
 from web.errors import AppError, error_response
 from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
-from web.job_events import JobEvents, applied_wait, parse_wait, preferred_wait
+from web.job_events import JobEvents, applied_wait, preferred_wait
 from web.services import services
-from web.uploads import create_job_from_request, parse_int
+from web.uploads import create_job_from_request
 
-bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp = APIBlueprint("api", __name__, url_prefix="/api/v1", operation_id_callback=c.operation_id)
+JOBS = [Tag(name="jobs")]
 
 # Ids come from secrets.token_urlsafe; anything else cannot be a job, so Redis is not even asked.
-JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOB_ID = re.compile(JOB_ID_PATTERN)
 PREFERENCE_APPLIED = "Preference-Applied"  # RFC 7240's answer to `Prefer: wait=S`
 
 
@@ -94,13 +100,55 @@ def moved(first: Job, job: Job) -> bool:
 
 
 def job_view(job: Job) -> dict:
-    view = public_job(job)  # the public fields, as webhooks carry them too (shared/webhooks/)
-    view["audio_url"] = audio_url(job)
-    view["subtitles_url"] = subtitles_url(job)
-    return view
+    """The job as the API answers it: the model webhooks carry too, with this request's URLs."""
+    return public_model(job, audio_url(job), subtitles_url(job)).model_dump(mode="json")
 
 
-@bp.post("/jobs")
+@bp.post(
+    "/jobs",
+    tags=JOBS,
+    summary="Submit a photo",
+    description="Stores the photo and queues a job. With an `Idempotency-Key`, repeating the request (same photo "
+    "and fields) within 24 hours returns the first request's job instead. With `Prefer: wait=S` the answer waits "
+    "until the job is final or S seconds passed.",
+    security=c.SUBMITTER,
+    openapi_extensions=c.submit_extras(),
+    responses={
+        202: c.json_ref(
+            "The new job: queued, or (with a `seed`, from the result cache) already succeeded with `cached: true`; "
+            "with `Prefer: wait=S`, as it is when it is final or S seconds passed.",
+            "Job",
+            {"Location": c.LOCATION, PREFERENCE_APPLIED: c.APPLIED},
+        ),
+        200: c.json_ref(
+            "A repeated `Idempotency-Key`: the first request's job as it is now.",
+            "Job",
+            {
+                "Location": c.LOCATION,
+                REPLAYED_HEADER: c.header("`true`.", enum=["true"]),
+                PREFERENCE_APPLIED: c.APPLIED,
+            },
+        ),
+        **c.API,
+        400: c.error(
+            400,
+            E.missing_image,
+            E.empty_file,
+            E.invalid_words,
+            E.invalid_seed,
+            E.invalid_style,
+            E.invalid_idempotency_key,
+            E.invalid_webhook,
+            E.bad_request,
+        ),
+        409: c.error(409, E.idempotency_key_in_use, headers={"Retry-After": c.RETRY_AFTER}),
+        413: c.error(413, E.too_large, E.too_many_pixels),
+        415: c.error(415, E.unsupported_media_type, E.not_an_image, E.unsupported_format, E.truncated_image),
+        422: c.error(422, E.idempotency_key_reused),
+        429: c.error(429, E.rate_limited, E.too_many_queued, headers={"Retry-After": c.RETRY_AFTER_429}),
+        503: c.error(503, E.redis_unavailable, E.storage_unavailable, E.queue_unavailable),
+    },
+)
 def submit():
     # Checked before the body is read; a replay answers 200 with the job's current state.
     idempotency = IdempotentSubmit.from_headers(request.headers)
@@ -124,32 +172,62 @@ def submit():
     return response
 
 
-@bp.get("/jobs")
-def list_jobs():
-    """The caller's own jobs, newest first (ownerless jobs are never listed)."""
+@bp.get(
+    "/jobs",
+    tags=JOBS,
+    summary="List your jobs",
+    description="The caller's own jobs, newest first; follow `next_cursor` for more. Ownerless jobs are never listed.",
+    security=c.OWNER,
+    responses={
+        200: c.JobList,
+        **c.API,
+        400: c.error(400, E.invalid_limit, E.invalid_cursor),
+        429: c.RATE_LIMITED,
+        503: c.REDIS_DOWN,
+    },
+)
+def list_jobs(query: c.ListQuery):
     owner = require_owner()
-    limit = parse_int(request.args.get("limit"), "limit", 1, 100) or 20
-    cursor = request.args.get("cursor") or None
     try:
-        if cursor is not None and len(cursor) > 200:
-            raise ValueError(cursor)
-        jobs, next_cursor = services().jobs.list(limit=limit, cursor=cursor, owner=owner)
+        jobs, next_cursor = services().jobs.list(limit=query.limit, cursor=query.cursor, owner=owner)
     except ValueError:
         raise AppError(400, "invalid_cursor", "The cursor is not one this API returned.") from None
     return jsonify(jobs=[job_view(job) for job in jobs], next_cursor=next_cursor)
 
 
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str):
-    """With `?wait=S` a long poll: the answer comes when the job's status or stage changes (at once
-    when it is final), or after S seconds, and is then exactly what a plain GET answers."""
-    wait = parse_wait(request.args.get("wait"))
+@bp.get(
+    "/jobs/<job_id>",
+    tags=JOBS,
+    summary="Get a job",
+    description="The job. With `?wait=S`, a long poll: instead of polling every second, ask again as soon as each "
+    "answer arrives.",
+    security=c.ANYONE,
+    responses={
+        200: PublicJob,
+        **c.API,
+        400: c.error(400, E.invalid_wait),
+        404: c.NO_JOB,
+        429: c.RATE_LIMITED,
+        503: c.REDIS_DOWN,
+    },
+)
+def get_job(path: c.JobPath, query: c.WaitQuery):
+    job_id, wait = path.job_id, query.wait
     job = load_job(job_id) if wait is None else await_job(job_id, wait, moved)
     return jsonify(job_view(job))
 
 
-@bp.post("/jobs/<job_id>/cancel")
-def cancel(job_id: str):
+@bp.post(
+    "/jobs/<job_id>/cancel",
+    tags=JOBS,
+    summary="Cancel a job",
+    description="Cancels a queued or running job (its worker stops at its next stage). Canceling a canceled job "
+    "returns it again.",
+    security=c.SUBMITTER,
+    responses={200: PublicJob, **c.API, 404: c.NO_JOB, 409: c.error(409, E.already_finished), 503: c.REDIS_DOWN},
+)
+def cancel(path: c.JobPath):
+    job_id = path.job_id
     services().jobs.cancel(load_job(job_id).id)  # load_job first: an unknown id is a 404
     job = load_job(job_id)
     if job.status != JobStatus.CANCELED:  # canceling twice is harmless; finished is final
@@ -158,9 +236,28 @@ def cancel(job_id: str):
     return jsonify(job_view(job))
 
 
-@bp.get("/jobs/<job_id>/audio")
-def job_audio(job_id: str):
-    job = load_job(job_id)
+@bp.get(
+    "/jobs/<job_id>/audio",
+    tags=JOBS,
+    summary="Get a job's MP3",
+    description="The MP3 of a succeeded job: the bytes (local storage; `Range` and conditional requests work) or a "
+    "redirect to a short-lived presigned URL (S3).",
+    security=c.ANYONE,
+    responses={
+        200: c.media("The MP3.", "audio/mpeg", format="binary"),
+        206: c.media("The part a `Range` header asked for.", "audio/mpeg", format="binary"),
+        302: {"description": "On S3: a presigned URL of the MP3.", "headers": {"Location": c.header("The URL.")}},
+        304: {"description": "Not modified since the copy the client has."},
+        **c.API,
+        404: c.error(404, E.not_found, E.audio_missing),
+        409: c.error(409, E.not_ready),
+        416: c.error(416, E.requested_range_not_satisfiable),
+        429: c.RATE_LIMITED,
+        503: c.STORAGE_DOWN,
+    },
+)
+def job_audio(path: c.JobPath, query: c.AudioQuery):
+    job = load_job(path.job_id)
     if job.status != JobStatus.SUCCEEDED or not job.audio_key:
         raise AppError(409, "not_ready", f"There is no audio: the job is {job.status.value}.")
     svc = services()
@@ -168,15 +265,15 @@ def job_audio(job_id: str):
     presigned = svc.storage.presigned_url(job.audio_key, svc.settings.audio_url_ttl, "audio/mpeg", name)
     if presigned:
         return redirect(presigned, code=302)
-    path = svc.storage.local_path(job.audio_key)
-    if path is None or not path.is_file():
+    file = svc.storage.local_path(job.audio_key)
+    if file is None or not file.is_file():
         raise AppError(404, "audio_missing", "The audio file is missing from storage.")
     response = send_file(
-        path,
+        file,
         mimetype="audio/mpeg",
         download_name=name,
         conditional=True,
-        as_attachment=request.args.get("download") == "1",
+        as_attachment=query.download == "1",
         max_age=3600,
     )
     response.cache_control.public = False  # an owner's audio: browsers may keep it, shared caches not
@@ -184,10 +281,26 @@ def job_audio(job_id: str):
     return response
 
 
-@bp.get("/jobs/<job_id>/subtitles.vtt")
-def job_subtitles(job_id: str):
-    """WebVTT of the spoken words; served from here (it is small), so a page's <track> stays same-origin."""
-    job = load_job(job_id)
+@bp.get(
+    "/jobs/<job_id>/subtitles.vtt",
+    tags=JOBS,
+    summary="Get a job's word-timed subtitles",
+    # Served from here (it is small), so a page's <track> stays same-origin.
+    description="WebVTT with one cue per word of the story as spoken (numbers spelled out), timed to the MP3; a "
+    'written word read as several (`$5`: "five dollars") is one cue. The cue identifier `w<n>` is the index of that '
+    "word in the story split at whitespace.",
+    security=c.ANYONE,
+    responses={
+        200: c.media("The WebVTT file.", "text/vtt", pattern="^WEBVTT"),
+        **c.API,
+        404: c.error(404, E.not_found, E.subtitles_missing),
+        409: c.error(409, E.not_ready),
+        429: c.RATE_LIMITED,
+        503: c.STORAGE_DOWN,
+    },
+)
+def job_subtitles(path: c.JobPath):
+    job = load_job(path.job_id)
     if job.status != JobStatus.SUCCEEDED or not job.audio_key:
         raise AppError(409, "not_ready", f"There are no subtitles: the job is {job.status.value}.")
     data = None
@@ -203,9 +316,21 @@ def job_subtitles(job_id: str):
     return response
 
 
-@bp.get("/jobs/<job_id>/image")
-def job_image(job_id: str):
-    job = load_job(job_id)
+@bp.get(
+    "/jobs/<job_id>/image",
+    tags=JOBS,
+    summary="Get a job's photo",
+    security=c.ANYONE,
+    responses={
+        200: c.media("The uploaded photo, with its own image type.", "image/*", format="binary"),
+        **c.API,
+        404: c.error(404, E.not_found, E.image_missing),
+        429: c.RATE_LIMITED,
+        503: c.STORAGE_DOWN,
+    },
+)
+def job_image(path: c.JobPath):
+    job = load_job(path.job_id)
     try:
         data = services().storage.get(job.input_key or files.input_key(job.id))
     except StorageNotFound:

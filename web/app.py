@@ -12,11 +12,12 @@ from datetime import timedelta
 from flask import Flask, request
 from flask.helpers import get_debug_flag
 from flask.json.provider import DefaultJSONProvider
+from flask_openapi3 import Info, OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
-from web import albums, api, auth, health, openapi, pages, styles_api, webhooks_api
+from web import albums, api, auth, contract, health, openapi, pages, styles_api, webhooks_api
 from web.errors import register_error_handlers
 from web.keys_cli import keys
 from web.limits import init_limits
@@ -59,7 +60,14 @@ def secret_key(settings: Settings, app: Flask) -> str:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    app = Flask(__name__)
+    # Flask, with the OpenAPI document generated from the views' models (web/contract.py); no UI of its own.
+    app = OpenAPI(
+        __name__,
+        info=Info(title="Photo stories API", version="1"),
+        doc_ui=False,
+        validation_error_status=400,
+        validation_error_callback=contract.validation_error,
+    )
     # `/jobs//x` would otherwise get a redirect to the merged path built from the Host header,
     # which any client sets: no answer names a host the request chose.
     app.url_map.merge_slashes = False
@@ -95,17 +103,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.logger.warning("storage not ready at start-up: %s", exc)
 
     register_error_handlers(app)
-    app.register_blueprint(api.bp)
+    app.register_api(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(albums.bp)  # several photos per form post (before init_limits: it limits its feed)
-    app.register_blueprint(health.bp)
+    app.register_api(health.bp)
     app.cli.add_command(keys)
     # Who is asking comes first (a bad key is a 401 before anything else), then the rate limits.
     app.before_request(auth.authenticate)
     app.extensions["narrator_limiter"] = init_limits(app, settings, services.redis)
-    app.register_blueprint(webhooks_api.bp)  # GET /api/v1/webhooks/secret
+    app.register_api(webhooks_api.bp)  # GET /api/v1/webhooks/secret
     init_metrics(app)  # GET /metrics for Prometheus (web/metrics.py)
-    app.register_blueprint(openapi.bp)  # /api/v1/openapi.json, /api/docs
+    app.register_api(openapi.bp)  # /api/v1/openapi.json, /api/docs
 
     @app.after_request
     def _security_headers(response):

@@ -4,21 +4,30 @@ model-load error)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
 from shared import workers
 from shared.jobs.schema import iso
+from web import contract as c
 from web.services import services
 
-bp = Blueprint("health", __name__)
+bp = APIBlueprint("health", __name__, operation_id_callback=c.operation_id)
+HEALTH = [Tag(name="health")]
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", tags=HEALTH, summary="Liveness", responses={200: c.Alive, **c.SERVER})
 def healthz():
     return jsonify(status="ok")
 
 
-@bp.get("/readyz")
+@bp.get(
+    "/readyz",
+    tags=HEALTH,
+    summary="Readiness",
+    description="Redis and storage answer; also the live workers, the queue depth and the last model-load error.",
+    responses={200: c.Ready, 503: c.NotReady, **c.SERVER},
+)
 def readyz():
     svc = services()
     checks: dict[str, str] = {}

@@ -30,7 +30,6 @@ from contextlib import contextmanager
 import redis
 
 from shared.jobs import JobStore
-from web.errors import AppError
 
 log = logging.getLogger(__name__)
 
@@ -226,18 +225,6 @@ class JobEvents:
 # --- what a request asks for --------------------------------------------------------------------
 MAX_WAIT = 60.0  # seconds; below the proxy's and the clients' read timeouts
 _SECONDS = re.compile(r"\d{1,9}(?:\.\d{0,9})?|\.\d{1,9}")
-
-
-def parse_wait(raw: str | None) -> float | None:
-    """`?wait=S` of GET /api/v1/jobs/<id>: None when absent; a number of seconds in (0, MAX_WAIT]."""
-    if raw is None:
-        return None
-    seconds = _seconds(raw.strip())
-    if seconds is None or not 0 < seconds <= MAX_WAIT:
-        raise AppError(
-            400, "invalid_wait", f"'wait' must be a number of seconds, more than 0 and at most {MAX_WAIT:g}."
-        )
-    return seconds
 
 
 def preferred_wait(headers: Iterable[str]) -> float | None:

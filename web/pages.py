@@ -8,6 +8,7 @@ import redis
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from narrator_client.job import WORDS_MAX, WORDS_MIN
 from shared.jobs import JobStatus
 from web import albums, styles_api
 from web.api import job_view, load_job
@@ -15,7 +16,7 @@ from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.errors import AppError, error_response
 from web.services import services
 from web.status_text import MESSAGES, STEPS, status_text, step_states
-from web.uploads import WORDS_MAX, WORDS_MIN, create_job_from_request
+from web.uploads import create_job_from_request
 
 bp = Blueprint("pages", __name__)
 RECENT = 10  # stories listed on the home page

@@ -7,22 +7,24 @@ and checks each submit's `style` against them.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import current_app, jsonify
+from flask_openapi3 import APIBlueprint, OpenAPI, Tag
 
 from shared.styles import StyleError, Styles, UnknownStyle, from_settings
+from web import contract as c
 from web.errors import AppError
 
-bp = Blueprint("styles_api", __name__, url_prefix="/api/v1")
+bp = APIBlueprint("styles_api", __name__, url_prefix="/api/v1", operation_id_callback=c.operation_id)
 EXTENSION = "narrator_styles"
 
 
-def init_styles(app: Flask, settings) -> Styles:
+def init_styles(app: OpenAPI, settings) -> Styles:
     try:
         styles = from_settings(settings)
     except StyleError as exc:
         raise RuntimeError(f"{exc}. The web app and the workers read the same STORY_STYLES.") from None
     app.extensions[EXTENSION] = styles
-    app.register_blueprint(bp)
+    app.register_api(bp)
     return styles
 
 
@@ -38,7 +40,15 @@ def job_style(requested: str | None) -> str | None:
         raise AppError(400, "invalid_style", str(exc)) from None
 
 
-@bp.get("/styles")
+@bp.get(
+    "/styles",
+    tags=[Tag(name="jobs")],
+    summary="List the story styles",
+    description="The styles a job may name in `style` (STORY_STYLES), in the server's order; exactly one is the "
+    "default. Empty when the server has no styles.",
+    security=c.ANYONE,
+    responses={200: c.Styles, **c.API, 503: c.REDIS_DOWN},
+)
 def list_styles():
     styles = configured()
     return jsonify([{"name": name, "default": name == styles.default} for name in styles.names])

@@ -7,7 +7,6 @@ image is stored undoes what was done, so clients never see half-created jobs.
 from __future__ import annotations
 
 import io
-import re
 import sys
 import threading
 import unicodedata
@@ -15,6 +14,7 @@ import unicodedata
 import redis
 from flask import current_app, request
 from PIL import Image
+from pydantic import ValidationError
 from werkzeug.exceptions import ClientDisconnected
 
 from shared import result_cache
@@ -23,14 +23,13 @@ from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, webhook_for_submit
 from web.auth import client_network
+from web.contract import SubmitFields, validation_error
 from web.errors import AppError
 from web.idempotency import REUSED_MESSAGE, IdempotentSubmit
 from web.metrics import note_rejection
 from web.services import services
 from web.styles_api import job_style
 
-WORDS_MIN, WORDS_MAX = 10, 200
-SEED_MAX = 2**32 - 1  # what torch/numpy seeding accepts everywhere
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "")
 
 # At most this many uploads of one web process are being decoded at any moment: a full decode of
@@ -40,16 +39,15 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "")
 DECODE_SLOTS = threading.BoundedSemaphore(1)
 
 
-def parse_int(raw: str | None, name: str, low: int, high: int) -> int | None:
-    if raw is None or not raw.strip():
-        return None
-    raw = raw.strip()
-    if len(raw) > 12 or not re.fullmatch(r"[+-]?\d+", raw):
-        raise AppError(400, f"invalid_{name}", f"'{name}' must be a whole number from {low} to {high}.")
-    value = int(raw)
-    if not low <= value <= high:
-        raise AppError(400, f"invalid_{name}", f"'{name}' must be a whole number from {low} to {high}.")
-    return value
+def form_fields() -> SubmitFields:
+    """This request's `words`, `seed`, `style` and `webhook`, checked by the contract's model: a bad
+    one is a 400 with its own code (invalid_words, ...)."""
+    fields = {name: request.form.get(name) for name in SubmitFields.model_fields if name in request.form}
+    try:
+        return SubmitFields.model_validate(fields)
+    except ValidationError as exc:
+        validation_error(exc)
+        raise  # validation_error always raises
 
 
 def clean_filename(name: str | None) -> str | None:
@@ -182,9 +180,9 @@ def create_job(
     albums (web/albums.py) call it once per photo, passing the `content_type` they already checked."""
     svc = services()
     settings = svc.settings
-    words = parse_int(request.form.get("words"), "words", WORDS_MIN, WORDS_MAX) or settings.story_words
-    seed = parse_int(request.form.get("seed"), "seed", 0, SEED_MAX)
-    style = job_style(request.form.get("style"))  # the default's name when none is asked for
+    fields = form_fields()
+    words, seed = fields.words or settings.story_words, fields.seed
+    style = job_style(fields.style)  # the default's name when none is asked for
     content_type = content_type or validate_image(data, settings.max_image_pixels)
 
     job = Job(
@@ -195,7 +193,7 @@ def create_job(
     if result_cache.applies(settings, seed):  # what the result cache's key is made of
         job.image_sha256 = result_cache.image_digest(data)
     try:  # POSTed, signed, when the job ends (shared/webhooks/); its host is resolved and checked
-        job.webhook = webhook_for_submit(request.form.get("webhook"), job.owner, settings)
+        job.webhook = webhook_for_submit(fields.webhook, job.owner, settings)
     except InvalidWebhook as exc:
         raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key

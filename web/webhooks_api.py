@@ -7,17 +7,26 @@ verify with `standardwebhooks.Webhook(secret).verify(body, headers)`.
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
 from shared.webhooks import owner_secret
+from web import contract as c
 from web.auth import CHALLENGE, current_owner
 from web.errors import AppError
 from web.services import services
 
-bp = Blueprint("webhooks_api", __name__, url_prefix="/api/v1/webhooks")
+bp = APIBlueprint("webhooks_api", __name__, url_prefix="/api/v1/webhooks", operation_id_callback=c.operation_id)
 
 
-@bp.get("/secret")
+@bp.get(
+    "/secret",
+    tags=[Tag(name="webhooks")],
+    summary="Get your webhook secret",
+    description="The `whsec_` secret that signs the webhooks of the caller's jobs (created on first use).",
+    security=c.OWNER,
+    responses={200: c.WebhookSecret, **c.API, 503: c.REDIS_DOWN},
+)
 def secret():
     owner = current_owner()
     if owner is None:

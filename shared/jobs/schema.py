@@ -15,25 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
 
-
-class JobStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
-
-
-class Stage(str, Enum):
-    CAPTION = "caption"
-    STORY = "story"
-    SPEECH = "speech"
-    UPLOAD = "upload"
-
+# The statuses and stages are part of the API's contract: defined with the public job's model.
+from narrator_client.job import JobStatus, Stage
 
 _FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
 _INTS = ("words", "seed", "batch_size", "attempts", "runs", "lone_deaths")

@@ -56,7 +56,7 @@ def test_narrate_writes_the_mp3_prints_the_story_and_shows_the_stages(
     assert result.returncode == 0
     assert is_mp3((tmp_path / "story.mp3").read_bytes())
     job = next(Client(base, api_key=key).jobs())  # the key's job, so the key was sent
-    assert result.stdout.strip() == job["story"].strip() and job["status"] == "succeeded"
+    assert result.stdout.strip() == job.story.strip() and job.status == "succeeded"
     shown = seen.decode(errors="replace")
     assert "5/5 done" in shown and "saved" in shown, shown
 
@@ -116,7 +116,7 @@ def test_exit_2_for_bad_input_and_1_for_a_job_that_ends_without_a_story(service_
     while not (jobs := list(client.jobs())):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)
-    client.cancel(jobs[0]["id"])
+    client.cancel(jobs[0].id)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "canceled" in err
     assert json.loads(out)["status"] == "canceled"

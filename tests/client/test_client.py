@@ -30,17 +30,17 @@ def test_submit_wait_download_list_and_cancel(service_env, web_server, celery_wo
     client = Client(base, api_key=create_api_key(service_env, "client-test"))
     updates = []
     jobs = [client.submit(photo((i * 60, 90, 30)), words=12, seed=i, filename=f"p{i}.jpg") for i in range(3)]
-    assert all(job["status"] == "queued" for job in jobs)
-    done = [client.wait(job["id"], timeout=60, on_update=updates.append) for job in jobs]
-    assert all(job["status"] == "succeeded" and job["story"] for job in done)
-    assert updates[-1]["status"] == "succeeded"
+    assert all(job.status == "queued" for job in jobs)
+    done = [client.wait(job.id, timeout=60, on_update=updates.append) for job in jobs]
+    assert all(job.status == "succeeded" and job.story for job in done)
+    assert updates[-1].status == "succeeded"
     # The audio redirects to presigned S3 (moto, another host): the bytes arrive, the key stays home.
-    path = client.download(done[0]["id"], tmp_path / "story.mp3")
+    path = client.download(done[0].id, tmp_path / "story.mp3")
     assert is_mp3(path.read_bytes())
     # Pages of 2 are followed to the end: all three, newest first.
-    assert [job["id"] for job in client.jobs(page_size=2)] == [job["id"] for job in reversed(jobs)]
+    assert [job.id for job in client.jobs(page_size=2)] == [job.id for job in reversed(jobs)]
     with pytest.raises(ApiError) as finished:
-        client.cancel(done[1]["id"])
+        client.cancel(done[1].id)
     assert finished.value.status == 409 and finished.value.code == "already_finished"
     with pytest.raises(NotFound) as missing:
         client.get("no-such-job")
@@ -54,10 +54,10 @@ def test_wait_raises_job_failed_for_a_canceled_job(service_env, web_server):
     _, base = web_server
     client = Client(base)  # no worker runs: the job stays queued until canceled
     job = client.submit(photo())
-    assert client.cancel(job["id"])["status"] == "canceled"
+    assert client.cancel(job.id).status == "canceled"
     with pytest.raises(JobFailed) as ended:
-        client.wait(job["id"], timeout=10)
-    assert ended.value.job["status"] == "canceled" and ended.value.code == "job_canceled"
+        client.wait(job.id, timeout=10)
+    assert ended.value.job.status == "canceled" and ended.value.code == "job_canceled"
 
 
 @pytest.fixture
@@ -75,17 +75,17 @@ def test_wait_honours_retry_after(slow_reads, service_env, web_server, celery_wo
 
     client = Client(base, sleep=sleep)
     job = client.submit(photo())
-    client.get(job["id"])  # uses up the window: the next poll is refused
+    client.get(job.id)  # uses up the window: the next poll is refused
     with pytest.raises(RateLimited) as limited:
-        client.get(job["id"])
+        client.get(job.id)
     retry_after = limited.value.retry_after
     assert limited.value.code == "rate_limited" and retry_after and retry_after >= 1
-    assert client.wait(job["id"], timeout=60)["status"] == "succeeded"
+    assert client.wait(job.id, timeout=60).status == "succeeded"
     # Its first poll was refused too, and it waited what Retry-After asked, not its own 0.25 s.
     assert slept and slept[0] >= retry_after - 0.5, slept
     # The download right after the last poll is refused as well, and retried after Retry-After.
     waits = len(slept)
-    assert is_mp3(client.download(job["id"], tmp_path / "story.mp3").read_bytes())
+    assert is_mp3(client.download(job.id, tmp_path / "story.mp3").read_bytes())
     assert len(slept) == waits + 1 and slept[-1] >= 1, slept
     assert not list(tmp_path.glob(".*.part"))
 

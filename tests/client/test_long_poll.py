@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from narrator_client import Client, WaitTimeout
+from narrator_client import Client, Job, WaitTimeout
 from tests.client.test_client import photo
 
 
@@ -40,10 +40,10 @@ def test_wait_follows_the_job_with_long_polls(web_server):
 
     def worker():  # the worker's part, through the store, a step every 0.3 s
         steps = [
-            lambda: store.claim("test-worker", first=job["id"]),
-            lambda: store.progress(job["id"], "story", caption="A photo."),
-            lambda: store.progress(job["id"], "speech", story="Once upon a time."),
-            lambda: store.succeed(job["id"], f"audio/{job['id']}.mp3", 1.0),
+            lambda: store.claim("test-worker", first=job.id),
+            lambda: store.progress(job.id, "story", caption="A photo."),
+            lambda: store.progress(job.id, "speech", story="Once upon a time."),
+            lambda: store.succeed(job.id, f"audio/{job.id}.mp3", 1.0),
         ]
         for step in steps:
             time.sleep(0.3)
@@ -53,9 +53,9 @@ def test_wait_follows_the_job_with_long_polls(web_server):
     playing.start()
     urls, updates = counting(client), []
     started = time.monotonic()
-    done = client.wait(job["id"], timeout=60, on_update=lambda j: updates.append((j["status"], j["stage"])))
+    done = client.wait(job.id, timeout=60, on_update=lambda j: updates.append((j.status, j.stage)))
     playing.join()
-    assert done["status"] == "succeeded" and time.monotonic() - started < 4
+    assert done.status == "succeeded" and time.monotonic() - started < 4
     assert updates == [  # the first request already waits for a change from "queued"
         ("running", "caption"),
         ("running", "story"),
@@ -72,7 +72,7 @@ def test_a_long_poll_may_outlast_the_clients_request_timeout(web_server):
     job = client.submit(photo())  # no worker: it stays queued
     started = time.monotonic()
     with pytest.raises(WaitTimeout):
-        client.wait(job["id"], timeout=2.0)
+        client.wait(job.id, timeout=2.0)
     assert 2.0 <= time.monotonic() - started < 4.0
 
 
@@ -81,7 +81,17 @@ def test_submit_can_wait(web_server):
     client = Client(base)
     started = time.monotonic()
     job = client.submit(photo(), wait=0.5)  # Prefer: wait=0.5; no worker, so it waits it out
-    assert job["status"] == "queued" and 0.5 <= time.monotonic() - started < 1.5
+    assert job.status == "queued" and 0.5 <= time.monotonic() - started < 1.5
+
+
+JOB = {name: None for name in Job.model_fields} | {
+    "id": "j1",
+    "created_at": "2024-01-01T00:00:00.000Z",
+    "timings": {},
+    "words": 40,
+    "attempts": 0,
+    "cached": False,
+}
 
 
 class OldService(BaseHTTPRequestHandler):
@@ -93,7 +103,7 @@ class OldService(BaseHTTPRequestHandler):
     def do_GET(self):
         self.requests.append(self.path)
         status = "succeeded" if len(self.requests) >= 5 else "queued"
-        body = json.dumps({"id": "j1", "status": status, "stage": None}).encode()
+        body = json.dumps({**JOB, "status": status}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -111,7 +121,7 @@ def test_a_service_that_does_not_wait_is_polled_with_backoff():
     try:
         sleep = Recorder()
         client = Client(f"http://127.0.0.1:{server.server_port}", sleep=sleep)
-        assert client.wait("j1", timeout=60)["status"] == "succeeded"
+        assert client.wait("j1", timeout=60).status == "succeeded"
     finally:
         server.shutdown()
     assert len(OldService.requests) == 5 and all("wait=" in path for path in OldService.requests)

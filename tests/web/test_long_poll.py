@@ -357,9 +357,9 @@ def test_acceptance_twenty_followers_and_a_waiting_submit(web_server, request):
         time.sleep(2)  # no worker yet: every follower waits on a queued job
         request.getfixturevalue("celery_worker_process")  # starts one, and returns once it is ready
         done = [f.result(timeout=120) for f in following]
-    assert all(f.job["status"] == "succeeded" for f in done), [f.job["status"] for f in done]
+    assert all(f.job.status == "succeeded" for f in done), [f.job.status for f in done]
     per_job = sum(f.requests for f in done) / len(done)
-    late = [f.answered - at(f.job["finished_at"]) for f in done]
+    late = [f.answered - at(f.job.finished_at) for f in done]
     print(f"\nrequests per job {per_job:.2f} (max {max(f.requests for f in done)}), final answer after finished_at:"
           f" max {max(late):.3f} s")  # fmt: skip
     assert per_job <= 8, [f.requests for f in done]
