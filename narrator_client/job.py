@@ -71,7 +71,9 @@ class Job(BaseModel):
         "default; null when the server has no styles."
     )
     filename: str | None = Field(description="The upload's file name (display only).")
-    attempts: int = Field(ge=0, description="Runs started (more than 1 after a worker died).")
+    attempts: int = Field(
+        ge=0, description="Runs started (more than 1 after a worker died; such a job runs alone next)."
+    )
     cached: bool = Field(
         description="true: the job succeeded at submit from the result cache (an earlier job with the same "
         "photo, `words`, `seed` and style; no worker ran it)."

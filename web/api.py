@@ -337,4 +337,8 @@ def job_image(path: c.JobPath):
         raise AppError(404, "image_missing", "The uploaded photo is no longer stored.") from None
     response = Response(data, mimetype=job.content_type or "application/octet-stream")
     response.headers["Cache-Control"] = "private, max-age=3600"
+    # The bytes are the uploader's, stored as sent: opened on their own they are a download, and
+    # nothing in them runs as a page of ours (an <img> still shows them).
+    response.headers["Content-Disposition"] = f'attachment; filename="photo-{job.id}"'
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     return response

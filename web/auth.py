@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from flask import g, request, session
 
+from shared.webhooks.secrets import secret_key
 from web.errors import AppError, error_response
 from web.services import services
 
@@ -100,6 +101,7 @@ def revoke_key(redis_client, name: str) -> None:
     except (ValueError, KeyError, TypeError):
         pass  # a damaged record: removing the name still revokes nothing less than before
     pipe.hdel(KEYS_HASH, name)
+    pipe.delete(secret_key(f"key:{name}"))  # a key made again under this name signs with a new secret
     pipe.execute()
 
 

@@ -79,10 +79,17 @@ class ErrorCode(str, Enum):
     truncated_image = "truncated_image", "the image is cut off or corrupt"
     idempotency_key_reused = (
         "idempotency_key_reused",
-        f"this `{IDEMPOTENCY_HEADER}` was used with another photo, `words`, `seed` or `webhook`, or by another owner",
+        f"the caller already used this `{IDEMPOTENCY_HEADER}` for a different request (keys are per owner)",
     )
-    rate_limited = "rate_limited", "over SUBMIT_RATE_LIMIT or READ_RATE_LIMIT (see `Retry-After`)"
-    too_many_queued = "too_many_queued", "the owner already has MAX_QUEUED_PER_OWNER jobs waiting"
+    rate_limited = (
+        "rate_limited",
+        "over SUBMIT_RATE_LIMIT, SUBMIT_ADDRESS_RATE_LIMIT (submits without a key, per client address) or "
+        "READ_RATE_LIMIT (see `Retry-After`)",
+    )
+    too_many_queued = (
+        "too_many_queued",
+        "the owner (without a key or session: the client address) already has MAX_QUEUED_PER_OWNER jobs waiting",
+    )
     redis_unavailable = "redis_unavailable", "the job store (Redis) is unavailable"
     storage_unavailable = "storage_unavailable", "storage is unavailable"
     queue_unavailable = "queue_unavailable", "the job queue is unavailable"
@@ -326,6 +333,7 @@ API: dict[Any, Any] = {401: UNAUTHORIZED, **SERVER}  # what any API call may mee
 ANYONE: list = [{}, {"apiKey": []}, {"session": []}]  # ownerless jobs are readable by whoever has the id
 OWNER: list = [{"apiKey": []}, {"session": []}]  # a known caller: an API key, or (reads only) a browser session
 SUBMITTER: list = [{}, {"apiKey": []}]  # sessions never authorise API POSTs (web/auth.py)
+KEY_HOLDER: list = [{"apiKey": []}]  # an API POST that needs an owner: a key (sessions never authorise those)
 SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, `nk_...`."},
     "session": {

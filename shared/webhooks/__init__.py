@@ -12,7 +12,7 @@ Nothing here imports Flask, torch or the worker package.
 
 from shared.webhooks.delivery import build_request, deliver, post, retry_delay
 from shared.webhooks.outbox import DELIVER_TASK, EVENTS, WEBHOOK_QUEUE, Outbox, delivery_key, webhook_id
-from shared.webhooks.secrets import new_secret, owner_secret, signing_secret
+from shared.webhooks.secrets import forget_secret, new_secret, owner_secret, rotate_secret, signing_secret
 from shared.webhooks.urls import (
     MAX_URL_LENGTH,
     DeliveryError,
@@ -38,6 +38,8 @@ __all__ = [
     "delivery_key",
     "new_secret",
     "owner_secret",
+    "rotate_secret",
+    "forget_secret",
     "post",
     "resolve_webhook",
     "retry_delay",

@@ -138,7 +138,7 @@ def test_every_ending_transition_hands_the_records_it_wrote_to_notify(client):
     assert len(told) == 1  # a second cancel ends nothing
     told.clear()
 
-    store.update(died.id, attempts=2)
+    store.update(died.id, attempts=3, lone_deaths=2)  # two runs alone ended with their worker dying
     store.claim("w3", first=died.id, lease_seconds=0.05)
     time.sleep(0.1)
     assert store.reap(max_attempts=3) == ([], [died.id])

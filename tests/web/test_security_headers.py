@@ -60,3 +60,12 @@ def test_answers_the_same_for_everyone_stay_cacheable(client):
 def test_the_pages_csp_allows_forms_to_post_only_here(client):
     csp = client.get("/").headers["Content-Security-Policy"]
     assert "form-action 'self'" in csp
+
+
+def test_the_uploaded_photo_is_served_as_a_download_in_a_sandbox(client):
+    job = submit(client)
+    response = client.get(f"/api/v1/jobs/{job['id']}/image")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.headers["Content-Disposition"].startswith("attachment")
+    assert response.headers["Content-Security-Policy"].startswith("sandbox")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"

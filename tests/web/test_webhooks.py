@@ -391,6 +391,38 @@ def test_the_secret_endpoint_gives_each_owner_its_own_secret(web_server, service
     assert secret("nk_not-a-key")[0] == 401
 
 
+def test_a_key_made_again_under_a_revoked_name_gets_a_new_secret(web_server):
+    from web.auth import create_key, revoke_key
+
+    app, base = web_server
+    redis_client = app.extensions["narrator"].redis
+
+    def secret(key):
+        return http("GET", f"{base}/api/v1/webhooks/secret", headers={"Authorization": f"Bearer {key}"})[1]["secret"]
+
+    old = secret(create_key(redis_client, "carol"))
+    revoke_key(redis_client, "carol")
+    assert secret(create_key(redis_client, "carol")) != old
+
+
+def test_post_rotates_the_secret_and_deliveries_are_signed_with_the_new_one(web_server, webhooks_worker, receiver):
+    from web.auth import create_key
+
+    app, base = web_server
+    key = create_key(app.extensions["narrator"].redis, "dave")
+    bearer = {"Authorization": f"Bearer {key}"}
+    old = http("GET", f"{base}/api/v1/webhooks/secret", headers=bearer)[1]["secret"]
+    status, rotated = http("POST", f"{base}/api/v1/webhooks/secret", headers=bearer)
+    assert status == 200 and rotated["secret"].startswith("whsec_") and rotated["secret"] != old
+    assert http("GET", f"{base}/api/v1/webhooks/secret", headers=bearer)[1] == rotated
+    assert http("POST", f"{base}/api/v1/webhooks/secret")[0] == 401  # a secret belongs to a key
+    job = finished_job(app, receiver.url("/dave"), owner="key:dave")
+    [request] = receiver.wait_for("/dave", 1)
+    assert verified(request, rotated["secret"])["data"]["id"] == job.id
+    with pytest.raises(WebhookVerificationError):
+        verified(request, old)
+
+
 # --- refused at submit --------------------------------------------------------------------------------
 
 FAKE_DNS = {
@@ -622,3 +654,15 @@ def test_https_delivery_checks_the_certificate_for_the_host_name(tmp_path, redis
         assert len(rec.to("/tls")) == 1
     finally:
         rec.close()
+
+
+def test_a_session_s_secret_expires_after_its_last_use_and_a_key_s_stays(redis_url):
+    import redis
+
+    from shared.webhooks.secrets import SESSION_SECRET_TTL, owner_secret, secret_key
+
+    client = redis.Redis.from_url(redis_url)
+    owner_secret(client, "session:abc")
+    owner_secret(client, "key:erin")
+    assert 0 < client.ttl(secret_key("session:abc")) <= SESSION_SECRET_TTL
+    assert client.ttl(secret_key("key:erin")) == -1  # until the key is revoked
