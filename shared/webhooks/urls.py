@@ -41,40 +41,65 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
 
 
+# IANA's special-purpose address registries (iana-ipv4-special-registry, iana-ipv6-special-registry),
+# plus the deprecated blocks still routed by some stacks. A webhook goes to none of them, not even
+# the few marked globally reachable (anycast relays and AS112 servers receive no webhooks).
+SPECIAL_IPV4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24",
+        "192.168.0.0/16", "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+        "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
+    )
+)  # fmt: skip
+# IPv6: only global unicast (2000::/3) may be called, less these blocks inside it.
+GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+SPECIAL_IPV6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in ("2001::/23", "2001:db8::/32", "2620:4f:8000::/48", "3fff::/20")
+)  # fmt: skip
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: the IPv4 inside decides
+
+
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries and routes to: mapped, 6to4 or the NAT64 well-known prefix."""
     if addr.ipv4_mapped:
         return addr.ipv4_mapped
     if addr.sixtofour:
         return addr.sixtofour
-    if addr.teredo:
-        return addr.teredo[1]
-    if addr in ipaddress.ip_network("64:ff9b::/96"):  # NAT64
+    if addr in NAT64:
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return None
+
+
+def _kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if addr.is_loopback:
+        return "a loopback"
+    if addr.is_link_local:
+        return "a link-local"
+    if addr.is_private:
+        return "a private"
+    return "a reserved (special-purpose)"
 
 
 def address_problem(address: str, allow_private: bool) -> str | None:
     """Why a webhook may not be sent to this address, or None when it may."""
     addr = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    if addr.is_multicast or addr.is_unspecified:
+        return f"{addr} is not a host address"
+    if allow_private:
+        return None
     if isinstance(addr, ipaddress.IPv6Address):
         inner = _embedded_ipv4(addr)
         if inner is not None:
             problem = address_problem(str(inner), allow_private)
-            if problem:
-                return problem
-    if addr.is_multicast or addr.is_unspecified:
-        return f"{addr} is not a host address"
-    if not allow_private and not addr.is_global:
-        kind = (
-            "a loopback"
-            if addr.is_loopback
-            else "a link-local"
-            if addr.is_link_local
-            else "a private"
-            if addr.is_private
-            else "a reserved"
-        )
-        return f"{addr} is {kind} address (allowed only with WEBHOOK_ALLOW_PRIVATE=true)"
+            return problem and f"{addr} carries {inner}, which is not public ({problem})"
+        public = addr in GLOBAL_UNICAST and not any(addr in net for net in SPECIAL_IPV6)
+    else:
+        public = not any(addr in net for net in SPECIAL_IPV4)
+    if not public:
+        return f"{addr} is {_kind(addr)} address (allowed only with WEBHOOK_ALLOW_PRIVATE=true)"
     return None
 
 
@@ -135,9 +160,13 @@ def resolve_webhook(url: str, allow_private: bool) -> Target:
             raise DeliveryError(f"the host name {host} has no address") from None
     for address in addresses:
         problem = address_problem(address, allow_private)
-        if problem:
-            where = "" if literal else f" ({host} resolves to it)"
-            raise InvalidWebhook(f"The webhook URL may not point at this address: {problem}{where}.")
+        if problem and literal:
+            raise InvalidWebhook(f"The webhook URL may not point at this address: {problem}.")
+        if problem:  # what the name resolves to stays unsaid: the answer would map internal DNS
+            raise InvalidWebhook(
+                f"The webhook URL's host {host} does not resolve to public addresses only; webhooks go to "
+                "public hosts (others only with WEBHOOK_ALLOW_PRIVATE=true)."
+            )
     return Target(url.strip(), scheme, host, port, path, tuple(addresses))
 
 

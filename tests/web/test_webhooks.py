@@ -470,10 +470,25 @@ def submit(client, headers=None, **fields):
         ("http://hooks.example/x", "WEBHOOK_ALLOW_PRIVATE"),
         ("https://127.0.0.1/x", "loopback"),
         ("https://[::1]/x", "loopback"),
-        ("https://localhost/x", "loopback"),
+        ("https://localhost/x", "does not resolve to public addresses only"),
         ("https://169.254.169.254/latest/meta-data", "link-local"),
-        ("https://internal.example/x", "10.1.2.3 is a private address"),
-        ("https://mixed.example/x", "192.168.0.7"),
+        ("https://internal.example/x", "does not resolve to public addresses only"),
+        ("https://mixed.example/x", "does not resolve to public addresses only"),
+        # IANA's special-purpose blocks, which ipaddress.is_global alone let through
+        ("https://[::127.0.0.1]/x", "may not point at this address"),
+        ("https://[64:ff9b:1::7f00:1]/x", "may not point at this address"),
+        ("https://[::ffff:0:7f00:1]/x", "may not point at this address"),
+        ("https://[fec0::1]/x", "may not point at this address"),
+        ("https://192.0.0.8/x", "may not point at this address"),
+        ("https://192.0.0.10/x", "may not point at this address"),
+        ("https://[2001:db8::1]/x", "may not point at this address"),
+        ("https://[2001:2::1]/x", "may not point at this address"),
+        ("https://[3fff::1]/x", "may not point at this address"),
+        ("https://198.18.0.1/x", "may not point at this address"),
+        ("https://240.0.0.1/x", "may not point at this address"),
+        ("https://[::ffff:10.0.0.1]/x", "carries 10.0.0.1"),
+        ("https://[64:ff9b::a00:1]/x", "carries 10.0.0.1"),
+        ("https://[2002:a00:1::1]/x", "carries 10.0.0.1"),
         ("https://hooks.example/" + "a" * 2100, "longer than 2048"),
         ("https://nowhere.example/x", "does not resolve"),
         ("https://user:pw@hooks.example/x", "user name or password"),
@@ -488,6 +503,7 @@ def test_invalid_webhook_urls_are_400_and_create_nothing(strict_app, url, says):
     assert response.status_code == 400, response.get_data(as_text=True)
     error = response.get_json()["error"]
     assert error["code"] == "invalid_webhook" and says in error["message"], error
+    assert not any(answer in error["message"] for answer in ("10.1.2.3", "192.168.0.7"))  # no DNS answer told
     assert strict_app.extensions["narrator"].redis.zcard("jobs:index") == 0
 
 
@@ -548,7 +564,7 @@ def test_delivery_checks_the_address_again(service_env, receiver, redis_url, mon
     strict = Settings(**fast, webhook_allow_private=False)
     assert deliver(client, store, strict, job.id, "job.canceled") is None
     state = delivery_key(job.id, "job.canceled")
-    assert client.hget(state, "state") == b"failed" and b"loopback" in client.hget(state, "last")
+    assert client.hget(state, "state") == b"failed" and b"not resolve to public addresses" in client.hget(state, "last")
     assert receiver.to("/rebound") == []
 
     client.delete(state)
