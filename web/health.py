@@ -10,7 +10,10 @@ from flask_openapi3 import APIBlueprint, Tag
 from shared import workers
 from shared.jobs.schema import iso
 from web import contract as c
+from web.metrics import operator_token_sent
 from web.services import services
+
+HIDDEN_MODEL_ERROR = "a worker could not load its models: its log, or /readyz with METRICS_TOKEN, says why"
 
 bp = APIBlueprint("health", __name__, operation_id_callback=c.operation_id)
 HEALTH = [Tag(name="health")]
@@ -25,7 +28,8 @@ def healthz():
     "/readyz",
     tags=HEALTH,
     summary="Readiness",
-    description="Redis and storage answer; also the live workers, the queue depth and the last model-load error.",
+    description="Redis and storage answer; also the live workers, the queue depth and the last model-load error "
+    "(its text only with `Authorization: Bearer <METRICS_TOKEN>`).",
     responses={200: c.Ready, 503: c.NotReady, **c.SERVER},
 )
 def readyz():
@@ -39,7 +43,9 @@ def readyz():
         body["workers"] = workers.worker_counts(svc.redis)
         body["queue"] = {"queued": svc.jobs.queued_count()}
         error = workers.last_model_error(svc.redis)
-        body["last_model_error"] = {"message": error["message"], "at": iso(error["at"])} if error else None
+        # The raw message may name private things (a bucket, a host): the operator's, with METRICS_TOKEN.
+        message = error and (error["message"] if operator_token_sent() else HIDDEN_MODEL_ERROR)
+        body["last_model_error"] = {"message": message, "at": iso(error["at"])} if error else None
     except Exception as exc:  # any failure means "not ready", never a 500; details stay in the log
         current_app.logger.warning("readyz: redis: %s", exc)
         checks["redis"] = "unavailable"

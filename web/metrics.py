@@ -85,11 +85,16 @@ class RedisCollector:
         yield GaugeMetricFamily("narrator_workers_busy", "Live workers running a batch", value=counts["busy"])
 
 
-@bp.get("/metrics")
-def metrics():
+def operator_token_sent() -> bool:
+    """The request carries METRICS_TOKEN (configured): it comes from the operator's tools."""
     token = services().settings.metrics_token
     sent = request.headers.get("Authorization", "")
-    if token and not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+    return bool(token) and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+
+@bp.get("/metrics")
+def metrics():
+    if services().settings.metrics_token and not operator_token_sent():
         return (
             jsonify(
                 error={"code": "invalid_metrics_token", "message": "Send 'Authorization: Bearer <METRICS_TOKEN>'."}

@@ -69,3 +69,25 @@ def test_the_uploaded_photo_is_served_as_a_download_in_a_sandbox(client):
     assert response.headers["Content-Disposition"].startswith("attachment")
     assert response.headers["Content-Security-Policy"].startswith("sandbox")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_readyz_tells_the_model_error_s_text_only_to_the_operator(redis_url, tmp_path):
+    from shared.workers import record_model_error
+
+    app = create_app(
+        Settings(
+            redis_url=redis_url,
+            storage_url=f"file://{tmp_path}/data",
+            secret_key=TEST_SECRET_KEY,
+            metrics_token="operator-token",
+        )
+    )
+    client = app.test_client()
+    record_model_error(app.extensions["narrator"].redis, "gpu-3:42", "s3://private-bucket/adapter is unreachable")
+    public = client.get("/readyz").json["last_model_error"]
+    assert public["at"] and "private-bucket" not in public["message"]
+    wrong = client.get("/readyz", headers={"Authorization": "Bearer nope"}).json["last_model_error"]
+    assert "private-bucket" not in wrong["message"]
+    operator = client.get("/readyz", headers={"Authorization": "Bearer operator-token"}).json["last_model_error"]
+    assert operator["message"] == "s3://private-bucket/adapter is unreachable"
+    app.extensions["narrator"].celery.close()
