@@ -79,8 +79,21 @@ class Client:
         status or stage changes, or once that time passed."""
         if not wait:
             return self._job("GET", f"api/v1/jobs/{job_id}")
+        job, _ = self._poll(job_id, wait, None)
+        assert job is not None  # without an ETag to compare with, the service always sends the job
+        return job
+
+    def _poll(self, job_id: str, wait: float, etag: str | None) -> tuple[Job | None, str | None]:
+        """A long poll for anything newer than `etag` (the job as last seen): (the job, its ETag), or
+        (None, etag) when it stayed as it was all through the wait."""
         wait = min(max(wait, 0.1), MAX_WAIT)
-        return self._job("GET", f"api/v1/jobs/{job_id}", params={"wait": f"{wait:.1f}"}, read_timeout=wait)
+        headers = {"If-None-Match": etag} if etag else {}
+        response = self._request(
+            "GET", f"api/v1/jobs/{job_id}", headers=headers, params={"wait": f"{wait:.1f}"}, read_timeout=wait
+        )
+        if response.status_code == 304:
+            return None, etag
+        return Job.model_validate(response.json()), response.headers.get("ETag")
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; an ApiError with code already_finished if it had ended."""
@@ -105,7 +118,7 @@ class Client:
         polls) is polled with a backoff from 0.25 s to 5 s instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
         job: Job | None = None
-        delay, seen = 0.25, None
+        delay, seen, etag = 0.25, None, None
         while True:
             remaining = LONG_POLL if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
@@ -113,10 +126,12 @@ class Client:
             wait = max(0.1, min(remaining, LONG_POLL))  # as get() sends it
             started = time.monotonic()
             try:
-                job = self.get(job_id, wait=wait)
+                polled, etag = self._poll(job_id, wait, etag)  # answered as soon as the job differs from etag's
+                job = polled or job
             except (RateLimited, ServiceUnavailable, ConnectionFailed) as exc:
                 pause = max(delay, getattr(exc, "retry_after", None) or 0.0)
             else:
+                assert job is not None  # the first poll has no ETag, so it gets the job
                 state = job.status, job.stage
                 if on_update is not None and state != seen:
                     on_update(job)

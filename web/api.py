@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -97,6 +99,14 @@ def await_job(job_id: str, seconds: float, done: Callable[[Job, Job], bool]) -> 
 
 def moved(first: Job, job: Job) -> bool:
     return (job.status, job.stage) != (first.status, first.stage)
+
+
+def etag(view: dict) -> str:
+    """The ETag of a job as answered: a client that sends it back (`If-None-Match`) says what it has
+    seen, so a long poll answers as soon as the job differs from that, even when the change came
+    between the client's two polls."""
+    digest = hashlib.sha256(json.dumps(view, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return digest[:24]
 
 
 def job_view(job: Job) -> dict:
@@ -203,7 +213,8 @@ def list_jobs(query: c.ListQuery):
     "answer arrives.",
     security=c.ANYONE,
     responses={
-        200: PublicJob,
+        200: c.json_ref("The job.", "Job", {"ETag": c.ETAG}),
+        304: c.NOT_MODIFIED,
         **c.API,
         400: c.error(400, E.invalid_wait),
         404: c.NO_JOB,
@@ -211,10 +222,22 @@ def list_jobs(query: c.ListQuery):
         503: c.REDIS_DOWN,
     },
 )
-def get_job(path: c.JobPath, query: c.WaitQuery):
-    job_id, wait = path.job_id, query.wait
-    job = load_job(job_id) if wait is None else await_job(job_id, wait, moved)
-    return jsonify(job_view(job))
+def get_job(path: c.JobPath, query: c.WaitQuery, header: c.JobHeaders):
+    job_id, wait, seen = path.job_id, query.wait, request.if_none_match
+    if wait is None:
+        job = load_job(job_id)
+    elif seen:  # wait until the job is no longer what the client has
+        job = await_job(job_id, wait, lambda first, now: not seen.contains(etag(job_view(now))))
+    else:
+        job = await_job(job_id, wait, moved)
+    view = job_view(job)
+    tag = etag(view)
+    if seen.contains(tag):
+        response = Response(status=304)
+    else:
+        response = jsonify(view)
+    response.set_etag(tag)
+    return response
 
 
 @bp.post(

@@ -133,6 +133,17 @@ class SubmitForm(SubmitFields):
     )
 
 
+class JobHeaders(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    if_none_match: str | None = Field(
+        None,
+        alias="If-None-Match",
+        description="The `ETag` of the job as the caller last saw it: 304 while it is still so; with `wait`, the "
+        "answer comes as soon as the job differs from it (also when it changed before this request came).",
+    )
+
+
 class SubmitHeaders(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -318,6 +329,11 @@ RETRY_AFTER = header("Seconds to wait before retrying.", pattern=r"^[0-9]+$")
 RETRY_AFTER_429 = {**RETRY_AFTER, "required": False, "description": "Seconds to wait before retrying (`rate_limited`)."}
 CHALLENGE = header('`Bearer realm="narrator"`, with `error="invalid_token"` for a bad key.', pattern="^Bearer ")
 LOCATION = header("The job's URL, `/api/v1/jobs/{job_id}`.")
+ETAG = header("The job as answered, for `If-None-Match`.")
+NOT_MODIFIED = {
+    "description": "The job is still as the `If-None-Match` ETag says (no body).",
+    "headers": {"ETag": ETAG},
+}
 APPLIED = header("`wait=S`, the wait applied, when the request asked for one.", required=False)
 UNAUTHORIZED = error(401, E.api_key_required, E.invalid_api_key, headers={"WWW-Authenticate": CHALLENGE})
 REDIS_DOWN: dict[Any, Any] = error(503, E.redis_unavailable)

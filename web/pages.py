@@ -11,7 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from narrator_client.job import WORDS_MAX, WORDS_MIN
 from shared.jobs import JobStatus
 from web import albums, styles_api
-from web.api import job_view, load_job
+from web.api import etag, job_view, load_job
 from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.errors import AppError, error_response
 from web.services import services
@@ -140,6 +140,7 @@ def job_page(job_id: str):
     return render_template(
         "job.html",
         job=job,
+        etag=etag(job),  # the first poll asks for anything newer than what this page shows
         steps=step_states(job),
         status_text=status_text(job),
         finished=finished,

@@ -105,6 +105,30 @@ def test_a_wait_ends_when_the_status_or_stage_changes(app, client, store, pool):
         until(lambda: waiters(app) == 0)
 
 
+def test_a_change_between_two_polls_is_answered_at_once_to_the_etag_that_missed_it(client, store):
+    job_id = new_job(client)
+    seen = client.get(f"/api/v1/jobs/{job_id}")
+    assert seen.status_code == 200 and seen.headers["ETag"]
+    assert store.claim("test-worker", first=job_id)  # the change comes before the next poll
+    response, seconds = timed(
+        lambda: client.get(f"/api/v1/jobs/{job_id}?wait=10", headers={"If-None-Match": seen.headers["ETag"]})
+    )
+    assert response.status_code == 200 and response.get_json()["status"] == "running"
+    assert seconds < PROMPT, seconds  # without the ETag it would wait for a change after this one
+    assert response.headers["ETag"] != seen.headers["ETag"]
+
+
+def test_an_unchanged_job_is_304_to_its_etag_after_the_wait_and_at_once_without_one(client):
+    job_id = new_job(client)
+    tag = client.get(f"/api/v1/jobs/{job_id}").headers["ETag"]
+    response, seconds = timed(lambda: client.get(f"/api/v1/jobs/{job_id}?wait=0.6", headers={"If-None-Match": tag}))
+    assert response.status_code == 304 and response.get_data() == b"" and response.headers["ETag"] == tag
+    assert 0.6 <= seconds < 0.6 + PROMPT, seconds
+    plain = client.get(f"/api/v1/jobs/{job_id}", headers={"If-None-Match": tag})
+    assert plain.status_code == 304
+    assert client.get(f"/api/v1/jobs/{job_id}", headers={"If-None-Match": '"other"'}).status_code == 200
+
+
 def test_a_final_job_answers_at_once(client, store):
     job_id = new_job(client)
     assert store.cancel(job_id)

@@ -51,21 +51,27 @@
   }
 
   var WAIT = 30;  // seconds the server may hold a poll (it allows up to 60)
-  var seen = null;
+  // The job as this page shows it: the server answers as soon as the job differs from it, even when
+  // the change came between two polls (or before the first).
+  var etag = root.dataset.etag;
   function poll(delay) {
     window.setTimeout(function () {
       var started = Date.now();
-      fetch(url + "?wait=" + WAIT, { headers: { Accept: "application/json" }, cache: "no-store" })
-        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+      var headers = { Accept: "application/json" };
+      if (etag) headers["If-None-Match"] = '"' + etag + '"';
+      fetch(url + "?wait=" + WAIT, { headers: headers, cache: "no-store" })
+        .then(function (r) {
+          if (r.status === 304) return null;  // unchanged all through the wait
+          if (!r.ok) throw new Error(r.status);
+          etag = (r.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
+          return r.json();
+        })
         .then(function (job) {
-          render(job);
-          if (FINISHED.indexOf(job.status) >= 0) return;
-          // The server answers early only when the job changed; an unchanged answer that came at
-          // once (a proxy or server that does not wait) must not turn into a busy loop.
-          var state = job.status + "/" + job.stage;
-          var early = state === seen && Date.now() - started < WAIT * 500;
-          seen = state;
-          poll(early ? 1000 : 0);
+          if (job) render(job);
+          if (job && FINISHED.indexOf(job.status) >= 0) return;
+          // An unchanged answer that came at once (a proxy or server that does not wait) must not
+          // turn into a busy loop.
+          poll(!job && Date.now() - started < WAIT * 500 ? 1000 : 0);
         })
         .catch(function () { poll(Math.min(Math.max(delay, 500) * 2, 10000)); });  // back off while the server is away
     }, delay);
