@@ -346,3 +346,27 @@ def test_styles_decode_without_the_static_cache(story_dir, tmp_path):
 
     styles = {"calm": str(adapter.build(story_dir, tmp_path / "calm", seed=1))}
     assert StoryStage(str(story_dir), styles=styles, static_cache=True).load().static_cache is False
+
+
+def broken_static_cache(*args, **kwargs):
+    raise RuntimeError("CUDA graph capture failed: operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("setting", [None, True], ids=["auto", "on"])
+def test_a_failing_static_cache_falls_back_to_eager_decoding_only_when_auto(story_dir, monkeypatch, caplog, setting):
+    stage = StoryStage(str(story_dir), static_cache=setting, max_batch=16).load()
+    stage.static_cache = True  # as on a GPU (auto turns it on only there)
+    monkeypatch.setattr(stage, "_static_cache", broken_static_cache)
+    if setting:  # STATIC_CACHE=on: the operator asked for it, so the failure stands
+        with pytest.raises(RuntimeError, match="CUDA graph"):
+            stage.warm_up()
+        return
+    with caplog.at_level("WARNING", logger="worker.engine.story"):
+        assert stage.warm_up() == []
+    assert stage.static_cache is False
+    [warning] = [r.getMessage() for r in caplog.records if "STATIC_CACHE" in r.getMessage()]
+    assert "RuntimeError: CUDA graph capture failed" in warning and "eagerly" in warning
+    plain = StoryStage(str(story_dir), max_batch=16).load()
+    captions = ["A red kite over a beach", "Two cats on a sofa", "A lighthouse at dusk"]
+    eager = stage.forward(stage.preprocess(captions), do_sample=False, max_new_tokens=12)
+    assert eager.tolist() == plain.forward(plain.preprocess(captions), do_sample=False, max_new_tokens=12).tolist()

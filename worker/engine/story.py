@@ -17,6 +17,7 @@ routes each row to its adapter with forward hooks, which a compiled graph has no
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from worker.engine.batching import bucket_for, bucket_sizes, run_split
@@ -28,6 +29,7 @@ from worker.engine.story_text import SYSTEM_PROMPT, build_messages, clean_story 
 # story the API allows (200 words: 432 new tokens), so every job reuses the step compiled for its
 # bucket; a second length would compile every bucket again, inside users' jobs.
 CACHE_BLOCK = 1024
+log = logging.getLogger(__name__)
 WARM_UP_TOKENS = 4  # the decoding step compiles on its first calls; a few tokens are enough
 
 
@@ -242,9 +244,35 @@ class StoryStage:
         # The lock keeps a seeded run's random stream (and a bucket's cache) to itself.
         with self._generate_lock, seeded(seed, self.device), torch.inference_mode():
             if self.static_cache:
-                options["cache"] = self._static_cache(size, prompt + max_new_tokens)
+                try:
+                    options["cache"] = self._static_cache(size, prompt + max_new_tokens)
+                    output = self.model.generate(**batch, **options)
+                    return output[:rows, prompt:]
+                except Exception as exc:
+                    if not self._give_up_static_cache(exc):
+                        raise
+                # eager from here on, this batch included: its rows as they came, unpadded
+                batch = {key: value[:rows] for key, value in batch.items()}
+                options.pop("cache", None)
+                options.pop("stopping_criteria", None)
+                if adapter_names is not None:
+                    options["adapter_names"] = list(adapter_names)[:rows]
             output = self.model.generate(**batch, **options)
         return output[:rows, prompt:]
+
+    def _give_up_static_cache(self, exc: Exception) -> bool:
+        """STATIC_CACHE=auto: a static cache that fails (torch.compile, a CUDA graph that cannot be
+        captured) costs speed, not jobs: decode eagerly from now on, and say why once. With
+        STATIC_CACHE=on the failure stands (False): the operator asked for it."""
+        if self.static_cache_setting is not None:
+            return False
+        self.static_cache, self._caches = False, {}
+        log.warning(
+            "STATIC_CACHE=auto: the static KV cache failed (%s: %s); decoding eagerly from now on",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        return True
 
     def _static_cache(self, size: int, tokens: int):
         """The bucket's one StaticCache, emptied in place: the compiled step (its CUDA graph) keeps
@@ -312,4 +340,6 @@ class StoryStage:
             self.forward(
                 self.preprocess(["A photograph of a quiet street"] * size, words), max_new_tokens=WARM_UP_TOKENS
             )
+            if not self.static_cache:
+                return []  # it failed and (STATIC_CACHE=auto) decoding went eager: nothing more to warm
         return list(self.buckets)
