@@ -48,6 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# What a refusal was about, by its status: the key, the request's size or pace, the service, else the photo.
+REFUSED = {401: "the API key", 413: "the photo's size", 429: "the request (too many)", 503: "the request for now"}
+
+
+def refused(exc: ApiError) -> str:
+    return REFUSED.get(exc.status, "the photo")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     client = Client(args.url, api_key=args.api_key)
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"{args.photo}: cannot read it ({exc.strerror or exc})", 2)
     except ApiError as exc:
-        return fail(f"the service refused the photo: {exc.message} ({exc.code})", 1 if exc.status >= 500 else 2)
+        return fail(f"the service refused {refused(exc)}: {exc.message} ({exc.code})", 1 if exc.status >= 500 else 2)
     except NarratorError as exc:
         return fail(str(exc), 1)
     progress = Progress(enabled=not args.json and sys.stderr.isatty())

@@ -89,6 +89,9 @@ def test_exit_2_for_bad_input_and_1_for_a_job_that_ends_without_a_story(service_
     assert nowhere.returncode == 2 and "cannot write there" in nowhere.stderr
     refused = narrate(str(tmp_path / "photo.jpg"), "--url", base, "--words", "5")
     assert refused.returncode == 2 and "invalid_words" in refused.stderr and "Traceback" not in refused.stderr
+    assert "refused the photo" in refused.stderr
+    bad_key = narrate(str(tmp_path / "photo.jpg"), "--url", base, "--api-key", "nk_not-a-key")
+    assert bad_key.returncode == 2 and "refused the API key" in bad_key.stderr and "invalid_api_key" in bad_key.stderr
     unreachable = narrate(str(tmp_path / "photo.jpg"), "--url", "http://127.0.0.1:9")
     assert unreachable.returncode == 1 and "no answer" in unreachable.stderr
     # No worker runs: the job waits until it is canceled, then the command exits 1.
