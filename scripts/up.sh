@@ -4,6 +4,7 @@
 set -euo pipefail
 VENV="${VENV:-.venv}"
 PORT="${PORT:-8000}"
+ENV_FILE="${ENV_FILE:-.env}"  # where this script keeps what it chose (the settings read .env)
 # The address the web app listens on: this machine only unless BIND says otherwise (0.0.0.0).
 BIND="${BIND:-127.0.0.1}"
 export BIND PORT
@@ -16,12 +17,26 @@ if [ "${MODELS:-hub}" = "tiny" ]; then
 fi
 # The web app signs its browser-session cookies with SECRET_KEY and will not start without one:
 # make one the first time, in .env (which the settings read), unless the environment has one.
-if [ -z "${SECRET_KEY:-}" ] && ! grep -qs '^SECRET_KEY=.' .env; then
-  [ -s .env ] && [ -n "$(tail -c1 .env)" ] && echo >> .env  # end the last line first
-  [ -e .env ] || (umask 077 && : > .env)
-  echo "SECRET_KEY=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env
-  echo "up: wrote a new SECRET_KEY to .env"
+if [ -z "${SECRET_KEY:-}" ] && ! grep -qs '^SECRET_KEY=.' "$ENV_FILE"; then
+  [ -s "$ENV_FILE" ] && [ -n "$(tail -c1 "$ENV_FILE")" ] && echo >> "$ENV_FILE"  # end the last line first
+  [ -e "$ENV_FILE" ] || (umask 077 && : > "$ENV_FILE")
+  echo "SECRET_KEY=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> "$ENV_FILE"
+  echo "up: wrote a new SECRET_KEY to $ENV_FILE"
 fi
+# What this run uses goes to .env too, so that what reads .env later (`flask --app web.app keys
+# create`, the next `make up`) talks to this Redis and this port.
+save_setting() {  # NAME VALUE: replace the line, or add it
+  local tmp
+  [ -e "$ENV_FILE" ] || (umask 077 && : > "$ENV_FILE")
+  grep -qsx "$1=$2" "$ENV_FILE" && return 0
+  tmp="$(mktemp)"
+  grep -v "^$1=" "$ENV_FILE" > "$tmp" || true
+  echo "$1=$2" >> "$tmp"
+  cat "$tmp" > "$ENV_FILE" && rm -f "$tmp"
+  echo "up: saved $1=$2 to $ENV_FILE"
+}
+save_setting REDIS_URL "${REDIS_URL:-redis://127.0.0.1:6379/0}"
+save_setting PORT "$PORT"
 # Every `make up` using this Redis database shares its queue: say so when workers are already there.
 "$VENV/bin/python" - <<'PY' || true
 from shared.redis_conn import redis_client
@@ -41,7 +56,8 @@ PY
 set -m
 pids=()
 stop() {
-  trap - INT TERM HUP
+  # A second Ctrl-C must not leave the workers printing over the prompt: this waits for them anyway.
+  trap 'echo "up: still stopping (the worker hands a running job back first)"' INT TERM HUP
   echo "up: stopping"
   # The worker's TERM is a warm shutdown (a running job is handed back to the queue); QUIT is
   # gunicorn's quick shutdown, fine for a local server.
@@ -54,7 +70,19 @@ stop() {
   done
   kill -KILL "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
+  stop_redis
   exit 0
+}
+# The redis-server `make redis` started for this checkout (scripts/ensure-redis.sh: .run/redis.pid)
+# stops with the rest, unless KEEP_REDIS=1; a Redis that was already running is never touched.
+stop_redis() {
+  local pid
+  [ "${KEEP_REDIS:-0}" = "1" ] && return 0
+  pid="$(cat .run/redis.pid 2>/dev/null)" || return 0
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null && echo "up: stopped the redis-server make up started (KEEP_REDIS=1 keeps it)"
+  fi
+  rm -f .run/redis.pid
 }
 trap stop INT TERM HUP
 # One worker process per GPU: CUDA does not survive fork, so the solo pool runs jobs in the main process.
@@ -80,4 +108,5 @@ wait -n "${pids[@]}" || status=$?
 trap - INT TERM HUP
 kill -TERM "${pids[@]}" 2>/dev/null || true
 wait 2>/dev/null || true
+stop_redis
 exit "$status"

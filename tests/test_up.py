@@ -38,6 +38,7 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
         "WEB_CONCURRENCY": "2",
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
+        "ENV_FILE": str(tmp_path / ".env"),  # not the checkout's
     }
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
@@ -61,6 +62,8 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
             time.sleep(0.3)
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)  # an impatient second Ctrl-C still waits for the workers
         assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
         stopped_in = time.monotonic() - started
     finally:
@@ -72,7 +75,11 @@ def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_m
     assert "Traceback" not in text and "SIGKILL" not in text, text[-3000:]
     assert "1 worker(s) already use" in text and "REDIS_URL=redis://127.0.0.1:6379/1" in text
     assert "webhooks@" in text and ". deliver_webhook" in text, "the webhooks worker ran, with its task"
+    assert "still stopping" in text
     assert not _answers(port)
+    # What it used is in its .env, for `flask --app web.app keys create` and the next `make up`.
+    saved = (tmp_path / ".env").read_text().splitlines()
+    assert f"REDIS_URL={redis_url}" in saved and f"PORT={port}" in saved
 
 
 def _answers(port: int) -> bool:
