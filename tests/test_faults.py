@@ -310,6 +310,25 @@ def test_sigterm_hands_back_a_batch_still_finishing_after_the_grace_period(stack
     other.kill()
 
 
+def test_a_worker_takes_jobs_within_a_second_of_redis_coming_back(stack):
+    worker = stack.worker("a")
+    stack.redis_server.stop()
+    time.sleep(7)  # kombu's default backoff would have grown to 6 s between tries by now
+    stack.redis_server.start()
+    deadline = time.monotonic() + 30
+    while (reply := post_job(stack.base, 1))[0] != 202:  # the web app reconnects on its own
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.05)
+    job_id = reply[1]["id"]
+    while (job := stack.store.get(job_id)).started_at is None:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    pickup = job.started_at - job.created_at
+    print(f"\nRedis back after 7 s down: the first job was taken {pickup:.2f} s after it was submitted")
+    assert pickup < 1.5, pickup
+    worker.kill()
+
+
 def test_a_redis_restart_loses_nothing(stack):
     workers = [stack.worker("a"), stack.worker("b")]
     accepted, refused, errors = [], Counter(), []
