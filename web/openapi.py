@@ -91,6 +91,32 @@ def security_text(security: list) -> str:
     return " or ".join(names)
 
 
+# What the examples download to, by the answer's media type (as in the README's quick start).
+SAVE_AS = {"audio/mpeg": "story.mp3", "text/vtt": "story.vtt"}
+
+
+def curl_example(method: str, path: str, op: dict) -> str:
+    """A curl command for the operation, with the README's names: $NARRATOR_URL, $KEY, $id and the
+    shipped examples/photo.jpg for a file field."""
+    parts = ["curl -s"]
+    security = op.get("security", [])
+    if security and {} not in security and any("apiKey" in item for item in security):
+        parts.append('-H "Authorization: Bearer $KEY"')
+    form = op.get("requestBody", {}).get("content", {}).get("multipart/form-data", {}).get("schema", {})
+    for name in form.get("required", []):
+        if form["properties"][name].get("format") == "binary":
+            parts.append(f"-F {name}=@examples/photo.jpg")
+    if method != "get" and not form:
+        parts.append(f"-X {method.upper()}")
+    media = {m for r in op["responses"].values() for m in r.get("content", {})}
+    for kind, name in SAVE_AS.items():
+        if kind in media:
+            parts.append(f"-L -o {name}")
+    url = re.sub(r"\{[a-z_]*id\}", "$id", path)
+    parts.append(f'"$NARRATOR_URL{url}"')
+    return " ".join(parts)
+
+
 def docs_view(spec: dict) -> dict:
     operations = []
     for path, item in spec["paths"].items():
@@ -108,6 +134,7 @@ def docs_view(spec: dict) -> dict:
                     "summary": op["summary"],
                     "description": op.get("description", ""),
                     "security": security_text(op.get("security", spec.get("security", []))),
+                    "example": curl_example(method, path, op),
                     "parameters": [
                         {
                             "name": p["name"],

@@ -153,6 +153,7 @@ def test_a_browser_uploads_three_photos_and_watches_all_finish(web_server, celer
             expect(card.locator('[data-field="status"]')).to_have_text("Done: your story is ready.", timeout=60_000)
             expect(card.locator('[data-field="listen"]')).to_be_visible()
             expect(card.locator('[data-field="story"]')).not_to_have_class(re.compile("placeholder"))
+            expect(card.get_by_label("The story", exact=True)).to_have_attribute("data-field", "story")  # labelled
             src = card.locator("audio").get_attribute("src")
             assert re.fullmatch(rf"{base}/api/v1/jobs/[A-Za-z0-9_-]{{22}}/audio", src)
             assert page.request.get(src).headers["content-type"] == "audio/mpeg"

@@ -173,6 +173,10 @@ def test_docs_page_shows_every_operation_and_code_from_our_own_files(app, spec):
     text = " ".join(" ".join(page.text).split())
     for path, method, op in operations(spec):
         assert f"{method} {path}" in text and op["summary"] in text
+        example = re.sub(r"\{[a-z_]*id\}", "$id", path)
+        assert f'"$NARRATOR_URL{example}"' in text, f"no curl example for {method} {path}"
+    assert 'curl -s -F image=@examples/photo.jpg "$NARRATOR_URL/api/v1/jobs"' in text
+    assert "/api/docs" in client.get("/").get_data(as_text=True)  # the home page leads to it
     for _, code in documented_codes(spec):
         assert code in text
     for name in PUBLIC_FIELDS:
