@@ -18,6 +18,7 @@ from training.dataset import dataset_sha256
 from training.errors import UsageError
 from training.loop import mean_loss, train_steps
 
+FEW_STEPS = 20  # fewer optimizer steps than this cannot move a LoRA adapter far from where it starts
 BASE_FIXES = (
     "Fixes: --base a local model folder (`python -m worker.tiny_models --out DIR` builds a tiny one in DIR/story "
     "for a trial run); or fill the Hugging Face cache (HF_HOME) on a machine with network and run with "
@@ -136,6 +137,14 @@ def run_training(args, train, evals, device, dtype, duplicates_dropped: int = 0)
     eval_loader = loader_for(eval_features, args.batch_size, collator)
     steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_loader)))
     warmup = int(args.warmup_ratio * steps)
+    if steps < FEW_STEPS:
+        # LoRA starts as a no-op (its B matrices are zero): a handful of small steps leaves the
+        # adapter all but the base model, which a user would otherwise only notice in its stories.
+        print(
+            f"warning: only {steps} optimizer step(s): the adapter will barely differ from the base model "
+            f"(use more data, --epochs or --max-steps; {FEW_STEPS} or more)",
+            file=sys.stderr,
+        )
 
     initial_loss = mean_loss(model, measure_loader, device)
     initial_eval = mean_loss(model, eval_loader, device)

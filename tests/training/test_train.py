@@ -170,6 +170,7 @@ def test_empty_eval_split_warns_and_reports_null(tmp_path, tiny_story, small_set
     )
     assert code == 0
     assert "eval split is empty" in stderr
+    assert "only 2 optimizer step(s): the adapter will barely differ" in stderr  # said, not silently useless
     report = json.loads((tmp_path / "out" / "training_report.json").read_text())
     assert report["eval_loss"] is None and report["examples"]["eval"] == 0 and report["steps"] == 2
 
