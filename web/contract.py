@@ -262,6 +262,12 @@ class ModelError(BaseModel):
     at: str | None = Field(json_schema_extra={"format": "date-time"})
 
 
+class StoryModel(BaseModel):
+    adapter: bool = Field(description="true: STORY_ADAPTER, one LoRA adapter merged into the story model.")
+    styles: list[str] = Field(description="The story styles served (STORY_STYLES), empty without.")
+    default_style: str | None = Field(description="The style of jobs that name none.")
+
+
 class Ready(BaseModel):
     status: Literal["ready"]
     checks: Checks
@@ -269,6 +275,7 @@ class Ready(BaseModel):
     workers: Workers
     queue: Queue
     last_model_error: ModelError | None
+    story: StoryModel
 
 
 class NotReadyError(BaseModel):
@@ -280,6 +287,7 @@ class NotReady(BaseModel):
     status: Literal["unavailable"]
     checks: Checks
     error: NotReadyError
+    story: StoryModel
     workers: Workers | None = None
     queue: Queue | None = None
     last_model_error: ModelError | None = None

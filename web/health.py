@@ -12,6 +12,7 @@ from shared.jobs.schema import iso
 from web import contract as c
 from web.metrics import operator_token_sent
 from web.services import services
+from web.styles_api import configured as configured_styles
 
 HIDDEN_MODEL_ERROR = "a worker could not load its models: its log, or /readyz with METRICS_TOKEN, says why"
 
@@ -35,7 +36,9 @@ def healthz():
 def readyz():
     svc = services()
     checks: dict[str, str] = {}
-    body: dict = {}
+    styles = configured_styles()  # the web app and its workers read the same STORY_STYLES
+    story = {"adapter": bool(svc.settings.story_adapter), "styles": styles.names, "default_style": styles.default}
+    body: dict = {"story": story}
     try:
         svc.redis.ping()
         checks["redis"] = "ok"

@@ -22,6 +22,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from shared import workers
 from shared.queue import make_celery
 from shared.settings import get_settings
+from shared.styles import from_settings
 from worker import metrics as worker_metrics
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -81,10 +82,21 @@ def start_worker(sender=None, **_) -> None:
     heartbeat.state = "ready"
     heartbeat._quietly(heartbeat.announce)  # /readyz shows it at once, not at the next beat
     log.info(
-        "models loaded in %.1fs (%s)",
+        "models loaded in %.1fs (%s); stories: %s",
         sum(seconds.values()),
         ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()),
+        story_setup(ctx.settings),
     )
+
+
+def story_setup(settings) -> str:
+    """Which story model runs, in words: the base model, with STORY_ADAPTER, or with its styles."""
+    styles = from_settings(settings)
+    if styles.names:
+        return f"{settings.story_model} with the styles {', '.join(styles.names)} (default {styles.default})"
+    if settings.story_adapter:
+        return f"{settings.story_model} with the adapter {settings.story_adapter}"
+    return f"{settings.story_model} (no adapter)"
 
 
 @worker_shutting_down.connect

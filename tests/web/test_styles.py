@@ -88,6 +88,9 @@ def test_jobs_of_both_styles_share_one_batch_and_each_gets_its_own_adapter(
     status, body = http("GET", f"{base}/api/v1/styles")
     assert status == 200
     assert json.loads(body) == [{"name": "bedtime", "default": False}, {"name": "adventure", "default": True}]
+    status, body = http("GET", f"{base}/readyz")
+    story = {"adapter": False, "styles": ["bedtime", "adventure"], "default_style": "adventure"}
+    assert json.loads(body)["story"] == story  # what the workers serve, said where operators look
 
     # Refused before anything is stored: the API and the form.
     status, body = http("POST", f"{base}/api/v1/jobs", {"style": "poetry"}, jpeg())
@@ -154,6 +157,7 @@ def test_without_styles_the_list_is_empty_and_a_style_is_refused(redis_url, tmp_
     try:
         client = app.test_client()
         assert client.get("/api/v1/styles").get_json() == []
+        assert client.get("/readyz").get_json()["story"] == {"adapter": False, "styles": [], "default_style": None}
         assert 'name="style"' not in client.get("/").get_data(as_text=True)
         photo = {"image": (io.BytesIO(jpeg()), "p.jpg")}
         response = client.post("/api/v1/jobs", data={**photo, "style": "bedtime"})

@@ -91,3 +91,13 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
     assert "ready." not in result.stderr + result.stdout
     recorded = last_model_error(redis.Redis.from_url(redis_url))
     assert recorded and "CAPTION_MODEL=" in recorded["message"] and "MODELS=tiny" in recorded["message"]
+
+
+def test_the_load_line_names_the_story_model_s_adapter_or_styles():
+    from shared.settings import Settings
+    from worker.app import story_setup
+
+    assert story_setup(Settings(story_model="m")) == "m (no adapter)"
+    assert story_setup(Settings(story_model="m", story_adapter="adapters/mine")) == "m with the adapter adapters/mine"
+    styled = Settings(story_model="m", story_styles="bedtime=a,adventure=b", story_default_style="adventure")
+    assert story_setup(styled) == "m with the styles bedtime, adventure (default adventure)"
