@@ -80,13 +80,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=16,  # the form's post raises this and MAX_CONTENT_LENGTH for its photos (web/albums.py)
         SECRET_KEY=secret_key(settings, app),
-        SESSION_COOKIE_NAME="narrator_session",
+        SESSION_COOKIE_NAME=auth.SESSION_COOKIE,  # __Host- prefixed over https (auth.SessionCookies)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # not sent with other sites' POSTs (the pages check Origin too)
         SESSION_COOKIE_SECURE=(settings.public_base_url or "").lower().startswith("https:"),
         PERMANENT_SESSION_LIFETIME=timedelta(days=SESSION_DAYS),
     )
     app.json = OrderedJSON(app)
+    app.session_interface = auth.SessionCookies()
     if settings.proxy_hops:
         hops = settings.proxy_hops
         # Flask's documented way to add WSGI middleware, which mypy reads as replacing a method.

@@ -28,6 +28,7 @@ import time
 from urllib.parse import urlsplit
 
 from flask import g, request, session
+from flask.sessions import SecureCookieSessionInterface
 
 from shared.webhooks.secrets import secret_key
 from web.errors import AppError, error_response
@@ -152,6 +153,22 @@ def client_network() -> str:
             return f"addr:{address.ipv4_mapped}"
         return f"addr:{ipaddress.ip_network(f'{address}/64', strict=False)}"
     return f"addr:{address}"
+
+
+SESSION_COOKIE = "narrator_session"
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """The browser session's cookie: Secure whenever the page is (PUBLIC_BASE_URL is https, or the
+    request came over https, as a trusted proxy says), and then named `__Host-...`, which browsers
+    keep only from a secure origin, for this host, on path / (no other subdomain or path can plant
+    or overwrite it)."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+    def get_cookie_name(self, app) -> str:
+        return f"__Host-{SESSION_COOKIE}" if self.get_cookie_secure(app) else SESSION_COOKIE
 
 
 def session_id() -> str | None:

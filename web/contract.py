@@ -364,7 +364,8 @@ SECURITY_SCHEMES = {
         "type": "apiKey",
         "in": "cookie",
         "name": "narrator_session",
-        "description": "The web form's signed session cookie: API reads only.",
+        "description": "The web form's signed session cookie: API reads only. Over https its name is "
+        "`__Host-narrator_session`.",
     },
 }
 DESCRIPTION = (

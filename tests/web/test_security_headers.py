@@ -91,3 +91,27 @@ def test_readyz_tells_the_model_error_s_text_only_to_the_operator(redis_url, tmp
     operator = client.get("/readyz", headers={"Authorization": "Bearer operator-token"}).json["last_model_error"]
     assert operator["message"] == "s3://private-bucket/adapter is unreachable"
     app.extensions["narrator"].celery.close()
+
+
+def test_over_https_the_session_cookie_is_secure_and_host_only(client):
+    page = client.post(
+        "/jobs",
+        base_url="https://localhost",
+        headers={"Origin": "https://localhost"},
+        data={"image": (io.BytesIO(photo_bytes()), "teal.png")},
+    )
+    assert page.status_code == 303, page.get_data(as_text=True)[:300]
+    cookie = client.get_cookie("__Host-narrator_session", domain="localhost")
+    assert cookie is not None and cookie.secure and cookie.path == "/" and not cookie.domain.startswith(".")
+    assert client.get_cookie("narrator_session", domain="localhost") is None
+    # Over plain http (a local `make up`) the cookie keeps its plain name: browsers drop __Host- there.
+    local = client.post(
+        "/jobs", headers={"Origin": "http://localhost"}, data={"image": (io.BytesIO(photo_bytes()), "t.png")}
+    )
+    assert local.status_code == 303 and client.get_cookie("narrator_session", domain="localhost") is not None
+
+
+def photo_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "teal").save(buf, "PNG")
+    return buf.getvalue()
