@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # Absolute URLs (audio_url, Location) come from here, or from a trusted proxy (PROXY_HOPS), never
     # from a raw Host header.
     public_base_url: str | None = None
+    # Host names the web app answers to (a request naming another is a 400), comma-separated, "*"
+    # for any. Empty: PUBLIC_BASE_URL's host, else BIND's address; loopback names always. A page
+    # must not trust a Host it did not expect (DNS rebinding turns a foreign name into this app).
+    trusted_hosts: str = ""
+    bind: str = "127.0.0.1"  # BIND: the address the web app listens on (web/gunicorn_conf.py)
 
     # Webhooks: POSTed when a job ends, signed per Standard Webhooks
     webhook_secret: str | None = None  # whsec_...: signs the webhooks of ownerless jobs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 from flask.helpers import get_debug_flag
@@ -26,6 +27,23 @@ from web.services import Services
 
 # Room for multipart framing and the small form fields next to a photo of exactly MAX_UPLOAD_MB.
 FORM_OVERHEAD = 64 * 1024
+# IPv6 literals cannot be listed (werkzeug cuts a trusted name at its first ":"): a name, or "*".
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")
+
+
+def trusted_hosts(settings: Settings) -> list[str] | None:
+    """TRUSTED_HOSTS as Flask takes it (None: any host). Empty: the host of PUBLIC_BASE_URL, else the
+    specific address BIND names; and loopback, which health checks and `make up` use."""
+    names = [name.strip().lower() for name in settings.trusted_hosts.split(",") if name.strip()]
+    if "*" in names:
+        return None
+    if not names and settings.public_base_url:
+        names = [urlsplit(settings.public_base_url).hostname or ""]
+    if not names and settings.bind.strip("[]") not in ("0.0.0.0", "::", ""):
+        names = [settings.bind.strip("[]")]
+    return [*dict.fromkeys([*filter(None, names), *LOOPBACK_NAMES])]
+
+
 # Blueprints whose answers do not depend on who asks (static files have no blueprint).
 SAME_FOR_EVERYONE = frozenset({"static", "health", "openapi", "metrics", "styles_api"})
 SESSION_DAYS = 30  # a browser keeps its session (and so its list of stories) this long after its last visit
@@ -80,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=16,  # the form's post raises this and MAX_CONTENT_LENGTH for its photos (web/albums.py)
         SECRET_KEY=secret_key(settings, app),
+        TRUSTED_HOSTS=trusted_hosts(settings),  # another Host header: 400, before any view
         SESSION_COOKIE_NAME=auth.SESSION_COOKIE,  # __Host- prefixed over https (auth.SessionCookies)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # not sent with other sites' POSTs (the pages check Origin too)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 import redis
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request
 from kombu.exceptions import OperationalError as BrokerError  # send_task's connection errors
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 from shared.storage import StorageError, StorageUnavailable
 
@@ -51,6 +51,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(SecurityError)
+    def _untrusted_host(exc: SecurityError):
+        # Raised before routing (TRUSTED_HOSTS): no URL can be built, so no page either; and nothing
+        # in it repeats the host name the request gave.
+        text = "400 Bad Request: this server does not answer to that host name (TRUSTED_HOSTS).\n"
+        return Response(text, status=400, mimetype="text/plain")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
