@@ -78,6 +78,11 @@ class Job(BaseModel):
         description="true: the job succeeded at submit from the result cache (an earlier job with the same "
         "photo, `words`, `seed` and style; no worker ran it)."
     )
+    deadline_at: Time | None = Field(
+        description="Submitted with a `deadline`: a job no worker has started by then fails with an `error` "
+        "starting `expired:`, and never runs."
+    )
+    retry_of: str | None = Field(description="The failed or canceled job this one retries (POST .../retry).")
 
     @property
     def finished(self) -> bool:

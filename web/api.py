@@ -146,6 +146,7 @@ def job_view(job: Job) -> dict:
             E.empty_file,
             E.invalid_words,
             E.invalid_seed,
+            E.invalid_deadline,
             E.invalid_style,
             E.invalid_idempotency_key,
             E.invalid_webhook,

@@ -23,6 +23,8 @@ from web.idempotency import HEADER as IDEMPOTENCY_HEADER
 from web.idempotency import KEY_PATTERN
 from web.job_events import _SECONDS, MAX_WAIT
 
+DEADLINE_MAX = 86400  # a day: longer-lived jobs need no deadline
+
 
 class ErrorCode(str, Enum):
     """Every `error.code` the API answers with, and what it means."""
@@ -38,6 +40,7 @@ class ErrorCode(str, Enum):
     empty_file = "empty_file", "the `image` file is empty"
     invalid_words = "invalid_words", f"`words` is not a whole number from {WORDS_MIN} to {WORDS_MAX}"
     invalid_seed = "invalid_seed", f"`seed` is not a whole number from 0 to {SEED_MAX}"
+    invalid_deadline = "invalid_deadline", f"`deadline` is not a whole number of seconds from 1 to {DEADLINE_MAX}"
     invalid_style = "invalid_style", "`style` is not one of the server's story styles (GET /api/v1/styles)"
     invalid_limit = "invalid_limit", "`limit` is not a whole number from 1 to 100"
     invalid_cursor = "invalid_cursor", "a `cursor` this API did not return"
@@ -124,6 +127,11 @@ class SubmitFields(BaseModel):
     )
     webhook: Annotated[str | None, Blank, Field(json_schema_extra={"maxLength": MAX_URL_LENGTH})] = Field(
         None, description="An https URL that gets a signed POST when the job ends (blank: none)."
+    )
+    deadline: Annotated[int | None, Blank, Field(ge=1, le=DEADLINE_MAX)] = Field(
+        None,
+        description="Seconds: a job no worker has started this long after it was submitted never runs; it fails "
+        "with an `error` starting `expired:` (its webhook fires once). Blank: no deadline.",
     )
 
 

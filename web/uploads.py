@@ -190,6 +190,8 @@ def create_job(
     )
     if owner is None:  # an ownerless job takes its client network's turns, not a turn of its own
         job.lane = client_network()
+    if fields.deadline is not None:  # the claim that meets it later fails it instead (shared/jobs/lua/claim.lua)
+        job.deadline_at = job.created_at + fields.deadline
     if result_cache.applies(settings, seed):  # what the result cache's key is made of
         job.image_sha256 = result_cache.image_digest(data)
     try:  # POSTed, signed, when the job ends (shared/webhooks/); its host is resolved and checked

@@ -18,7 +18,7 @@ from enum import Enum
 # The statuses and stages are part of the API's contract: defined with the public job's model.
 from narrator_client.job import JobStatus, Stage
 
-_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds")
+_FLOATS = ("created_at", "started_at", "finished_at", "audio_seconds", "deadline_at")
 _INTS = ("words", "seed", "batch_size", "attempts", "runs", "lone_deaths")
 _BOOLS = ("cached",)
 
@@ -75,6 +75,9 @@ class Job:
     runs: int = 0
     # Succeeded at submit from the result cache (shared/result_cache.py), without a run of its own.
     cached: bool = False
+    # A job not started by then never runs: the claim that meets it fails it (EXPIRED_MESSAGE).
+    deadline_at: float | None = None
+    retry_of: str | None = None  # the failed or canceled job this one retries (same photo and fields)
     image_sha256: str | None = None  # the photo's, for the result cache's key (seeded jobs only)
     # Worker bookkeeping (not shown by the API): the run that holds the job (its lease is its score
     # in jobs:running, on Redis's clock), and how many jobs shared its batch.
@@ -91,7 +94,7 @@ class Job:
         out = asdict(self)
         out["status"] = JobStatus(self.status).value
         out["stage"] = Stage(self.stage).value if self.stage else None
-        for name in ("created_at", "started_at", "finished_at"):
+        for name in ("created_at", "started_at", "finished_at", "deadline_at"):
             out[name] = iso(out[name])
         return out
 

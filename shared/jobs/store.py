@@ -32,6 +32,10 @@ def _script(redis_client, name: str):
     return redis_client.register_script((LUA / "queues.lua").read_text() + (LUA / f"{name}.lua").read_text())
 
 
+# The `error` of a job whose deadline passed before any run took it (it never ran).
+EXPIRED_MESSAGE = "expired: no worker started this job before its deadline, so it never ran"
+
+
 def died_message(attempts: int) -> str:
     return (
         f"the worker stopped while running this job alone, {attempts} time(s) (MAX_ATTEMPTS); "
@@ -191,14 +195,17 @@ class JobStore:
         only ever taken alone; a wake-up whose job is no longer queued claims nothing."""
         if limit <= 0 or (first and self.redis.zscore(self.QUEUED, first) is None):
             return []  # most wake-ups of a busy queue: their job went with an earlier one's batch
-        ids = self._scripts["claim"](args=[claimant, lease_seconds, limit, first or ""])
-        if not ids:
+        result = self._scripts["claim"](args=[claimant, lease_seconds, limit, first or "", EXPIRED_MESSAGE])
+        ids, expired = result if result else ([], [])
+        if not ids and not expired:
             return []
         # Read apart from the script: a record handed out of Lua costs Redis more than an HGETALL.
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
+        for job_id in [*ids, *expired]:
             pipe.hgetall(self.key(_text(job_id)))
-        return [Job.from_redis(raw) for raw in pipe.execute() if raw]
+        records = [Job.from_redis(raw) if raw else None for raw in pipe.execute()]
+        self._ended([job for job in records[len(ids) :] if job is not None])  # their webhooks
+        return [job for job in records[: len(ids)] if job is not None]
 
     def claim(self, claimant: str, limit: int = 1, lease_seconds: float = 20, first: str | None = None) -> list[str]:
         """claim_jobs, for callers that need only the ids."""

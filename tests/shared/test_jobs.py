@@ -431,3 +431,22 @@ def test_an_owner_s_index_expires_with_its_last_job_and_lanes_share_a_queue(stor
     assert client.zrange(JobStore.OWNERS, 0, -1).count(b"addr:203.0.113.9") == 1  # one lane, one turn
     claimed = store.claim("w", limit=8)
     assert {a.id, b.id} <= set(claimed) and store.queued_count("addr:203.0.113.9") == 0
+
+
+def test_a_job_past_its_deadline_fails_when_a_claim_meets_it_and_takes_no_batch_slot(client):
+    from shared.jobs.store import EXPIRED_MESSAGE
+
+    told: list[Job] = []
+    store = JobStore(client, TTL, notify=told.extend)
+    now = time.time()
+    late = store.create(Job(id="late", created_at=now - 5, deadline_at=now - 1))
+    fine = [store.create(Job(id=f"fine{i}", created_at=now + i, deadline_at=now + 60)) for i in range(2)]
+    assert store.claim("w", limit=2, first=late.id) == [job.id for job in fine]  # the late one took no slot
+    expired = store.get(late.id)
+    assert (
+        expired.status is JobStatus.FAILED and expired.error == EXPIRED_MESSAGE and expired.error.startswith("expired")
+    )
+    assert expired.started_at is None and expired.attempts == 0 and expired.finished_at  # it never ran
+    assert [job.id for job in told] == [late.id] and told[0].error == EXPIRED_MESSAGE  # its webhook, once
+    assert store.queued_count() == 0 and store.claim("w2", limit=8) == []
+    assert len(told) == 1

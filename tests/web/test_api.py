@@ -504,7 +504,8 @@ def test_web_process_never_imports_torch(tmp_path, redis_url):
 
 
 def test_behind_a_proxy_urls_use_the_clients_scheme_and_host(settings):
-    app = build(settings.model_copy(update={"proxy_hops": 1}))
+    # The host the proxy names must be one this app answers to (TRUSTED_HOSTS).
+    app = build(settings.model_copy(update={"proxy_hops": 1, "trusted_hosts": "stories.example.com"}))
     client = app.test_client()
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "stories.example.com"}
     response = client.post("/api/v1/jobs", data={"image": (io.BytesIO(png()), "p.png")}, headers=headers)
@@ -517,7 +518,11 @@ def test_behind_a_proxy_urls_use_the_clients_scheme_and_host(settings):
     plain = build(settings).test_client().get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
     assert plain["audio_url"] == f"/api/v1/jobs/{job_id}/audio"
     # PUBLIC_BASE_URL wins over what the proxy says.
-    public = build(settings.model_copy(update={"proxy_hops": 1, "public_base_url": "https://narrator.example.com/"}))
+    public = build(
+        settings.model_copy(
+            update={"proxy_hops": 1, "public_base_url": "https://narrator.example.com/", "trusted_hosts": "*"}
+        )
+    )
     job = public.test_client().get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
     assert job["audio_url"] == f"https://narrator.example.com/api/v1/jobs/{job_id}/audio"
     app.extensions["narrator"].celery.close()

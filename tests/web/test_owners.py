@@ -312,9 +312,11 @@ def test_cross_site_form_posts_are_refused(web_server):
 
 def test_a_forged_host_header_never_reaches_a_url(web_server):
     app, base = web_server
-    job_id = submit(base, headers={"Host": "evil.example"}).json()["id"]
+    refused = submit(base, headers={"Host": "evil.example"})  # not a host this app answers to (TRUSTED_HOSTS)
+    assert refused.status_code == 400 and "evil.example" not in refused.text
+    job_id = submit(base).json()["id"]
     finish(app, job_id)
-    forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+    forged = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}  # no trusted proxy sent these
     job = requests.get(f"{base}/api/v1/jobs/{job_id}", headers=forged, timeout=10).json()
     assert job["audio_url"] == f"{base}/api/v1/jobs/{job_id}/audio"  # PUBLIC_BASE_URL (the fixture's)
     page = requests.get(f"{base}/jobs/{job_id}", headers=forged, timeout=10).text

@@ -1,6 +1,7 @@
--- queued -> running: a batch for one run (the claimant).
--- ARGV: claimant, lease seconds, limit, first id ("" = none).
--- Returns the claimed ids.
+-- queued -> running: a batch for one run (the claimant); queued -> failed: a job met past its deadline.
+-- ARGV: claimant, lease seconds, limit, first id ("" = none), the error of an expired job.
+-- Returns {claimed ids, expired ids}. A job whose `deadline_at` passed before any run took it never
+-- runs: it fails here, as it is met, and takes no place in the batch.
 --
 -- A wake-up names a job; when that job is no longer queued, another run took it with its batch and
 -- the wake-up is spent (every queued job has a wake-up of its own, or the reaper sends one). Else
@@ -15,7 +16,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local lease = now + tonumber(ARGV[2])
 
-local picked, attempts_of, runs_of, solo = {}, {}, {}, false
+local picked, attempts_of, runs_of, solo, expired = {}, {}, {}, false, {}
 local leaving, owners_touched, claimed_from = {}, {}, {}  -- per owner: ids leaving its queue
 
 local function leave(o, id)
@@ -28,10 +29,17 @@ end
 
 -- 'take', 'gone' (expired or no longer queued: only its queue entry is left) or 'later' (a rerun)
 local function consider(id, o)
-  local s = redis.call('HMGET', 'job:' .. id, 'status', 'attempts', 'owner', 'runs', 'lane')
+  local s = redis.call('HMGET', 'job:' .. id, 'status', 'attempts', 'owner', 'runs', 'lane', 'deadline_at')
   o = o or owner_name(s[3], s[5])
   if s[1] ~= 'queued' then
     leave(o, id)
+    return 'gone'
+  end
+  if s[6] and tonumber(s[6]) and tonumber(s[6]) <= now then
+    leave(o, id)
+    redis.call('HSET', 'job:' .. id, 'status', 'failed', 'error', ARGV[5], 'finished_at', tostring(now))
+    redis.call('HDEL', 'job:' .. id, 'stage')
+    table.insert(expired, id)
     return 'gone'
   end
   local attempts = tonumber(s[2] or '0') or 0
@@ -104,7 +112,8 @@ for k, o in ipairs(owners_touched) do
   end
 end
 redis.call('ZREM', 'jobs:queued', unpack(all))
-if #picked == 0 then return {} end
+if #expired > 0 then redis.call('PUBLISH', 'jobs:changed', table.concat(expired, ' ')) end
+if #picked == 0 then return {{}, expired} end
 local leases = {}
 for _, id in ipairs(picked) do
   table.insert(leases, lease)
@@ -112,4 +121,4 @@ for _, id in ipairs(picked) do
 end
 redis.call('ZADD', 'jobs:running', unpack(leases))
 redis.call('PUBLISH', 'jobs:changed', table.concat(picked, ' '))
-return picked
+return {picked, expired}
