@@ -5,55 +5,22 @@ in the README's reliability section."""
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 
 import pytest
 import redis
-from PIL import Image
 
 from shared.jobs import JobStatus, JobStore
 from shared.storage import open_storage
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
-from tests.fault_harness import RedisServer, Supervisor, TcpProxy, Worker
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
+from tests.support.http import post_job
+from tests.support.servers import RedisServer, Supervisor, TcpProxy, Worker
 
 pytestmark = [requires_tool(bool(__import__("shutil").which("redis-server")), "redis-server"), pytest.mark.serial]
-
-
-def photo(index: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def post_job(base: str, index: int, filename: str = "p.jpg", timeout: float = 30) -> tuple[int, dict]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="words"\r\n\r\n12\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + photo(index)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    request = urllib.request.Request(
-        f"{base}/api/v1/jobs",
-        data=body,
-        method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
 
 
 class Stack:

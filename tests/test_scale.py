@@ -16,7 +16,6 @@ the bridge's /24. Needs root; skips, saying why, only where network namespaces c
 from __future__ import annotations
 
 import ast
-import io
 import os
 import random
 import re
@@ -35,14 +34,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
 from shared.queue import QUEUE, make_celery, wake
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import free_port, requires_tool
-from tests.fault_harness import RedisServer, Worker, wait_for_address
+from tests.support.env import requires_tool
+from tests.support.net import free_port, wait_for_address
+from tests.support.photos import photo
+from tests.support.servers import RedisServer, Worker
 from worker.runner import audio_key
 
 IP = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), None)
@@ -153,12 +153,6 @@ def host_network(count: int):
             ip("link", "del", bridge, check=False)
         left = [ns for ns in namespaces if ns in ip("netns", "list", check=False).stdout]
         assert not left and not problems, f"test network not cleaned up: {left} {problems}"
-
-
-def photo(index: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 class Cluster:

@@ -39,9 +39,10 @@ from shared.redis_conn import (
 )
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, free_port, requires_tool, wait_for_port
-from tests.fault_harness import Worker
-from tests.test_faults import post_job
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
+from tests.support.http import post_job
+from tests.support.net import free_port, wait_for_port
+from tests.support.servers import Worker
 
 needs_redis = requires_tool(bool(shutil.which("redis-server")), "redis-server")
 

@@ -25,19 +25,19 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, free_port
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
+from tests.support.net import free_port
+from tests.support.photos import photo
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "web" / "gunicorn_conf.py"
 WORKERS = 2
 BOUNDARY = "testboundary7MA4YWxkTrZu0gW"
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.process]  # gunicorn
 
 
 def png(size=(64, 48), mode="RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, "PNG")
-    return buf.getvalue()
+    return photo(None, size, "PNG", mode)
 
 
 def multipart(data: bytes, filename: str = "photo.png", content_type: str = "image/png") -> bytes:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -38,7 +37,9 @@ from shared.webhooks import (
     notify_finished,
     webhook_id,
 )
-from tests.conftest import celery_worker_command, create_api_key
+from tests.support.keys import create_api_key
+from tests.support.photos import photo
+from tests.support.servers import celery_worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SECRET = new_secret()  # WEBHOOK_SECRET: signs ownerless jobs' webhooks
@@ -161,12 +162,6 @@ def webhooks_worker(service_env, web_server, tmp_path):
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def photo() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), "teal").save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def http(method: str, url: str, fields: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:

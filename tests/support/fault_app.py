@@ -1,6 +1,6 @@
 """The GPU worker with faults on demand, for the fault tests only:
 
-    celery -A tests.fault_app worker --pool solo ...     (from the repository root)
+    celery -A tests.support.fault_app worker --pool solo ...     (from the repository root)
 
 It is worker.app itself, with two of the runner's steps wrapped, so production code knows no test
 photo name. A photo uploaded as
@@ -8,7 +8,7 @@ photo name. A photo uploaded as
 - `__sleep_<seconds>__...` makes its batch's GPU part take that much longer;
 - `__slow_finish_<seconds>__...` makes its batch's finishing (encode, upload) take that much longer.
 
-The fault harness (tests/fault_harness.py) starts this app for a worker whose environment has
+The fault harness (tests/support/servers.py, Worker) starts this app for a worker whose environment has
 TEST_FAULT_HOOKS=1, a switch of the tests' own that the service never reads.
 """
 
