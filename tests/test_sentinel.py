@@ -46,7 +46,7 @@ from tests.support.servers import Worker
 
 needs_redis = requires_tool(bool(shutil.which("redis-server")), "redis-server")
 
-pytestmark = pytest.mark.serial  # failover timings: alone on the machine
+SERIAL = pytest.mark.serial  # failover timings: alone on the machine (the settings tests below need no server)
 
 MASTER_NAME = "narrator-test"
 # Above Sentinel's 1 s ping period: at 1000 ms a Sentinel could find the master it had just promoted
@@ -233,6 +233,7 @@ def app_settings(env: dict) -> Settings:
     )
 
 
+@SERIAL
 @needs_redis
 def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_path, tiny_models_dir):
     master, replicas, sentinels = topology
@@ -364,6 +365,7 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
         server.shutdown()
 
 
+@SERIAL
 @needs_redis
 def test_a_job_no_replica_acknowledges_is_refused_and_undone(topology, tmp_path):
     """WAIT: with both replicas frozen (SIGSTOP: connected, silent) the master still takes writes,

@@ -17,7 +17,7 @@ from shared import result_cache
 from shared.queue import QUEUE
 from shared.settings import Settings
 from tests.support.photos import photo
-from tests.web.test_webhooks import SERVER_SECRET, verified
+from tests.support.webhooks import SERVER_SECRET, verified
 
 
 @pytest.fixture
