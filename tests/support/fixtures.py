@@ -220,9 +220,17 @@ def celery_worker(env: dict, log: Path, app: str = "worker.app") -> Iterator[sub
             proc.wait()
 
 
+def require_process_mark(request) -> None:
+    """A test that starts a process through request.getfixturevalue escapes the marking by fixture names:
+    it must carry the mark itself, or `make test-fast` would run it."""
+    if request.node.get_closest_marker("process") is None:
+        pytest.fail(f"{request.node.nodeid} starts a worker process: mark it @pytest.mark.process", pytrace=False)
+
+
 @pytest.fixture
-def celery_worker_process(service_env, tmp_path) -> Iterator[subprocess.Popen]:
+def celery_worker_process(request, service_env, tmp_path) -> Iterator[subprocess.Popen]:
     """A real `celery -A worker.app worker` process on the test Redis (no eager mode)."""
+    require_process_mark(request)
     with celery_worker(service_env, tmp_path / "worker.log") as proc:
         yield proc
 

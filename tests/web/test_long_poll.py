@@ -344,6 +344,7 @@ class Follower:
 
 
 @pytest.mark.serial
+@pytest.mark.process
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 def test_acceptance_twenty_followers_and_a_waiting_submit(web_server, request):
     _, base = web_server

@@ -79,6 +79,7 @@ def service_env(service_env, style_adapters):
     }
 
 
+@pytest.mark.process  # its worker starts mid-test (request.getfixturevalue)
 def test_jobs_of_both_styles_share_one_batch_and_each_gets_its_own_adapter(
     web_server, service_env, request, tiny_models_dir, style_adapters
 ):
