@@ -22,6 +22,7 @@ from shared.settings import Settings
 from shared.storage import open_storage
 from tests.support.env import TEST_SECRET_KEY
 from tests.support.net import closed_port
+from tests.support.photos import photo
 from tests.support.web import assert_error, build, make_settings, png, submit
 from web.app import create_app
 
@@ -165,9 +166,7 @@ def test_submit_errors_store_nothing(app, client, r, send, status, code):
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
 def test_unsupported_image_format(app, client, r):
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buf, "ICO")
-    assert_error(submit(client, buf.getvalue()), 415, "unsupported_format")
+    assert_error(submit(client, photo(None, (16, 16), "ICO")), 415, "unsupported_format")
     assert_nothing_created(app, r)
 
 
