@@ -16,6 +16,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process (read when torch is imported, and inherited by the processes tests start):
+# the suite runs a process per core, and OpenMP threads of processes sharing the cores spin waiting for
+# each other: a tiny-model test took 25 s instead of 1.7 s beside another on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import itertools
 import shutil

@@ -27,16 +27,3 @@ def tiny_tokenizer(tiny_story):
 @pytest.fixture
 def small_set(tmp_path) -> Path:
     return write_jsonl(tmp_path / "small.jsonl", SMALL_SET)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models train ~10x faster on one thread when the 2 CPUs are shared with other test runs
-    (OpenMP threads spin waiting for each other); module scope so module fixtures that train get it
-    too; restored afterwards for everyone else."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
