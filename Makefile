@@ -11,7 +11,7 @@ MODELS ?= hub
 TINY_MODELS_DIR ?= .cache/tiny-models
 export REDIS_URL PORT
 
-.PHONY: setup system-deps test-deps redis up test lint tiny-models bench clean
+.PHONY: setup system-deps test-deps redis up test test-fast lint tiny-models bench clean
 
 ## setup: prepare .venv (and the system packages it needs: python3-venv, ffmpeg, redis-server)
 setup: system-deps $(VENV)/.installed
@@ -41,9 +41,15 @@ up: setup redis
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 REQUIRE_SYSTEM_TOOLS=1
 ## test: install, start what the tests need, run every test (none may skip for a missing tool):
 ## most in parallel (one process per core), then those that time real processes, alone
+## (--dist loadgroup: a module whose tests share one worker process, xdist_group, runs in one process)
 test: setup test-deps redis lint
-	$(TEST_ENV) $(PY) -m pytest -q -n auto -m "not serial"
+	$(TEST_ENV) $(PY) -m pytest -q -n auto --dist loadgroup -m "not serial"
 	$(TEST_ENV) $(PY) -m pytest -q -m serial
+
+## test-fast: the tests that start no worker, server, CLI or browser process and take seconds (under
+## 2 minutes on 2 cores); `make test` runs them too, with everything else
+test-fast: setup redis
+	$(TEST_ENV) $(PY) -m pytest -q -n auto --dist loadgroup -m "not process and not serial and not slow"
 
 ## lint: ruff (lint and format check) and mypy, as configured in pyproject.toml
 lint: $(VENV)/.installed

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import requires_tool
+import pytest
+
+from tests.support.env import requires_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = shutil.which("docker-compose")
@@ -88,6 +90,7 @@ def test_compose_file_is_valid_with_its_secrets():
     assert "ports" not in services["worker"], "workers scale with --scale, so they publish no ports"
 
 
+@pytest.mark.process
 @needs_compose
 def test_compose_refuses_to_start_without_secrets():
     result = compose_config()
@@ -189,6 +192,7 @@ SENTINEL_ENV = {
 }
 
 
+@pytest.mark.process
 @needs_compose
 def test_compose_profile_sentinel_adds_a_replica_and_three_sentinels():
     listed = subprocess.run(
@@ -304,6 +308,7 @@ def _start_redis_node(tmp_path: Path, service: str, sentinels: str) -> list[str]
     return (state / "server-args").read_text().split()
 
 
+@pytest.mark.process
 @needs_compose
 def test_redis_nodes_follow_the_master_the_sentinels_name(tmp_path):
     base = ["--appendonly", "yes", "--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]
@@ -325,6 +330,7 @@ def test_redis_nodes_follow_the_master_the_sentinels_name(tmp_path):
     assert skipped[skipped.index("--replicaof") :][:3] == ["--replicaof", "redis-replica", "6379"]
 
 
+@pytest.mark.process
 @needs_compose
 @requires_tool(shutil.which("redis-server") is not None, "redis-server")
 def test_compose_sentinel_and_redis_configs_are_ones_redis_accepts(tmp_path):
@@ -332,7 +338,7 @@ def test_compose_sentinel_and_redis_configs_are_ones_redis_accepts(tmp_path):
     loopback (the service names replaced by 127.0.0.1 and free ports)."""
     import redis
 
-    from tests.conftest import free_port, wait_for_port
+    from tests.support.net import free_port, wait_for_port
 
     services = compose_services("--profile", "sentinel", **SENTINEL_ENV)
     args = _start_redis_node(tmp_path, "redis", "")
@@ -419,6 +425,7 @@ def _run_create_bucket(tmp_path: Path, env: dict, state: Path) -> subprocess.Com
     return subprocess.run(["/bin/sh", "-c", script], env=run_env, capture_output=True, text=True, timeout=30)
 
 
+@pytest.mark.process
 @needs_compose
 def test_create_bucket_makes_the_app_user_with_a_policy_on_its_bucket_alone(tmp_path):
     state = tmp_path / "state"
@@ -459,6 +466,7 @@ def test_create_bucket_makes_the_app_user_with_a_policy_on_its_bucket_alone(tmp_
     assert calls.count("admin policy attach local narrator-app --user story-app") == 2
 
 
+@pytest.mark.process
 @needs_compose
 def test_create_bucket_fails_on_real_errors(tmp_path):
     broken = _run_create_bucket(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import requires_tool
+from tests.support.env import requires_tool
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -21,7 +21,7 @@ ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = requires_tool(Path(CHROMIUM).exists(), "Debian's chromium")
+pytestmark = [requires_tool(Path(CHROMIUM).exists(), "Debian's chromium"), pytest.mark.process]  # Chromium and a worker
 
 
 @pytest.mark.parametrize("storage_url", ["s3"], indirect=True)

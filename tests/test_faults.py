@@ -5,55 +5,24 @@ in docs/reliability.md."""
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 
 import pytest
 import redis
-from PIL import Image
 
 from shared.jobs import JobStatus, JobStore
 from shared.storage import open_storage
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
-from tests.fault_harness import RedisServer, Supervisor, TcpProxy, Worker
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
+from tests.support.http import post_job
+from tests.support.servers import RedisServer, Supervisor, TcpProxy, Worker
 
-pytestmark = [requires_tool(bool(__import__("shutil").which("redis-server")), "redis-server"), pytest.mark.serial]
-
-
-def photo(index: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def post_job(base: str, index: int, filename: str = "p.jpg", timeout: float = 30) -> tuple[int, dict]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="words"\r\n\r\n12\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + photo(index)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    request = urllib.request.Request(
-        f"{base}/api/v1/jobs",
-        data=body,
-        method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+# Every test starts workers. Those that time recovery closely run alone (serial); the others assert
+# nothing a busy machine would break, so they run beside the parallel part.
+pytestmark = [requires_tool(bool(__import__("shutil").which("redis-server")), "redis-server"), pytest.mark.process]
 
 
 class Stack:
@@ -234,6 +203,7 @@ def test_sigterm_finishes_the_batch_within_the_grace_period(stack):
     assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
 
 
+@pytest.mark.serial
 def test_sigterm_hands_a_long_batch_back_at_once_after_the_grace_period(stack):
     slow = stack.worker("slow", WORKER_STOP_GRACE="1")
     ids = [post_job(stack.base, 0, filename="__sleep_60__.jpg")[1]["id"]]
@@ -288,6 +258,7 @@ def test_sigterm_lets_the_batch_finishing_in_the_background_end(stack):
     stack.one_mp3_each({job_id: job})
 
 
+@pytest.mark.serial
 def test_sigterm_hands_back_a_batch_still_finishing_after_the_grace_period(stack):
     slow = stack.worker("slow", WORKER_STOP_GRACE="1")
     job_id = post_job(stack.base, 0, filename="__slow_finish_60__.jpg")[1]["id"]
@@ -310,6 +281,7 @@ def test_sigterm_hands_back_a_batch_still_finishing_after_the_grace_period(stack
     other.kill()
 
 
+@pytest.mark.serial
 def test_a_worker_takes_jobs_within_a_second_of_redis_coming_back(stack):
     worker = stack.worker("a")
     stack.redis_server.stop()
@@ -329,6 +301,7 @@ def test_a_worker_takes_jobs_within_a_second_of_redis_coming_back(stack):
     worker.kill()
 
 
+@pytest.mark.serial
 def test_a_redis_restart_loses_nothing(stack):
     workers = [stack.worker("a"), stack.worker("b")]
     accepted, refused, errors = [], Counter(), []

@@ -16,7 +16,6 @@ the bridge's /24. Needs root; skips, saying why, only where network namespaces c
 from __future__ import annotations
 
 import ast
-import io
 import os
 import random
 import re
@@ -28,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
@@ -35,15 +35,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
 from shared.jobs.files import audio_key
 from shared.queue import QUEUE, make_celery, wake
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import free_port, requires_tool
-from tests.fault_harness import RedisServer, Worker, wait_for_address
+from tests.support.env import requires_tool
+from tests.support.net import free_port, wait_for_address
+from tests.support.photos import photo
+from tests.support.servers import RedisServer, Worker
 
 IP = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), None)
 TASKSET = shutil.which("taskset")  # util-linux: on every Debian
@@ -155,12 +156,6 @@ def host_network(count: int):
         assert not left and not problems, f"test network not cleaned up: {left} {problems}"
 
 
-def photo(index: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 class Cluster:
     """The hosts, the shared Redis and storage on the bridge, and what the root namespace needs to submit."""
 
@@ -173,6 +168,7 @@ class Cluster:
         self.celery = make_celery(Settings(redis_url=redis_url))
         self.workers: dict[str, Worker] = {}
         self.inputs: list[str] = []
+        self.server_pids: list[int] = []  # Redis and moto: the test's own load, like the workers
 
     def start_workers(self, **env_by_host: dict) -> dict[str, Worker]:
         """One worker in each named host, started together; returns them once all are ready."""
@@ -284,7 +280,7 @@ def servers(network, tmp_path_factory):
     )
     try:
         wait_for_address(bridge, port)
-        yield redis_server, f"http://{bridge}:{port}"
+        yield redis_server, f"http://{bridge}:{port}", moto.pid
     finally:
         moto.terminate()
         moto.wait(timeout=10)
@@ -294,7 +290,7 @@ def servers(network, tmp_path_factory):
 @pytest.fixture
 def cluster(network, servers, tiny_models_dir, tmp_path, monkeypatch):
     bridge, hosts = network
-    redis_server, s3 = servers
+    redis_server, s3, moto_pid = servers
     no_proxy = ",".join(filter(None, [bridge, os.environ.get("NO_PROXY", "")]))
     aws = {
         "AWS_ENDPOINT_URL_S3": s3,
@@ -320,6 +316,7 @@ def cluster(network, servers, tiny_models_dir, tmp_path, monkeypatch):
         "TEST_FAULT_HOOKS": "0",
     }
     cluster = Cluster(hosts, redis_server.url, storage_url, env, tmp_path)
+    cluster.server_pids = [redis_server.proc.pid, moto_pid]
     cluster.redis.flushdb()
     try:
         yield cluster
@@ -371,12 +368,39 @@ def jobs_per_second(jobs, start: float, end: float) -> float:
     return done / (end - start)
 
 
+# Cores' worth of CPU that processes other than the test's own (pytest with the feeder, the workers and
+# their ffmpeg, Redis, moto) may use during the throughput windows before the scaling is no longer asserted.
+BUSY_ELSEWHERE = 0.5
+
+
+def busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids) -> float:
+    """CPU seconds the processes and the children they waited for (a worker's ffmpeg) have used, 0 for one
+    that is gone."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in stat[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def test_throughput_grows_with_hosts(cluster):
     """1, 2 and 3 hosts on the same steady stream, in interleaved rounds so that load from other processes on
     the machine falls on every host count alike. A host leaves and rejoins the way an operator drains one
     (Celery's cancel_consumer / add_consumer: it finishes its batch and takes no more wake-ups). Each host's
     worker has a CPU core of its own, as a machine would; on a 2-core box the third shares the first's."""
     workers = cluster.start_workers(**{name: {} for name in HOSTS})
+    ours = [os.getpid(), *cluster.server_pids, *(worker.pid for worker in workers.values())]
+    busy_before, ours_before, started = busy_seconds(), cpu_seconds(ours), time.monotonic()
     windows = []
     with Feeder(cluster, depth=2 * BATCH * len(HOSTS)) as feeder:
         for order in [(1, 2, 3), (3, 2, 1)]:  # two rounds: make test's time is precious
@@ -386,6 +410,7 @@ def test_throughput_grows_with_hosts(cluster):
                 start = time.time()
                 time.sleep(5)
                 windows.append((count, start, time.time()))
+    others = (busy_seconds() - busy_before - (cpu_seconds(ours) - ours_before)) / (time.monotonic() - started)
     assert not feeder.errors, feeder.errors[:3]
     deadline = time.monotonic() + 60
     while any(cluster.store.get(job_id).status is JobStatus.RUNNING for job_id in feeder.ids):
@@ -397,10 +422,9 @@ def test_throughput_grows_with_hosts(cluster):
         rates[count].append(jobs_per_second(finished.values(), start, end))
     best = {count: max(values) for count, values in rates.items()}
     cores = ", ".join(f"{name} {cpu_of(worker)}" for name, worker in workers.items())
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\nthroughput on the tiny models, WORKER_BATCH_SIZE {BATCH}, {len(feeder.ids)} jobs in all "
-        f"(CPU cores of the hosts' workers: {cores}; load average {load}):"
+        f"(CPU cores of the hosts' workers: {cores}; other processes used {others:.2f} cores meanwhile):"
     )
     for count in (1, 2, 3):
         print(
@@ -411,13 +435,21 @@ def test_throughput_grows_with_hosts(cluster):
     assert not failed, failed
     one_mp3_each(cluster, {j: job for j, job in finished.items() if job.status is JobStatus.SUCCEEDED})
     # Two hosts, each with its own core, must beat one clearly (the root namespace's Redis, moto and feeder
-    # share those cores, and so may other processes on the machine: hence not 2x). The third host shares a
-    # core on a 2-core machine, so it need only not make things worse. One core cannot show any of this.
+    # share those cores: hence not 2x); the third shares a core on a 2-core machine, so it need only not
+    # make things much worse. Compared within each round (its windows seconds apart, so a change of load
+    # from outside falls on them alike) and the round that shows it best counts, with margins. While other
+    # processes take a good part of the cores (other test runs on a shared machine) the hosts get what they
+    # leave, whatever their number: then the figures are printed, not asserted. One core cannot show it.
     if not (TASKSET and len(CPUS) >= 2):
-        print(f"  (not asserted: the hosts cannot have a core each here: cores {CPUS}, taskset {TASKSET})")
+        print(f"  (scaling not asserted: the hosts cannot have a core each here: cores {CPUS}, taskset {TASKSET})")
         return
-    assert best[2] >= 1.25 * best[1], rates
-    assert best[3] >= best[1], rates
+    if others > BUSY_ELSEWHERE:  # said in the run's warnings summary, not only under -s
+        busy = f"other processes kept {others:.1f} of the {len(CPUS)} cores busy"
+        warnings.warn(f"throughput scaling not asserted: {busy}", stacklevel=1)
+        return
+    rounds = [dict(zip((1, 2, 3), values, strict=True)) for values in zip(*(rates[c] for c in (1, 2, 3)), strict=True)]
+    assert max(r[2] / r[1] for r in rounds) >= 1.15, rates
+    assert max(r[3] / r[1] for r in rounds) >= 0.9, rates
 
 
 def test_a_host_cut_off_mid_batch_loses_its_jobs_to_the_others_and_its_late_work_is_refused(cluster):

@@ -39,13 +39,14 @@ from shared.redis_conn import (
 )
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, free_port, requires_tool, wait_for_port
-from tests.fault_harness import Worker
-from tests.test_faults import post_job
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, requires_tool
+from tests.support.http import post_job
+from tests.support.net import free_port, wait_for_port
+from tests.support.servers import Worker
 
 needs_redis = requires_tool(bool(shutil.which("redis-server")), "redis-server")
 
-pytestmark = pytest.mark.serial  # failover timings: alone on the machine
+SERIAL = pytest.mark.serial  # failover timings: alone on the machine (the settings tests below need no server)
 
 MASTER_NAME = "narrator-test"
 # Above Sentinel's 1 s ping period: at 1000 ms a Sentinel could find the master it had just promoted
@@ -232,6 +233,7 @@ def app_settings(env: dict) -> Settings:
     )
 
 
+@SERIAL
 @needs_redis
 def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_path, tiny_models_dir):
     master, replicas, sentinels = topology
@@ -363,6 +365,7 @@ def test_a_killed_master_is_replaced_and_no_accepted_job_is_lost(topology, tmp_p
         server.shutdown()
 
 
+@SERIAL
 @needs_redis
 def test_a_job_no_replica_acknowledges_is_refused_and_undone(topology, tmp_path):
     """WAIT: with both replicas frozen (SIGSTOP: connected, silent) the master still takes writes,

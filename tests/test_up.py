@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from shared import workers
-from tests.conftest import ROOT, TEST_SECRET_KEY, free_port
+from tests.support.env import ROOT, TEST_SECRET_KEY
+from tests.support.net import free_port
 
-pytestmark = pytest.mark.serial  # measures how fast things stop: alone on the machine
+pytestmark = [pytest.mark.serial, pytest.mark.process]  # measures how fast things stop: alone on the machine
 
 
 def test_ctrl_c_stops_promptly_and_a_shared_redis_is_announced(redis_url, tiny_models_dir, tmp_path):

@@ -13,9 +13,15 @@ import termios
 import threading
 import time
 
+import pytest
+
 from narrator_client import Client
-from tests.client.test_client import is_mp3, photo
-from tests.conftest import ROOT, create_api_key
+from tests.support.audio import is_mp3
+from tests.support.env import ROOT
+from tests.support.keys import create_api_key
+from tests.support.photos import photo
+
+pytestmark = pytest.mark.process  # the client CLI
 
 
 def narrate(*args: str, env: dict | None = None, stderr=subprocess.PIPE, timeout=120):

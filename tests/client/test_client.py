@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import time
 
 import pytest
-from PIL import Image
 
 from narrator_client import Client, JobFailed, NotFound, RateLimited
 from narrator_client.errors import ApiError
-from tests.conftest import ROOT, create_api_key
-
-
-def photo(color=(200, 120, 40)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (48, 32), color).save(out, "JPEG")
-    return out.getvalue()
-
-
-def is_mp3(data: bytes) -> bool:
-    return data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
+from tests.support.audio import is_mp3
+from tests.support.env import ROOT
+from tests.support.keys import create_api_key
+from tests.support.photos import photo
 
 
 def test_submit_wait_download_list_and_cancel(service_env, web_server, celery_worker_process, tmp_path):

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from narrator_client import Client, Job, WaitTimeout
-from tests.client.test_client import photo
+from tests.support.photos import photo
 
 
 class Recorder:

@@ -11,43 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.images import ACCEPTED_FORMATS, ImageError, check_image, load_image
-
-
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def gradient(mode: str = "RGB", size=(48, 32)) -> Image.Image:
-    img = Image.new("RGB", size)
-    img.putdata([(x * 5 % 256, y * 7 % 256, (x + y) % 256) for y in range(size[1]) for x in range(size[0])])
-    return img.convert(mode)
-
-
-def sample_images() -> dict[str, bytes]:
-    """name -> encoded bytes; the same set the pipeline test narrates."""
-    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))  # fully transparent red
-    rgba.paste((0, 0, 255, 255), (0, 0, 20, 30))  # left half opaque blue
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display": a 48x32 sensor image shows as 32x48
-    frame1, frame2 = Image.new("RGB", (30, 20), (0, 200, 0)), Image.new("RGB", (30, 20), (200, 0, 0))
-    sixteen = Image.new("I;16", (30, 20))
-    sixteen.putdata([v * 200 for v in range(600)])
-    return {
-        "rgb.jpg": encode(gradient(), "JPEG"),
-        "rgba.png": encode(rgba, "PNG"),
-        "gray.png": encode(gradient("L"), "PNG"),
-        "palette.png": encode(gradient().convert("P"), "PNG"),
-        "cmyk.jpg": encode(gradient("CMYK"), "JPEG"),
-        "exif-rotated.jpg": encode(gradient(), "JPEG", exif=exif.tobytes()),
-        "animated.gif": encode(frame1, "GIF", save_all=True, append_images=[frame2], duration=100, loop=0),
-        "16bit.png": encode(sixteen, "PNG"),
-        "photo.webp": encode(gradient(), "WEBP"),
-        "photo.bmp": encode(gradient(), "BMP"),
-        "photo.tiff": encode(gradient(), "TIFF"),
-        "la.png": encode(gradient("LA"), "PNG"),
-    }
+from tests.support.photos import encode, gradient, sample_images
 
 
 @pytest.mark.parametrize("name", sorted(sample_images()))
@@ -239,6 +203,7 @@ def test_check_image_pixel_limit_comes_from_the_header():
     assert check_image(data, max_pixels=120_000) == "PNG"
 
 
+@pytest.mark.process
 def test_check_image_of_40_megapixels_stays_small(tmp_path):
     """A 40 MP 1-bit PNG (a few KiB) and a 40 MP JPEG are checked without decoding them whole:
     load_image holds 120 MB (RGB) for either; the peak here grows by a few MB. Measured in a

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.training.conftest import SMALL_SET, seed_like_rows, write_jsonl
+from tests.support.training import SMALL_SET, seed_like_rows, write_jsonl
 from training.dataset import DatasetError, dataset_sha256, load_examples, read_dataset, split_eval
 
 GOOD = {"prompt": "a dog on a couch", "story": "The dog slept. Then it woke. Then it slept again, happily."}

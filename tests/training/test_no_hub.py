@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 from worker.engine.hub import PROBE_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]

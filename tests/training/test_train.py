@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import SMALL_SET, seed_like_rows, write_jsonl
+from tests.support.training import SMALL_SET, seed_like_rows, write_jsonl
 from training.train import DEFAULT_DATA, main
 
 # peft calls a transformers method that transformers 5 deprecates; not ours to fix.
@@ -220,6 +220,7 @@ def test_unknown_target_module_exits_2(tmp_path, tiny_story, small_set):
     assert code == 2 and "nope_proj" in stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.process
 def test_quantize_on_cpu_is_a_clear_error_before_loading(tmp_path, small_set):
     result = run_cli(
         "--data",
@@ -239,6 +240,7 @@ def test_quantize_on_cpu_is_a_clear_error_before_loading(tmp_path, small_set):
     assert not (tmp_path / "out").exists()  # the (missing) base model was never opened
 
 
+@pytest.mark.process
 def test_bad_dataset_exits_2_naming_the_row(tmp_path):
     data = write_jsonl(tmp_path / "bad.jsonl", SMALL_SET[:2] + ['{"prompt": "a boat on a lake", "story": ""}'])
     result = run_cli("--data", str(data), "--out", str(tmp_path / "out"), "--base", str(tmp_path / "no-model"))

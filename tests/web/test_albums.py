@@ -14,18 +14,20 @@ import requests
 from PIL import Image
 
 from shared.jobs import JobStatus, JobStore
-from tests.conftest import requires_tool
-from tests.web.test_browser import ARGS, CHROMIUM
+from tests.support.browser import ARGS, CHROMIUM
+from tests.support.env import requires_tool
+from tests.support.photos import photo
+
+pytestmark = pytest.mark.process  # Chromium
 
 
 def jpeg(color: str = "plum", size=(40, 30), noise: int = 0) -> bytes:
-    image = Image.new("RGB", size, color)
     if noise:  # random pixels barely compress: a photo of about `noise` bytes
         side = int((noise / 2) ** 0.5)
-        image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=100)
-    return buf.getvalue()
+        buf = io.BytesIO()
+        Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, "JPEG", quality=100)
+        return buf.getvalue()
+    return photo(color, size, quality=100)
 
 
 def post_form(base: str, session: requests.Session, photos: list[tuple[str, bytes]], **fields):
@@ -130,7 +132,7 @@ def test_a_browser_uploads_three_photos_and_watches_all_finish(web_server, celer
     files = []
     for name, color in (("harbour.jpg", "navy"), ("field.jpg", "gold"), ("forest.jpg", "darkgreen")):
         path = tmp_path / name
-        Image.new("RGB", (64, 48), color).save(path, "JPEG")
+        path.write_bytes(photo(color))
         files.append(path)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)

@@ -7,7 +7,6 @@ import errno
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,34 +20,13 @@ from shared.jobs import JobStore
 from shared.queue import QUEUE, make_celery
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
+from tests.support.env import TEST_SECRET_KEY
+from tests.support.net import closed_port
+from tests.support.photos import photo
+from tests.support.web import assert_error, build, make_settings, png, submit
 from web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_settings(**values) -> Settings:
-    """Settings with the SECRET_KEY the app requires, and rate limits these tests never reach."""
-    return Settings(
-        **{
-            "secret_key": TEST_SECRET_KEY,
-            "submit_rate_limit": GENEROUS_RATE_LIMIT,
-            "read_rate_limit": GENEROUS_RATE_LIMIT,
-            **values,
-        }
-    )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def png(size=(64, 48), color="teal") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def mp3() -> bytes:
@@ -78,12 +56,6 @@ def settings(redis_url, storage_url):
     )
 
 
-def build(settings):
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    return app
-
-
 @pytest.fixture
 def app(settings):
     app = build(settings)
@@ -99,18 +71,6 @@ def client(app):
 @pytest.fixture
 def r(redis_url):
     return redis.Redis.from_url(redis_url)
-
-
-def submit(client, data=None, **fields):
-    form = {"image": (io.BytesIO(png() if data is None else data), "photo.png"), **fields}
-    return client.post("/api/v1/jobs", data=form)
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json, response.get_data(as_text=True)[:200]
-    body = response.get_json()
-    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
 
 
 def assert_nothing_created(app, r):
@@ -206,9 +166,7 @@ def test_submit_errors_store_nothing(app, client, r, send, status, code):
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # validation precedes storage
 def test_unsupported_image_format(app, client, r):
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buf, "ICO")
-    assert_error(submit(client, buf.getvalue()), 415, "unsupported_format")
+    assert_error(submit(client, photo(None, (16, 16), "ICO")), 415, "unsupported_format")
     assert_nothing_created(app, r)
 
 
@@ -492,6 +450,7 @@ def test_bucket_is_created_at_start(redis_url, s3_env):
     open_storage(s3_env).check()
 
 
+@pytest.mark.process
 def test_web_process_never_imports_torch(tmp_path, redis_url):
     code = (
         "import sys, web.app; web.app.create_app(); "

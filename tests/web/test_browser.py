@@ -11,23 +11,15 @@ import re
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.conftest import requires_tool
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.support.browser import ARGS, CHROMIUM
+from tests.support.env import requires_tool
+from tests.support.photos import photo as make_photo
 
 pytestmark = [
     requires_tool(Path(CHROMIUM).exists(), "Debian's chromium"),
     pytest.mark.parametrize("storage_url", ["local"], indirect=True),
+    pytest.mark.process,  # Chromium
 ]
 
 
@@ -58,7 +50,7 @@ def browser():
 @pytest.fixture
 def photo(tmp_path) -> Path:
     path = tmp_path / "harbour.jpg"
-    Image.new("RGB", (120, 80), "navy").save(path, "JPEG")
+    path.write_bytes(make_photo("navy", (120, 80)))
     return path
 
 

@@ -9,7 +9,6 @@ to see the measured latencies and memory figures.
 from __future__ import annotations
 
 import http.client
-import io
 import os
 import socket
 import subprocess
@@ -23,21 +22,20 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY, free_port
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
+from tests.support.net import free_port
+from tests.support.photos import photo
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "web" / "gunicorn_conf.py"
 WORKERS = 2
 BOUNDARY = "testboundary7MA4YWxkTrZu0gW"
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.process]  # gunicorn
 
 
 def png(size=(64, 48), mode="RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, "PNG")
-    return buf.getvalue()
+    return photo(None, size, "PNG", mode)
 
 
 def multipart(data: bytes, filename: str = "photo.png", content_type: str = "image/png") -> bytes:
@@ -343,18 +341,17 @@ def test_bad_images_are_refused_through_the_decoding_threads(local_server, r):
     # Under gevent the checks run in native threads: their errors must still come back as the
     # API's codes.
     truncated = png((300, 200), mode="L")[:-30]
-    jpeg = io.BytesIO()
-    Image.new("RGB", (640, 480), "teal").save(jpeg, "JPEG")
+    jpeg = photo("teal", (640, 480))
     cases = [
         (b"plain text, not a picture", 415, "not_an_image"),
         (truncated, 415, "truncated_image"),
         (png((8001, 5000), mode="1"), 413, "too_many_pixels"),
-        (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], 415, "truncated_image"),
+        (jpeg[: len(jpeg) // 2], 415, "truncated_image"),
     ]
     for data, status, code in cases:
         got, body, _ = local_server.submit(data)
         assert got == status and f'"{code}"'.encode() in body, body
-    got, body, _ = local_server.submit(jpeg.getvalue())
+    got, body, _ = local_server.submit(jpeg)
     assert got == 202, body
     assert jobs_created(r) == 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import json
 import threading
 import time
@@ -17,14 +16,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from PIL import Image
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.jobs import JobStore
 from shared.queue import QUEUE, make_celery
 from shared.storage import StorageUnavailable
-from tests.web.test_api import closed_port
+from tests.support.net import closed_port
+from tests.support.photos import photo as make_photo
 from web import idempotency
 from web.idempotency import PENDING_TTL, fingerprint, redis_key
 
@@ -57,9 +56,7 @@ class Reply(NamedTuple):
 
 
 def photo(color="teal") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), color).save(buf, "PNG")
-    return buf.getvalue()
+    return make_photo(color, (32, 24), "PNG")
 
 
 def post(base: str, key=None, image: bytes | None = None, filename="p.png", token=None, **fields) -> Reply:

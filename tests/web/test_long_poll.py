@@ -19,8 +19,9 @@ import requests
 
 from narrator_client import Client
 from shared.jobs import JobStore
-from tests.conftest import free_port, requires_tool, serving
-from tests.web.test_api import assert_error, build, make_settings, png, submit
+from tests.support.env import requires_tool
+from tests.support.net import free_port, serving
+from tests.support.web import assert_error, build, make_settings, png, submit
 from web.job_events import MAX_WAIT, preferred_wait
 
 PROMPT = 2.0  # seconds: "promptly" (on a loaded 2-core machine), where the waits are 10 s
@@ -285,6 +286,7 @@ def test_after_subscribing_again_every_waiter_looks_at_its_job(app, client, stor
     assert events.subscriptions == 2
 
 
+@pytest.mark.process
 @requires_tool(bool(shutil.which("redis-server")), "redis-server")
 def test_a_redis_outage_ends_no_wait_late_and_the_subscription_comes_back(tmp_path, pool):
     """A Redis of this test's own, stopped and started again on the same port."""
@@ -366,6 +368,7 @@ class Follower:
 
 
 @pytest.mark.serial
+@pytest.mark.process
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 def test_acceptance_twenty_followers_and_a_waiting_submit(web_server, request):
     _, base = web_server

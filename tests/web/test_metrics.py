@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -11,70 +10,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.support.env import ROOT
+from tests.support.metrics import has, post, scrape, value
+from tests.support.net import free_port, wait_for_port
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.process]  # gunicorn
 
 
 @pytest.fixture
 def storage_url(tmp_path) -> str:
     return f"file://{tmp_path}/data"  # one backend is enough here: nothing below depends on it
-
-
-def scrape(base: str, headers: dict | None = None) -> tuple[str, dict]:
-    """(body, headers) of GET /metrics."""
-    request = urllib.request.Request(f"{base}/metrics", headers=headers or {})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.read().decode(), dict(response.headers)
-
-
-def value(text: str, name: str, **labels) -> float:
-    """The sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def has(text: str, name: str) -> bool:
-    return any(s.name == name for f in text_string_to_metric_families(text) for s in f.samples)
-
-
-def post(base: str, path: str, fields: dict, headers: dict | None = None) -> tuple[int, bytes]:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), "teal").save(buf, "PNG")
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
-        "Content-Type: image/png\r\n\r\n".encode()
-        + buf.getvalue()
-        + b"\r\n"
-    )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
-        f"{base}{path}",
-        data=body,
-        method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def get_status(url: str, headers: dict | None = None) -> int:

@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 
 from shared.jobs.public import PUBLIC_FIELDS
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY
+from tests.support.env import TEST_SECRET_KEY
 from web.app import create_app
 from web.contract import ListQuery, SubmitFields, WaitQuery
 from web.openapi import CODES

@@ -8,7 +8,6 @@ the pages refuse posts from other sites; the Host header never makes it into a U
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import subprocess
@@ -17,17 +16,16 @@ from html.parser import HTMLParser
 
 import pytest
 import requests
-from PIL import Image
 
-from tests.conftest import ROOT, create_api_key
+from tests.support.env import ROOT
+from tests.support.keys import create_api_key
+from tests.support.photos import photo
 
 pytestmark = pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 
 
 def png(color="teal") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), color).save(buf, "PNG")
-    return buf.getvalue()
+    return photo(color, (32, 24), "PNG")
 
 
 def bearer(key: str) -> dict:
@@ -151,6 +149,7 @@ def test_an_ownerless_job_is_reachable_by_id_and_never_listed(web_server, servic
     assert app.extensions["narrator"].jobs.list(limit=10)[0][0].id == job_id  # it is there, internally
 
 
+@pytest.mark.process  # runs `flask keys` itself
 def test_wrong_and_revoked_keys_are_401(web_server, service_env):
     _, base = web_server
     key = create_api_key(service_env, "carol")

@@ -7,12 +7,12 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from PIL import Image
 
 from shared.jobs import JobStore
 from shared.queue import QUEUE
 from shared.settings import Settings
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
+from tests.support.photos import photo
 from web.app import create_app
 
 SAME_ORIGIN = {"Origin": "http://localhost"}  # what a browser sends with a post from our own page
@@ -34,9 +34,7 @@ class Elements(HTMLParser):
 
 
 def png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 30), "orange").save(buf, "PNG")
-    return buf.getvalue()
+    return photo("orange", (40, 30), "PNG")
 
 
 @pytest.fixture

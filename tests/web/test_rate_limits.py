@@ -4,28 +4,21 @@ made by `flask --app web.app keys create`), with the default limits: SUBMIT_RATE
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
 import redis
 import requests
-from PIL import Image
 
 from shared.settings import Settings
-from tests.conftest import create_api_key
+from tests.support.keys import create_api_key
+from tests.support.photos import photo
 from web.limits import parse_limits
 
 pytestmark = pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 
 
-def png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), "plum").save(buf, "PNG")
-    return buf.getvalue()
-
-
-PHOTO = png()
+PHOTO = photo("plum", (16, 16), "PNG")
 
 
 def bearer(key: str) -> dict:

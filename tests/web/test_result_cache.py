@@ -5,20 +5,19 @@ else (another seed or length, no seed, RESULT_CACHE=false, the source's MP3 gone
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
 import pytest
 import redis
 import requests
-from PIL import Image
 from werkzeug.serving import make_server
 
 from shared import result_cache
 from shared.queue import QUEUE
 from shared.settings import Settings
-from tests.web.test_webhooks import SERVER_SECRET, verified
+from tests.support.photos import photo
+from tests.support.webhooks import SERVER_SECRET, verified
 
 
 @pytest.fixture
@@ -33,9 +32,7 @@ def service_env(service_env) -> dict:
 
 
 def jpeg(color: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (48, 36), color).save(buf, "JPEG")
-    return buf.getvalue()
+    return photo(color, (48, 36))
 
 
 PHOTO = jpeg("olive")

@@ -12,7 +12,6 @@ web form sends blank fields).
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -20,9 +19,9 @@ import time
 
 import pytest
 import requests
-from PIL import Image
 
-from tests.conftest import create_api_key
+from tests.support.keys import create_api_key
+from tests.support.photos import photo
 
 pytestmark = pytest.mark.parametrize("storage_url", ["local"], indirect=True)  # one backend keeps it short
 
@@ -35,11 +34,10 @@ CHECKS = (
 
 def finished_job(base: str, headers: dict) -> dict:
     """A job that went all the way through the worker, so the job operations have a real one to return."""
-    photo = io.BytesIO()
-    Image.new("RGB", (32, 24), "teal").save(photo, "PNG")
+    image = photo("teal", (32, 24), "PNG")
     response = requests.post(
         f"{base}/api/v1/jobs",
-        files={"image": ("p.png", photo.getvalue(), "image/png")},
+        files={"image": ("p.png", image, "image/png")},
         data={"words": "10", "seed": "1"},
         headers=headers,
         timeout=30,

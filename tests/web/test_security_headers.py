@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from shared.settings import Settings
-from tests.conftest import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
+from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
 from web.app import create_app
 
 

@@ -12,11 +12,11 @@ import urllib.request
 import uuid
 
 import pytest
-from PIL import Image
 
 from shared.settings import Settings
 from shared.styles import parse_styles
-from tests.conftest import TEST_SECRET_KEY
+from tests.support.env import TEST_SECRET_KEY
+from tests.support.photos import photo
 from web.app import create_app
 from worker.tiny_models import adapter as tiny_adapter
 
@@ -49,9 +49,7 @@ def http(
 
 
 def jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), "orange").save(buf, "JPEG")
-    return buf.getvalue()
+    return photo("orange")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +79,7 @@ def service_env(service_env, style_adapters):
     }
 
 
+@pytest.mark.process  # its worker starts mid-test (request.getfixturevalue)
 def test_jobs_of_both_styles_share_one_batch_and_each_gets_its_own_adapter(
     web_server, service_env, request, tiny_models_dir, style_adapters
 ):

@@ -3,7 +3,6 @@ HTTP (moto), the web app on a real HTTP server, and the job page's read-along in
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.error
@@ -12,10 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.conftest import requires_tool
-from tests.worker.test_subtitles import decoded_seconds, parse_vtt
+from tests.support.audio import decoded_seconds, parse_vtt
+from tests.support.env import requires_tool
+from tests.support.photos import photo
 from worker.engine.speech_text import normalize_text
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,9 +53,7 @@ def http(method: str, url: str, photo: bytes | None = None) -> tuple[int, dict, 
 
 
 def jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), "teal").save(buf, "JPEG")
-    return buf.getvalue()
+    return photo("teal")
 
 
 def error_code(body: bytes) -> str:

@@ -7,6 +7,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.process  # the bench tool
+
 
 def test_bench_prints_each_batch_size_with_the_static_cache_on():
     out = subprocess.run(

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from pydub import AudioSegment
 
-from tests.shared.test_images import sample_images
+from tests.support.photos import sample_images
+
+pytestmark = pytest.mark.process  # each test runs the narrate CLI
 
 ROOT = Path(__file__).resolve().parents[2]
 

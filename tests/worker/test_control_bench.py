@@ -16,10 +16,12 @@ from types import SimpleNamespace
 import pytest
 
 from shared.jobs import JobStatus
-from tests.conftest import ROOT, requires_tool
+from tests.support.env import ROOT, requires_tool
 from worker.control_bench import Unsucceeded, check_jobs, phase_commands
 from worker.engine.subtitles import to_vtt
 from worker.noop_engine import SILENT_FRAME, NoopEngine
+
+pytestmark = pytest.mark.process  # the control bench tool
 
 PHASES = ("submit", "run", "poll", "baseline send", "baseline run")
 

@@ -27,6 +27,7 @@ def submit(base: str, **fields) -> dict:
     return response.json()
 
 
+@pytest.mark.process  # starts its worker late, through getfixturevalue
 def test_a_job_not_started_before_its_deadline_never_runs(web_server, request):
     app, base = web_server
     store = app.extensions["narrator"].jobs

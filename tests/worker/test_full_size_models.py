@@ -11,6 +11,8 @@ import pytest
 
 from worker.engine.story_text import clean_story
 
+pytestmark = pytest.mark.slow  # the full-size model builder
+
 FORTY_WORDS = (
     "A small brown dog ran along the beach every morning and barked at the waves. One day he found a red "
     "ball in the sand, carried it home to the fisherman, and they played together until the sun went down."

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import free_port
-from tests.shared.test_images import sample_images
+from tests.support.net import free_port
+from tests.support.photos import sample_images
 from worker.engine import ConfigError, Engine, hub
 from worker.engine.hub import ModelLoadError
 
@@ -237,6 +237,7 @@ def test_tiny_local_models_still_load(hub_env, blackhole, tiny_models_dir):
     assert not hub._probes and not blackhole.touched()
 
 
+@pytest.mark.slow
 def test_an_unreachable_s3_adapter_fails_fast(monkeypatch, blackhole, tiny_models_dir, tmp_path):
     from worker.engine.adapters import AdapterError
 
@@ -263,6 +264,7 @@ def test_an_unreachable_s3_adapter_fails_fast(monkeypatch, blackhole, tiny_model
     assert "STORY_ADAPTER 's3://narrator/adapters/v1'" in str(info.value) and "cannot be reached" in str(info.value)
 
 
+@pytest.mark.process
 def test_cli_exits_2_with_the_message_when_the_hub_is_blackholed(blackhole, tmp_path):
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(sample_images()["rgb.jpg"])

@@ -9,8 +9,10 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, celery_worker_command, free_port
-from tests.web.test_metrics import post, scrape, value
+from tests.support.env import ROOT
+from tests.support.metrics import post, scrape, value
+from tests.support.net import free_port
+from tests.support.servers import celery_worker_command
 
 pytestmark = pytest.mark.timeout(180)
 

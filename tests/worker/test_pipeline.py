@@ -13,7 +13,7 @@ from pydub import AudioSegment
 
 from shared.images import load_image
 from shared.settings import Settings
-from tests.shared.test_images import sample_images
+from tests.support.photos import sample_images
 from worker.engine import ConfigError, Engine, Narration
 
 WORDS = 10  # short stories keep the tiny models quick
@@ -65,6 +65,7 @@ def load_counter(monkeypatch) -> Counter:
     return counts
 
 
+@pytest.mark.process
 def test_import_and_construction_load_nothing(tiny_models_dir):
     code = (
         "import sys; from pathlib import Path; from worker.engine import Engine; "
@@ -78,6 +79,7 @@ def test_import_and_construction_load_nothing(tiny_models_dir):
     assert out.stdout.strip() == "False []"
 
 
+@pytest.mark.slow
 def test_ten_narrations_load_each_model_once(tiny_models_dir, load_counter):
     fresh = Engine(make_settings(tiny_models_dir))
     image = load_image(sample_images()["rgb.jpg"])

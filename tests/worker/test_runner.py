@@ -16,6 +16,7 @@ from pydub import AudioSegment
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
 from shared.settings import Settings
 from shared.storage import StorageUnavailable, open_storage
+from tests.support.photos import photo
 from worker import metrics
 from worker.engine import Narration
 from worker.finisher import Finisher
@@ -25,9 +26,7 @@ from worker.runner import STORAGE_DOWN_MESSAGE, run_wakeup
 
 
 def jpeg(color="orange", size=(48, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG")
-    return buf.getvalue()
+    return photo(color, size)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ storing them next to the audio, on real storage and a real Redis."""
 from __future__ import annotations
 
 import io
-import re
 import time
 from types import SimpleNamespace
 
@@ -12,30 +11,11 @@ import numpy as np
 import pytest
 import redis
 
+from tests.support.audio import decoded_seconds, parse_vtt
 from worker.engine.speech import Speech, SpeechStage, encode_mp3, normalize_text
 from worker.engine.subtitles import WordTiming, align, chunk_words, to_vtt
 
 STORY = "The keeper counted 12 ships at dawn. Then he waved to each of them and went home."
-CUE = re.compile(r"^(w\d+)\n(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})\n(.+)$")
-
-
-def parse_vtt(text: str) -> list[tuple[str, float, float, str]]:
-    """(id, start, end, text) per cue; fails on anything that is not this WebVTT shape."""
-    head, *blocks = text.strip("\n").split("\n\n")
-    assert head == "WEBVTT"
-    cues = []
-    for block in blocks:
-        match = CUE.match(block)
-        assert match, block
-        h1, m1, s1, ms1, h2, m2, s2, ms2 = map(int, match.groups()[1:9])
-        cues.append((match[1], h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000, match[10]))
-    return cues
-
-
-def decoded_seconds(mp3: bytes) -> float:
-    from pydub import AudioSegment
-
-    return AudioSegment.from_file(io.BytesIO(mp3), format="mp3").duration_seconds
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,10 @@
-"""The whole service with real parts: a Celery worker process, Redis, storage (folder or moto S3),
-the web app on a real HTTP server and the tiny models. No eager mode anywhere."""
+"""The whole service with real parts: a Celery worker process, Redis, storage (a folder: storage is not
+what these tests are about; the storage contract tests, the fault tests and the client's tests run on S3
+over HTTP), the web app on a real HTTP server and the tiny models. No eager mode anywhere.
+
+One worker serves the module (its start, models loaded, costs seconds): the tests share its Redis
+database and storage, and each looks only at the jobs it made. The readiness test stops its worker, so
+it has one of its own."""
 
 from __future__ import annotations
 
@@ -10,13 +15,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from PIL import Image
 from pydub import AudioSegment
 
 from shared.jobs import Job, new_job_id
+from tests.support.fixtures import celery_worker, http_server, make_service_env
+from tests.support.photos import photo
 
 CANONICAL = [
     ("queued", None),
@@ -28,17 +35,35 @@ CANONICAL = [
 ]
 
 
+# One xdist process runs the whole module (make test: --dist loadgroup), so it starts one worker.
+pytestmark = pytest.mark.xdist_group("worker-tasks")
+
+
 @pytest.fixture
 def storage_url(tmp_path) -> str:
-    """A local folder: each test here starts a real worker, and storage is not what they test (the
-    storage contract tests, the fault tests and the client's tests run on S3 over HTTP)."""
     return f"file://{tmp_path}/data"
 
 
-def photo(index: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256)).save(buf, "JPEG")
-    return buf.getvalue()
+@pytest.fixture(scope="module")
+def tasks_service(redis_databases, tiny_models_dir, tmp_path_factory) -> Iterator[tuple]:
+    """The module's worker and web app on a Redis database of their own; yields (app, base_url)."""
+    workdir = tmp_path_factory.mktemp("tasks")
+    env = make_service_env(redis_databases(), f"file://{workdir}/data", tiny_models_dir, workdir)
+    with celery_worker(env, workdir / "worker.log"), http_server(env) as served:
+        yield served
+
+
+@pytest.fixture
+def tasks_worker(tasks_service) -> tuple:
+    """(app, base_url) of the module's service, its worker idle: every job of an earlier test ended (a
+    test that leaves jobs behind cancels them; the batch in flight then finishes)."""
+    app, _ = tasks_service
+    jobs = app.extensions["narrator"].jobs
+    deadline = time.monotonic() + 120
+    while not all(job.status.finished for job in jobs.list(limit=1000)[0]):
+        assert time.monotonic() < deadline, "an earlier test's jobs still run after 120 s"
+        time.sleep(0.1)
+    return tasks_service
 
 
 def post_job(base: str, image: bytes, **fields) -> tuple[int, dict]:
@@ -87,8 +112,8 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
-def test_a_job_moves_through_its_states_in_order(celery_worker_process, web_server):
-    app, base = web_server
+def test_a_job_moves_through_its_states_in_order(tasks_worker):
+    app, base = tasks_worker
     status, job = post_job(base, photo(1), words=20, seed=4)
     assert status == 202 and job["status"] == "queued"
     job, seen = wait_until_finished(base, job["id"])
@@ -106,8 +131,8 @@ def test_a_job_moves_through_its_states_in_order(celery_worker_process, web_serv
     assert audio.duration_seconds > 0 and audio.frame_rate == 16000
 
 
-def test_the_worker_fails_a_bad_image_with_a_clear_error(celery_worker_process, web_server):
-    app, base = web_server
+def test_the_worker_fails_a_bad_image_with_a_clear_error(tasks_worker):
+    app, base = tasks_worker
     services = app.extensions["narrator"]
     job_id = new_job_id()
     # The web app refuses such uploads; storage corrupted later must still end as a clear failure.
@@ -119,8 +144,8 @@ def test_the_worker_fails_a_bad_image_with_a_clear_error(celery_worker_process, 
     assert job["audio_url"] is None
 
 
-def test_a_job_canceled_in_the_queue_is_never_run(celery_worker_process, web_server):
-    app, base = web_server
+def test_a_job_canceled_in_the_queue_is_never_run(tasks_worker):
+    app, base = tasks_worker
     services = app.extensions["narrator"]
     job_id = new_job_id()
     services.storage.put(f"inputs/{job_id}", photo(2))
@@ -137,9 +162,8 @@ def test_a_job_canceled_in_the_queue_is_never_run(celery_worker_process, web_ser
     assert not services.storage.exists(f"audio/{job_id}.mp3")
 
 
-@pytest.mark.parametrize("storage_url", ["s3"], indirect=True)
-def test_fifty_concurrent_submissions_all_succeed(celery_worker_process, web_server):
-    app, base = web_server
+def test_fifty_concurrent_submissions_all_succeed(tasks_worker):
+    app, base = tasks_worker
     with ThreadPoolExecutor(max_workers=50) as pool:
         submitted = list(pool.map(lambda i: post_job(base, photo(i), words=12, seed=i), range(50)))
     assert [status for status, _ in submitted] == [202] * 50
@@ -153,7 +177,9 @@ def test_fifty_concurrent_submissions_all_succeed(celery_worker_process, web_ser
     assert len({hashlib.sha256(data).hexdigest() for data in mp3s}) == 50
     for data in mp3s[:5]:
         assert AudioSegment.from_file(io.BytesIO(data), format="mp3").duration_seconds > 0
-    listed, _ = app.extensions["narrator"].jobs.list(limit=100)  # ownerless jobs: the API lists them to nobody
+    # Ownerless jobs: the API lists them to nobody; the store lists them, newest first (the module's
+    # earlier tests' jobs are older).
+    listed, _ = app.extensions["narrator"].jobs.list(limit=50)
     assert {job.id for job in listed} == set(ids)
     # The worker filled batches from the queue (WORKER_BATCH_SIZE, default 8) and every job still
     # ended exactly once, with its own story and audio.
@@ -181,11 +207,10 @@ def test_readyz_reports_live_workers_the_queue_and_model_errors(celery_worker_pr
     assert gone["workers"]["live"] == 0 and gone["warnings"] == ["no worker is ready: jobs wait in the queue"]
 
 
-@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
-def test_one_owner_s_backlog_delays_another_owner_by_about_one_batch(celery_worker_process, web_server):
+def test_one_owner_s_backlog_delays_another_owner_by_about_one_batch(tasks_worker, request):
     """Owner A queues 100 jobs, then owner B queues 2: B's jobs finish within A's first two batches
     after them (WORKER_BATCH_SIZE 8), not after all 100."""
-    app, base = web_server
+    app, base = tasks_worker
     services = app.extensions["narrator"]
     data = photo(7)
 
@@ -198,6 +223,7 @@ def test_one_owner_s_backlog_delays_another_owner_by_about_one_batch(celery_work
 
     a = [queue("key:a") for _ in range(100)]
     b = [queue("key:b") for _ in range(2)]
+    request.addfinalizer(lambda: [services.jobs.cancel(job_id) for job_id in a])  # the rest of A's backlog
     deadline = time.monotonic() + 300  # read from the store: the API shows owned jobs to their owner only
     while not all(services.jobs.get(job_id).status.finished for job_id in b) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -33,6 +33,7 @@ def rebuilt(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("part", PARTS)
 def test_same_seed_gives_identical_files(tiny_models_dir, rebuilt, part):
     first, second = files(tiny_models_dir / part), files(rebuilt / part)

@@ -1,5 +1,5 @@
-"""Real processes to break on purpose: a Redis with AOF that can be restarted, a TCP proxy that can
-cut a connection, and Celery workers that can be killed and are replaced like a supervisor would."""
+"""Real processes for tests: Celery workers (plain, or with faults on demand), a Redis with AOF that can be
+restarted, a TCP proxy that can cut a connection, and a supervisor that replaces dead workers."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import ROOT, celery_worker_command, free_port
+from tests.support.env import ROOT
+from tests.support.net import free_port, wait_for_address
 
 
-def wait_for_address(host: str, port: int, timeout: float = 30.0) -> None:
-    """wait_for_port for any local address (a test network's bridge, say)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing answered on {host}:{port} within {timeout}s")
+def celery_worker_command(hostname: str, app: str = "worker.app", *options: str) -> list[str]:
+    """`celery worker` as every test runs it: the solo pool, no gossip, mingle or heartbeat (our
+    leases and presence keys do that work), INFO logs that tests read for "ready."."""
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", *options, "--pool", "solo", "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", hostname,
+    ]  # fmt: skip
 
 
 class RedisServer:
@@ -141,13 +141,13 @@ def _close(sock: socket.socket) -> None:
 
 class Worker:
     """`celery -A worker.app worker --pool solo` as a separate process, logging to a file; with
-    TEST_FAULT_HOOKS=1 in `env`, `celery -A tests.fault_app ...`, the same worker with faults on
-    demand (tests/fault_app.py). `prefix` runs it through another command that execs it (e.g.
+    TEST_FAULT_HOOKS=1 in `env`, `celery -A tests.support.fault_app ...`, the same worker with faults
+    on demand (tests/support/fault_app.py). `prefix` runs it through another command that execs it (e.g.
     `ip netns exec NS`, so `pid` is the worker's)."""
 
     def __init__(self, env: dict, logdir: Path, name: str, prefix: tuple[str, ...] = ()):
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        app = "tests.fault_app" if env.get("TEST_FAULT_HOOKS") == "1" else "worker.app"
+        app = "tests.support.fault_app" if env.get("TEST_FAULT_HOOKS") == "1" else "worker.app"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [*prefix, *celery_worker_command(f"{name}@%h", app)],

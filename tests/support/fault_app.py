@@ -1,6 +1,6 @@
 """The GPU worker with faults on demand, for the fault tests only:
 
-    celery -A tests.fault_app worker --pool solo ...     (from the repository root)
+    celery -A tests.support.fault_app worker --pool solo ...     (from the repository root)
 
 It is worker.app itself, with two of the runner's steps wrapped, so production code knows no test
 photo name. A photo uploaded as
@@ -10,7 +10,7 @@ photo name. A photo uploaded as
 - `__stop_heartbeat__...` ends its worker's heartbeat thread on the job's first run (as an error no
   round catches would).
 
-The fault harness (tests/fault_harness.py) starts this app for a worker whose environment has
+The fault harness (tests/support/servers.py, Worker) starts this app for a worker whose environment has
 TEST_FAULT_HOOKS=1, a switch of the tests' own that the service never reads.
 """
 
