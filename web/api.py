@@ -17,13 +17,14 @@ from shared.jobs import Job, JobStatus, files
 from shared.jobs.public import public_model
 from shared.storage import StorageNotFound
 from web import contract as c
-from web.auth import current_owner, may_see, require_owner
+from web import job_files
+from web.auth import client_network, current_owner, may_see, require_owner
 from web.contract import E
 from web.errors import AppError, error_response
 from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
 from web.job_events import JobEvents, applied_wait, preferred_wait
 from web.services import services
-from web.uploads import create_job_from_request
+from web.uploads import check_queued, create_job_from_request
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1", operation_id_callback=c.operation_id)
 JOBS = [Tag(name="jobs")]
@@ -258,6 +259,51 @@ def cancel(path: c.JobPath):
         raise AppError(409, "already_finished", f"The job has already {job.status.value}.")
     # The worker sees the canceled status at its next transition and stops there.
     return jsonify(job_view(job))
+
+
+@bp.delete(
+    "/jobs/<job_id>",
+    tags=JOBS,
+    summary="Delete a job",
+    description="Cancels the job if it is queued or running, then deletes its photo, its audio and subtitles (every "
+    "run's) and its record: from then on the job is unknown (404) everywhere. Deleting it again is a 404.",
+    security=c.SUBMITTER,
+    responses={
+        204: {"description": "Deleted (no body)."},
+        **c.API,
+        404: c.NO_JOB,
+        503: c.error(503, E.redis_unavailable, E.storage_unavailable),
+    },
+)
+def delete_job(path: c.JobPath):
+    job_files.erase(services(), load_job(path.job_id))  # load_job: someone else's job is a 404 too
+    return Response(status=204)
+
+
+@bp.post(
+    "/jobs/<job_id>/retry",
+    tags=JOBS,
+    summary="Retry a job",
+    description="A failed or canceled job runs again as a new job: the same photo, `words`, `seed`, style and "
+    "webhook (`retry_of` names the old job, which stays as it was). Counts as a submit for the rate limits.",
+    security=c.SUBMITTER,
+    responses={
+        202: c.json_ref("The new job, queued.", "Job", {"Location": c.LOCATION}),
+        **c.API,
+        404: c.NO_JOB,
+        409: c.error(409, E.not_retryable),
+        429: c.error(429, E.rate_limited, E.too_many_queued, headers={"Retry-After": c.RETRY_AFTER_429}),
+        503: c.error(503, E.redis_unavailable, E.storage_unavailable, E.queue_unavailable),
+    },
+)
+def retry(path: c.JobPath):
+    old = load_job(path.job_id)
+    check_queued(services(), old.owner or old.lane or client_network())
+    job = job_files.retry(services(), old)
+    response = jsonify(job_view(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    return response
 
 
 @bp.get(

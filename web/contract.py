@@ -40,6 +40,7 @@ class ErrorCode(str, Enum):
     empty_file = "empty_file", "the `image` file is empty"
     invalid_words = "invalid_words", f"`words` is not a whole number from {WORDS_MIN} to {WORDS_MAX}"
     invalid_seed = "invalid_seed", f"`seed` is not a whole number from 0 to {SEED_MAX}"
+    not_retryable = "not_retryable", "only a failed or canceled job whose photo is still stored can be retried"
     invalid_deadline = "invalid_deadline", f"`deadline` is not a whole number of seconds from 1 to {DEADLINE_MAX}"
     invalid_style = "invalid_style", "`style` is not one of the server's story styles (GET /api/v1/styles)"
     invalid_limit = "invalid_limit", "`limit` is not a whole number from 1 to 100"

@@ -38,7 +38,7 @@ from flask import Flask
 from web.auth import client_network, current_owner
 from web.errors import AppError
 
-SUBMIT_ENDPOINTS = ("api.submit", "pages.submit")
+SUBMIT_ENDPOINTS = ("api.submit", "pages.submit", "api.retry")  # a retry is a new job too
 FORM_SUBMIT = "pages.submit"
 PER_PHOTO_WINDOW = 60  # seconds: limits over windows this long count a form post's photos
 READ_ENDPOINTS = (

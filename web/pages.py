@@ -10,7 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from narrator_client.job import WORDS_MAX, WORDS_MIN
 from shared.jobs import JobStatus
-from web import albums, styles_api
+from web import albums, job_files, styles_api
 from web.api import etag, job_view, load_job
 from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.errors import AppError, error_response
@@ -154,3 +154,9 @@ def cancel(job_id: str):
     job = load_job(job_id)
     services().jobs.cancel(job.id)  # a job that finished meanwhile simply stays finished
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
+
+
+@bp.post("/jobs/<job_id>/delete")
+def delete(job_id: str):
+    job_files.erase(services(), load_job(job_id))  # the photo, the audio, the record: all of it
+    return redirect(url_for("pages.index"), code=303)

@@ -214,3 +214,14 @@ def test_the_job_page_names_the_style_and_a_cached_result(app, client, redis_url
     html = Elements(text)
     assert html.find("span", id="style") and 'Style: <span id="style">bedtime</span>' in text
     assert html.find("span", id="cached") and "earlier identical request" in text
+
+
+def test_the_job_page_deletes_its_job(client, app):
+    job_id = upload(client).headers["Location"].rsplit("/", 1)[-1]
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert f'action="/jobs/{job_id}/delete"' in page
+    assert client.post(f"/jobs/{job_id}/delete").status_code == 403  # no Origin: not from our own page
+    response = client.post(f"/jobs/{job_id}/delete", headers=SAME_ORIGIN)
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+    assert app.extensions["narrator"].jobs.get(job_id) is None and client.get(f"/jobs/{job_id}").status_code == 404
+    assert app.extensions["narrator"].storage.list(f"inputs/{job_id}") == []
