@@ -38,13 +38,16 @@ class Stack:
             logdir,
         )
         self.store = JobStore(redis.Redis.from_url(redis_server.url), 3600)
+        self.workers: list[Worker] = []  # killed at teardown, whatever the test did
 
     @property
     def storage(self):
         return open_storage(self.storage_url)
 
     def worker(self, name: str, **env) -> Worker:
-        return Worker({**self.env, **env}, self.logdir, name).wait_ready()
+        worker = Worker({**self.env, **env}, self.logdir, name)
+        self.workers.append(worker)
+        return worker.wait_ready()
 
     def wait_all(self, ids, timeout: float) -> dict:
         """Poll until every job has finished; returns {id: Job}."""
@@ -101,7 +104,10 @@ def stack(tmp_path, s3_env, s3_endpoint, tiny_models_dir, monkeypatch):
     )
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield Stack(redis_server, proxy, s3_env, f"http://127.0.0.1:{server.server_port}", env, tmp_path)
+    stack = Stack(redis_server, proxy, s3_env, f"http://127.0.0.1:{server.server_port}", env, tmp_path)
+    yield stack
+    for worker in stack.workers:  # a failed assertion must not leave a worker running
+        worker.kill()
     server.shutdown()
     proxy.close()
     redis_server.stop()
