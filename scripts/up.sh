@@ -41,7 +41,7 @@ save_setting PORT "$PORT"
 "$VENV/bin/python" - <<'PY' || true
 from shared.redis_conn import redis_client
 from shared.settings import get_settings
-from shared.workers import live_workers
+from shared.jobs.workers import live_workers
 settings = get_settings()
 try:
     others = live_workers(redis_client(settings, socket_timeout=2))

@@ -38,7 +38,7 @@ import redis
 
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
 from shared.jobs.files import audio_key
-from shared.queue import QUEUE, make_celery, wake
+from shared.jobs.queue import QUEUE, make_celery, wake
 from shared.settings import Settings
 from shared.storage import open_storage
 from tests.support.env import requires_tool

@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from shared.jobs import JobStore
-from shared.queue import celery_config
+from shared.jobs.queue import celery_config
 from shared.redis_conn import (
     WAIT_TIMEOUT_MS,
     broker_transport_options,

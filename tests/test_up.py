@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import workers
+from shared.jobs import workers
 from tests.support.env import ROOT, TEST_SECRET_KEY
 from tests.support.net import free_port
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from shared import workers
+from shared.jobs import workers
 from shared.jobs.schema import iso
 from web import contract as c
 from web.metrics import operator_token_sent

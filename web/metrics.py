@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared import workers
+from shared.jobs import workers
 from web.errors import AppError
 from web.services import services
 

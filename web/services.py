@@ -14,7 +14,7 @@ from celery import Celery
 from flask import current_app
 
 from shared.jobs import JobStore
-from shared.queue import PUBLISH_RETRY, make_celery, wake
+from shared.jobs.queue import PUBLISH_RETRY, make_celery, wake
 from shared.redis_conn import redis_client
 from shared.settings import Settings
 from shared.storage import Storage, open_storage

@@ -19,8 +19,8 @@ import sys
 
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from shared import workers
-from shared.queue import make_celery
+from shared.jobs import workers
+from shared.jobs.queue import make_celery
 from shared.settings import get_settings
 from shared.styles import from_settings
 from worker import metrics as worker_metrics
@@ -31,7 +31,7 @@ log = logging.getLogger("worker")
 app = make_celery(get_settings(), name="worker")
 # A wake-up is taken with a plain BRPOP: kombu's ack emulation (a copy of every message in an
 # unacked hash, removed again on the ack: two transactions per message) would guard messages
-# nothing depends on (shared/queue.py). The webhooks worker keeps it: a delivery is acked late.
+# nothing depends on (shared/jobs/queue.py). The webhooks worker keeps it: a delivery is acked late.
 app.conf.broker_transport_options = {**app.conf.broker_transport_options, "ack_emulation": False}
 app.conf.worker_pool = "solo"  # the default pool for GPU workers; --pool overrides it
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

@@ -14,7 +14,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
 from shared.jobs import JobStore
-from shared.queue import QUEUE, make_celery, wake
+from shared.jobs.queue import QUEUE, make_celery, wake
 from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage

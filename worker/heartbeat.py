@@ -28,8 +28,7 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
-from shared import workers
-from shared.jobs import JobStore
+from shared.jobs import JobStore, workers
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

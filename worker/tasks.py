@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from shared.queue import NARRATE_TASK
+from shared.jobs.queue import NARRATE_TASK
 from worker.context import get_context
 from worker.runner import run_wakeup
 

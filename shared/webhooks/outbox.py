@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.jobs.queue import PUBLISH_RETRY
 from shared.jobs.schema import Job, JobStatus
-from shared.queue import PUBLISH_RETRY
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import redis
 
 from shared.jobs import JobStore
-from shared.queue import make_celery
+from shared.jobs.queue import make_celery
 from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.webhooks.delivery import deliver, retry_delay

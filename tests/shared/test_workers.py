@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from shared import workers
+from shared.jobs import workers
 
 
 @pytest.fixture

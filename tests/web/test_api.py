@@ -17,7 +17,7 @@ import redis
 from PIL import Image
 
 from shared.jobs import JobStore
-from shared.queue import QUEUE, make_celery
+from shared.jobs.queue import QUEUE, make_celery
 from shared.settings import Settings
 from shared.storage import open_storage
 from tests.support.env import TEST_SECRET_KEY

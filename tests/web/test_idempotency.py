@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.jobs import JobStore
-from shared.queue import QUEUE, make_celery
+from shared.jobs.queue import QUEUE, make_celery
 from shared.storage import StorageUnavailable
 from tests.support.net import closed_port
 from tests.support.photos import photo as make_photo

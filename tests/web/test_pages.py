@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from shared.jobs import JobStore
-from shared.queue import QUEUE
+from shared.jobs.queue import QUEUE
 from shared.settings import Settings
 from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
 from tests.support.photos import photo

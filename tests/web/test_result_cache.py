@@ -14,7 +14,7 @@ import requests
 from werkzeug.serving import make_server
 
 from shared import result_cache
-from shared.queue import QUEUE
+from shared.jobs.queue import QUEUE
 from shared.settings import Settings
 from tests.support.photos import photo
 from tests.support.webhooks import SERVER_SECRET, verified

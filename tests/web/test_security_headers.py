@@ -72,7 +72,7 @@ def test_the_uploaded_photo_is_served_as_a_download_in_a_sandbox(client):
 
 
 def test_readyz_tells_the_model_error_s_text_only_to_the_operator(redis_url, tmp_path):
-    from shared.workers import record_model_error
+    from shared.jobs.workers import record_model_error
 
     app = create_app(
         Settings(

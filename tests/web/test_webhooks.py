@@ -23,7 +23,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 import shared.webhooks.urls as urls
 from shared.jobs import Job, JobStatus, new_job_id
-from shared.queue import make_celery
+from shared.jobs.queue import make_celery
 from shared.settings import Settings
 from shared.webhooks import (
     Outbox,

@@ -62,7 +62,7 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
 
     import redis
 
-    from shared.workers import last_model_error
+    from shared.jobs.workers import last_model_error
 
     blackhole = socket.create_server(("127.0.0.1", 0))
     env = {

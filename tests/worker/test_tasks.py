@@ -188,7 +188,7 @@ def test_fifty_concurrent_submissions_all_succeed(tasks_worker):
 
 
 def test_readyz_reports_live_workers_the_queue_and_model_errors(celery_worker_process, web_server):
-    from shared.workers import record_model_error
+    from shared.jobs.workers import record_model_error
 
     app, base = web_server
     ready = get_json(f"{base}/readyz")

@@ -3,7 +3,7 @@
 Celery's consumer retries a lost broker connection with kombu's default backoff (2, 4, 6 ... up to
 30 s apart), so a worker can sit idle for seconds after Redis is back while wake-ups wait. Job state
 lives in the job store, not the broker, so there is nothing to protect by waiting: this consumer
-tries every RETRY_MAX seconds at most. Named by `worker_consumer` (shared/queue.py); only worker
+tries every RETRY_MAX seconds at most. Named by `worker_consumer` (shared/jobs/queue.py); only worker
 processes import it.
 """
 

@@ -38,7 +38,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a worker outlives any Redis outage
-        "worker_consumer": "shared.reconnect:PromptConsumer",  # back within a second of Redis
+        "worker_consumer": "shared.jobs.reconnect:PromptConsumer",  # back within a second of Redis
         "broker_transport_options": broker_transport_options(settings),
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
