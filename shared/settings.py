@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     # next batch only competes with it for the same cores (the task encodes before handing over).
     encode_in_background: Literal["auto", "on", "off"] = "auto"
 
-    # Metrics (Prometheus): web/metrics.py serves GET /metrics; METRICS_TOKEN, when set, makes a scrape
+    # Metrics (Prometheus): web/middleware/metrics.py serves GET /metrics; METRICS_TOKEN, when set, makes a scrape
     # send `Authorization: Bearer <token>`. A worker serves its own on WORKER_METRICS_PORT (None: off);
     # one worker process per GPU on one host needs one port each (9101, 9102, ...).
     metrics_token: str | None = None

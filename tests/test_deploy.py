@@ -609,7 +609,7 @@ def test_nginx_passes_only_presigned_reads_of_the_bucket_to_minio():
     # The form's album post (20 photos) alone may be larger; it inherits the rest from "/".
     albums = _directives(locations["= /jobs"])
     assert "= /jobs" in locations["/"] and albums["proxy_pass"] == ["http://web"]
-    from web.albums import MAX_PHOTOS, PART_OVERHEAD
+    from web.pages.albums import MAX_PHOTOS, PART_OVERHEAD
 
     assert _size_bytes(albums["client_max_body_size"][0]) >= MAX_PHOTOS * (10 * 1024 * 1024 + PART_OVERHEAD)
     # Prometheus reaches web:8000 directly; the public gets no metrics.

@@ -18,11 +18,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
-from web import albums, api, auth, contract, health, openapi, pages, styles_api, webhooks_api
-from web.errors import register_error_handlers
+from web.api import contract, docs, health, jobs, styles, webhooks
 from web.keys_cli import keys
-from web.limits import init_limits
-from web.metrics import init_metrics
+from web.middleware import auth
+from web.middleware.errors import register_error_handlers
+from web.middleware.limits import init_limits
+from web.middleware.metrics import init_metrics
+from web.pages import albums
+from web.pages import jobs as pages
 from web.services import Services
 
 # Room for multipart framing and the small form fields next to a photo of exactly MAX_UPLOAD_MB.
@@ -78,7 +81,7 @@ def secret_key(settings: Settings, app: Flask) -> str:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    # Flask, with the OpenAPI document generated from the views' models (web/contract.py); no UI of its own.
+    # Flask, with the OpenAPI document generated from the views' models (web/api/contract.py); no UI of its own.
     app = OpenAPI(
         __name__,
         info=Info(title="Photo stories API", version="1"),
@@ -96,7 +99,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # 64 KiB at a time plus what is left over): it must stay well above that, or every real
         # photo gets a 413. The non-file fields are tiny either way.
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
-        MAX_FORM_PARTS=16,  # the form's post raises this and MAX_CONTENT_LENGTH for its photos (web/albums.py)
+        MAX_FORM_PARTS=16,  # the form's post raises this and MAX_CONTENT_LENGTH for its photos (web/pages/albums.py)
         SECRET_KEY=secret_key(settings, app),
         TRUSTED_HOSTS=trusted_hosts(settings),  # another Host header: 400, before any view
         SESSION_COOKIE_NAME=auth.SESSION_COOKIE,  # __Host- prefixed over https (auth.SessionCookies)
@@ -114,7 +117,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
 
-    styles_api.init_styles(app, settings)  # GET /api/v1/styles; a bad STORY_STYLES stops the app here
+    styles.init_styles(app, settings)  # GET /api/v1/styles; a bad STORY_STYLES stops the app here
     services = Services.build(settings)
     app.extensions["narrator"] = services
     try:
@@ -123,7 +126,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.logger.warning("storage not ready at start-up: %s", exc)
 
     register_error_handlers(app)
-    app.register_api(api.bp)
+    app.register_api(jobs.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(albums.bp)  # several photos per form post (before init_limits: it limits its feed)
     app.register_api(health.bp)
@@ -131,9 +134,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Who is asking comes first (a bad key is a 401 before anything else), then the rate limits.
     app.before_request(auth.authenticate)
     app.extensions["narrator_limiter"] = init_limits(app, settings, services.redis)
-    app.register_api(webhooks_api.bp)  # GET /api/v1/webhooks/secret
-    init_metrics(app)  # GET /metrics for Prometheus (web/metrics.py)
-    app.register_api(openapi.bp)  # /api/v1/openapi.json, /api/docs
+    app.register_api(webhooks.bp)  # GET and POST /api/v1/webhooks/secret
+    init_metrics(app)  # GET /metrics for Prometheus (web/middleware/metrics.py)
+    app.register_api(docs.bp)  # /api/v1/openapi.json, /api/docs
 
     @app.after_request
     def _security_headers(response):

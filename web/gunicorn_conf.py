@@ -11,7 +11,7 @@ Why gevent: a process serves each connection in a greenlet, so clients that are 
 (an unfinished request head, an upload that stops halfway) and requests waiting on a hung Redis
 or storage each hold a few kilobytes, not one of a handful of threads. With threads (gthread,
 2 x 4) eight such clients stopped a deployment from answering anything, /healthz included.
-CPU-bound image decoding runs in gevent's native thread pool (web/uploads.py), so the event loop
+CPU-bound image decoding runs in gevent's native thread pool (web/jobs/submit.py), so the event loop
 keeps answering meanwhile. In production nginx (deploy/nginx.conf) sits in front and buffers
 whole request bodies; the limits below also hold when gunicorn faces clients directly.
 """
@@ -74,13 +74,13 @@ def pre_request(worker, req):
 
     Without it a client that stops sending halfway through an upload would hold its connection
     for ever. The timeout surfaces as an error inside wsgi.input.read(), which the app answers
-    with a 400 and no job (web/uploads.py RequestBody)."""
+    with a 400 and no job (web/jobs/submit.py RequestBody)."""
     sock = getattr(getattr(req, "unreader", None), "sock", None)
     if sock is not None and hasattr(sock, "settimeout"):
         sock.settimeout(body_timeout)
 
 
-# Metrics (web/metrics.py): each process writes its counts to files in PROMETHEUS_MULTIPROC_DIR and
+# Metrics (web/middleware/metrics.py): each process writes its counts to files in PROMETHEUS_MULTIPROC_DIR and
 # a scrape adds up every process's. Set here in the master, before any worker imports
 # prometheus_client (the app is not preloaded), and never at import: loading this file must not
 # switch the importing process to multiprocess mode.

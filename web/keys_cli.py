@@ -9,7 +9,7 @@ import click
 from flask.cli import AppGroup
 
 from shared.jobs.schema import iso
-from web import auth
+from web.middleware import auth
 from web.services import services
 
 keys = AppGroup("keys", help="Create, list and revoke API keys (stored in REDIS_URL's Redis).")

@@ -852,7 +852,7 @@ def bench(args, redis_url: str, workdir: Path, logdir: Path, stack: ExitStack) -
     from shared.jobs import JobStore
     from shared.settings import Settings
     from shared.storage import open_storage
-    from web.auth import create_key
+    from web.middleware.auth import create_key
 
     storage_url = storage_url_for(args, workdir)
     os.environ.update(service_env(redis_url, storage_url, args))  # the app in this process reads them too

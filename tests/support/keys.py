@@ -1,4 +1,4 @@
-"""API keys for tests, made in-process by the project's own key store (web.auth.create_key, what
+"""API keys for tests, made in-process by the project's own key store (web.middleware.auth.create_key, what
 `flask keys create` calls): a subprocess per key cost seconds. tests/web/test_owners.py runs the
 command itself."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis
 
-from web.auth import create_key
+from web.middleware.auth import create_key
 
 
 def create_api_key(env: dict, name: str) -> str:

@@ -24,8 +24,8 @@ from shared.jobs.queue import QUEUE, make_celery
 from shared.storage import StorageUnavailable
 from tests.support.net import closed_port
 from tests.support.photos import photo as make_photo
-from web import idempotency
-from web.idempotency import PENDING_TTL, fingerprint, redis_key
+from web.jobs import idempotency
+from web.jobs.idempotency import PENDING_TTL, fingerprint, redis_key
 
 LOCAL = pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 DEFAULT_WORDS = 16  # STORY_WORDS in conftest's service_env
@@ -361,7 +361,7 @@ def test_a_key_whose_job_is_gone_makes_a_new_one(server, r):
 
 def test_the_style_is_part_of_the_request():
     """The same key with another style is another request (a 422), not the first style's job."""
-    from web.idempotency import fingerprint
+    from web.jobs.idempotency import fingerprint
 
     plain = fingerprint(b"photo", 30, 7)
     assert fingerprint(b"photo", 30, 7, style=None) == plain  # keys made before styles still match
@@ -373,7 +373,7 @@ def test_the_style_is_part_of_the_request():
 
 @LOCAL
 def test_keys_belong_to_their_owner(server, r):
-    from web.auth import create_key
+    from web.middleware.auth import create_key
 
     app, base = server
     alice, bob = create_key(r, "alice"), create_key(r, "bob")

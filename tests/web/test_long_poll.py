@@ -1,4 +1,4 @@
-"""Long polls: `GET /api/v1/jobs/<id>?wait=S` and `Prefer: wait=S` on submit (web/job_events.py).
+"""Long polls: `GET /api/v1/jobs/<id>?wait=S` and `Prefer: wait=S` on submit (web/jobs/events.py).
 
 The job store publishes every change, so these tests play the worker's part with its methods
 (claim, progress, cancel) and time how soon the waiting requests answer. The acceptance scenario at
@@ -22,7 +22,7 @@ from shared.jobs import JobStore
 from tests.support.env import requires_tool
 from tests.support.net import free_port, serving
 from tests.support.web import assert_error, build, make_settings, png, submit
-from web.job_events import MAX_WAIT, preferred_wait
+from web.jobs.events import MAX_WAIT, preferred_wait
 
 PROMPT = 2.0  # seconds: "promptly" (on a loaded 2-core machine), where the waits are 10 s
 
@@ -320,7 +320,7 @@ def test_a_forked_process_subscribes_for_itself(app, client, store, pool, monkey
     long_poll(pool, app, job_id, 0.1).result(timeout=5)
     events = app.extensions["narrator_job_events"]
     until(lambda: events.subscriptions == 1)
-    monkeypatch.setattr("web.job_events.os.getpid", lambda: -1)  # as if in a child after fork
+    monkeypatch.setattr("web.jobs.events.os.getpid", lambda: -1)  # as if in a child after fork
     waiting = long_poll(pool, app, job_id, 10)
     until(lambda: events.subscriptions == 2)  # its own reader, its own subscription
     assert store.claim("test-worker", first=job_id)
@@ -329,8 +329,8 @@ def test_a_forked_process_subscribes_for_itself(app, client, store, pool, monkey
 
 
 def test_the_subscription_ends_when_idle_and_comes_back_with_the_next_wait(app, client, store, pool, monkeypatch):
-    monkeypatch.setattr("web.job_events.IDLE_SECONDS", 0.3)
-    monkeypatch.setattr("web.job_events.READ_SECONDS", 0.1)
+    monkeypatch.setattr("web.jobs.events.IDLE_SECONDS", 0.3)
+    monkeypatch.setattr("web.jobs.events.READ_SECONDS", 0.1)
     job_id = new_job(client)
     long_poll(pool, app, job_id, 0.1).result(timeout=5)
     events = app.extensions["narrator_job_events"]

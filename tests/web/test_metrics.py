@@ -159,7 +159,7 @@ def test_gunicorn_starts_from_zero_in_a_given_multiprocess_folder(service_env, t
     directory = tmp_path / "prometheus"
     directory.mkdir()
     # A count left in the folder by an earlier run must not be added to this run's.
-    stale = "from web.metrics import REQUESTS; REQUESTS.labels('/healthz', 'GET', '200').inc(1000)"
+    stale = "from web.middleware.metrics import REQUESTS; REQUESTS.labels('/healthz', 'GET', '200').inc(1000)"
     subprocess.run(
         [sys.executable, "-c", stale],
         cwd=ROOT,

@@ -15,13 +15,13 @@ from openapi_spec_validator import validate
 from shared.jobs.public import PUBLIC_FIELDS
 from shared.settings import Settings
 from tests.support.env import TEST_SECRET_KEY
+from web.api.contract import ListQuery, SubmitFields, WaitQuery
+from web.api.docs import CODES
 from web.app import create_app
-from web.contract import ListQuery, SubmitFields, WaitQuery
-from web.openapi import CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
-# The HTTPException handler (web/errors.py) names werkzeug's errors; these are the ones the API can meet.
+# The HTTPException handler (web/middleware/errors.py) names werkzeug's errors; these are the ones the API can meet.
 WERKZEUG_CODES = {
     (400, "bad_request"),
     (404, "not_found"),
@@ -30,7 +30,7 @@ WERKZEUG_CODES = {
     (416, "requested_range_not_satisfiable"),
 }
 NOT_API = {
-    (403, "cross_site_request"),  # the HTML form's posts only (web/pages.py)
+    (403, "cross_site_request"),  # the HTML form's posts only (web/pages/jobs.py)
     (500, "internal_error"),
 }  # the last resort: a bug, never part of the contract
 PATH_ONLY = {"not_found", "unreadable"}  # shared.images errors for files on disk, never for an upload
@@ -72,7 +72,7 @@ def documented_codes(spec: dict) -> set[tuple[int, str]]:
 def raised_codes() -> set[tuple[int, str]]:
     """(status, code) of every error the web package can answer with, read from its source."""
     pairs = set(WERKZEUG_CODES)
-    for source in (ROOT / "web").glob("*.py"):
+    for source in (ROOT / "web").rglob("*.py"):
         text = source.read_text()
         pairs |= {(int(s), c) for s, c in re.findall(r'(?:AppError|error_response)\(\s*(\d{3}),\s*"([a-z_]+)"', text)}
         pairs |= {(401, c) for c in re.findall(r'_[Uu]nauthorized\(\s*"([a-z_]+)"', text)}

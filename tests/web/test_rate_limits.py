@@ -13,7 +13,7 @@ import requests
 from shared.settings import Settings
 from tests.support.keys import create_api_key
 from tests.support.photos import photo
-from web.limits import parse_limits
+from web.middleware.limits import parse_limits
 
 pytestmark = pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 
@@ -249,7 +249,7 @@ def posts_in_one_window(base: str, cookies: list) -> list[int]:
 
 def test_one_address_is_limited_whatever_session_each_form_post_carries(three_a_second_per_address):
     app, base = three_a_second_per_address
-    from web.auth import SESSION_FIELD, new_session_id
+    from web.middleware.auth import SESSION_FIELD, new_session_id
 
     # Twelve sessions of their own, as twelve earlier visits would have left them.
     serializer = app.session_interface.get_signing_serializer(app)
@@ -275,7 +275,7 @@ def test_ownerless_submits_are_capped_and_take_one_turn_per_address(capped, redi
 def test_an_ipv6_client_counts_by_its_slash_64(storage_url):  # storage_url: this module's parametrisation
     from flask import Flask
 
-    from web.auth import client_network
+    from web.middleware.auth import client_network
 
     app = Flask(__name__)
     for remote, expected in (

@@ -271,7 +271,7 @@ def test_the_secret_endpoint_gives_each_owner_its_own_secret(web_server, service
 
 
 def test_a_key_made_again_under_a_revoked_name_gets_a_new_secret(web_server):
-    from web.auth import create_key, revoke_key
+    from web.middleware.auth import create_key, revoke_key
 
     app, base = web_server
     redis_client = app.extensions["narrator"].redis
@@ -285,7 +285,7 @@ def test_a_key_made_again_under_a_revoked_name_gets_a_new_secret(web_server):
 
 
 def test_post_rotates_the_secret_and_deliveries_are_signed_with_the_new_one(web_server, webhooks_worker, receiver):
-    from web.auth import create_key
+    from web.middleware.auth import create_key
 
     app, base = web_server
     key = create_key(app.extensions["narrator"].redis, "dave")

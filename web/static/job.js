@@ -18,7 +18,7 @@
     else if (!el.classList.contains("placeholder")) { el.textContent = placeholder; }
   }
 
-  // Same rules as step_states() in web/pages.py.
+  // Same rules as step_states() in web/pages/jobs.py.
   function stepStates(job) {
     var current = job.stage || (job.started_at ? "caption" : "queued");
     var index = job.status === "succeeded" ? names.length : Math.max(0, names.indexOf(current));
@@ -120,7 +120,7 @@
   if (FINISHED.indexOf(root.dataset.status) < 0) poll(0);
 })();
 
-// The album page (web/albums.py): the same rules for several job cards, all polled in one request.
+// The album page (web/pages/albums.py): the same rules for several job cards, all polled in one request.
 (function () {
   "use strict";
   var album = document.getElementById("album");
@@ -131,7 +131,7 @@
   var names = steps.map(function (s) { return s[0]; });
   var FINISHED = ["succeeded", "failed", "canceled"];
 
-  // Same rules as step_states() and status_text() in web/pages.py.
+  // Same rules as step_states() and status_text() in web/pages/jobs.py.
   function cardStepStates(job) {
     var current = job.stage || (job.started_at ? "caption" : "queued");
     var index = job.status === "succeeded" ? names.length : Math.max(0, names.indexOf(current));

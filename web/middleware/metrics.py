@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.jobs import workers
-from web.errors import AppError
+from web.middleware.errors import AppError
 from web.services import services
 
 bp = Blueprint("metrics", __name__)
@@ -133,7 +133,7 @@ def note_rejection(create_job):
 def _start():
     g.narrator_started = time.perf_counter()
     if request.endpoint == ENDPOINT:
-        return metrics()  # before web/auth.py and the rate limits (see the top)
+        return metrics()  # before web/middleware/auth.py and the rate limits (see the top)
     return None
 
 

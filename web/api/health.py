@@ -9,10 +9,10 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from shared.jobs import workers
 from shared.jobs.schema import iso
-from web import contract as c
-from web.metrics import operator_token_sent
+from web.api import contract as c
+from web.api.styles import configured as configured_styles
+from web.middleware.metrics import operator_token_sent
 from web.services import services
-from web.styles_api import configured as configured_styles
 
 HIDDEN_MODEL_ERROR = "a worker could not load its models: its log, or /readyz with METRICS_TOKEN, says why"
 

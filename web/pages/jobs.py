@@ -10,13 +10,15 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from narrator_client.job import WORDS_MAX, WORDS_MIN
 from shared.jobs import JobStatus
-from web import albums, job_files, styles_api
-from web.api import etag, job_view, load_job
-from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
-from web.errors import AppError, error_response
+from web.api import styles as styles_api
+from web.api.jobs import etag, job_view, load_job
+from web.jobs import actions
+from web.jobs.submit import create_job_from_request
+from web.middleware.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
+from web.middleware.errors import AppError, error_response
+from web.pages import albums
+from web.pages.status_text import MESSAGES, STEPS, status_text, step_states
 from web.services import services
-from web.status_text import MESSAGES, STEPS, status_text, step_states
-from web.uploads import create_job_from_request
 
 bp = Blueprint("pages", __name__)
 RECENT = 10  # stories listed on the home page
@@ -116,7 +118,7 @@ def submit():
         owner = f"session:{new_session}"
     try:
         photos = albums.form_photos()
-        if len(photos) > 1:  # an album: every photo its own job, all on one page (web/albums.py)
+        if len(photos) > 1:  # an album: every photo its own job, all on one page (web/pages/albums.py)
             location = url_for("albums.album_page", album_id=albums.create_album(photos, owner))
         else:
             location = url_for("pages.job_page", job_id=create_job_from_request(owner=owner).id)
@@ -158,5 +160,5 @@ def cancel(job_id: str):
 
 @bp.post("/jobs/<job_id>/delete")
 def delete(job_id: str):
-    job_files.erase(services(), load_job(job_id))  # the photo, the audio, the record: all of it
+    actions.erase(services(), load_job(job_id))  # the photo, the audio, the record: all of it
     return redirect(url_for("pages.index"), code=303)

@@ -11,7 +11,7 @@ from flask import current_app
 from shared import result_cache
 from shared.jobs import Job, JobStatus, files, new_job_id
 from shared.storage import StorageNotFound
-from web.errors import AppError
+from web.middleware.errors import AppError
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELED)
 

@@ -1,6 +1,6 @@
 """The HTTP API's contract, declared once: the request and response models the views carry, the error
 codes and what each means, and the answers of the server itself. flask-openapi3 generates the OpenAPI
-3.1 document from them (web/openapi.py serves it); the models also validate the requests, and a
+3.1 document from them (web/api/docs.py serves it); the models also validate the requests, and a
 validation error becomes this API's `{"error": {"code", "message"}}` with the field's own code.
 
 What stays written by hand is what no model states: the error responses (each lists its codes, so
@@ -18,10 +18,10 @@ from pydantic_core import PydanticUseDefault
 
 from narrator_client.job import JOB_ID_PATTERN, SEED_MAX, WORDS_MAX, WORDS_MIN, Job
 from shared.webhooks import MAX_URL_LENGTH
-from web.errors import AppError
-from web.idempotency import HEADER as IDEMPOTENCY_HEADER
-from web.idempotency import KEY_PATTERN
-from web.job_events import _SECONDS, MAX_WAIT
+from web.jobs.events import _SECONDS, MAX_WAIT
+from web.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
+from web.jobs.idempotency import KEY_PATTERN
+from web.middleware.errors import AppError
 
 DEADLINE_MAX = 86400  # a day: longer-lived jobs need no deadline
 
@@ -115,7 +115,7 @@ Blank = BeforeValidator(_blank_is_absent)
 
 
 class SubmitFields(BaseModel):
-    """The fields next to the photo, the API's and the web form's alike (web/uploads.py validates them)."""
+    """The fields next to the photo, the API's and the web form's alike (web/jobs/submit.py validates them)."""
 
     words: Annotated[int | None, Blank, Field(ge=WORDS_MIN, le=WORDS_MAX)] = Field(
         None, description="About how long the story is (default STORY_WORDS)."
@@ -365,7 +365,7 @@ SERVER: dict[Any, Any] = {
 API: dict[Any, Any] = {401: UNAUTHORIZED, **SERVER}  # what any API call may meet
 ANYONE: list = [{}, {"apiKey": []}, {"session": []}]  # ownerless jobs are readable by whoever has the id
 OWNER: list = [{"apiKey": []}, {"session": []}]  # a known caller: an API key, or (reads only) a browser session
-SUBMITTER: list = [{}, {"apiKey": []}]  # sessions never authorise API POSTs (web/auth.py)
+SUBMITTER: list = [{}, {"apiKey": []}]  # sessions never authorise API POSTs (web/middleware/auth.py)
 KEY_HOLDER: list = [{"apiKey": []}]  # an API POST that needs an owner: a key (sessions never authorise those)
 SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, `nk_...`."},

@@ -8,7 +8,7 @@
 - The album, `album:<id>` in Redis (its owner and job ids), expires with the jobs; only its owner's
   session sees it, anyone else gets the 404 an unknown album gets.
 - SUBMIT_RATE_LIMIT counts a post once in its short windows and each photo in its windows of a
-  minute or more (web/limits.py).
+  minute or more (web/middleware/limits.py).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import time
 from flask import Blueprint, g, jsonify, render_template, request, url_for
 
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
-from web.api import JOB_ID, job_view
-from web.auth import current_owner
-from web.errors import AppError
-from web.metrics import SUBMITTED
+from web.api.jobs import JOB_ID, job_view
+from web.jobs.submit import _discard, clean_filename, create_job, guard_request_body, validate_image
+from web.middleware.auth import current_owner
+from web.middleware.errors import AppError
+from web.middleware.metrics import SUBMITTED
+from web.pages.status_text import MESSAGES, STEPS, status_text, step_states
 from web.services import services
-from web.status_text import MESSAGES, STEPS, status_text, step_states
-from web.uploads import _discard, clean_filename, create_job, guard_request_body, validate_image
 
 bp = Blueprint("albums", __name__)
 MAX_PHOTOS = 20
@@ -66,7 +66,7 @@ def check_photos(photos: list) -> list[tuple]:
     naming every photo that failed. One photo at a time is in memory (the parser spools the rest)."""
     settings = services().settings
     if len(photos) > MAX_PHOTOS:
-        g.narrator_reject_code = "too_many_photos"  # web/metrics.py: the form's page carries no code
+        g.narrator_reject_code = "too_many_photos"  # web/middleware/metrics.py: the form's page carries no code
         raise TooManyPhotos(f"You chose {len(photos)} photos; choose at most {MAX_PHOTOS} at a time.")
     limit, checked, problems = settings.max_upload_bytes, [], []
     for number, upload in enumerate(photos, 1):
@@ -114,7 +114,7 @@ def create_album(photos: list, owner: str) -> str:
         for job in jobs:
             _discard(svc, job, job_created=True)
         raise
-    SUBMITTED.labels("form").inc(len(jobs) - 1)  # web/metrics.py counts the post's redirect as one
+    SUBMITTED.labels("form").inc(len(jobs) - 1)  # web/middleware/metrics.py counts the post's redirect as one
     return album_id
 
 

@@ -11,8 +11,8 @@ from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, OpenAPI, Tag
 
 from shared.styles import StyleError, Styles, UnknownStyle, from_settings
-from web import contract as c
-from web.errors import AppError
+from web.api import contract as c
+from web.middleware.errors import AppError
 
 bp = APIBlueprint("styles_api", __name__, url_prefix="/api/v1", operation_id_callback=c.operation_id)
 EXTENSION = "narrator_styles"

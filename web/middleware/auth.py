@@ -11,7 +11,7 @@ An owner is a string stored on each job (Job.owner):
 Sessions are cookies, which a browser also sends with requests another site makes it send. So the
 API honours a session for reading (GET, HEAD: the job page polls the job and loads its photo and
 audio through it) but never for changing anything: an API POST acts for its key or for nobody. The
-pages' own POSTs (the form, cancel) are checked for their origin instead (web/pages.py).
+pages' own POSTs (the form, cancel) are checked for their origin instead (web/pages/jobs.py).
 
 Redis layout: `apikey:<sha256 hex of the key>` -> name, and the hash `apikeys`: name -> JSON record
 {"created_at", "key_hash"}.
@@ -31,7 +31,7 @@ from flask import g, request, session
 from flask.sessions import SecureCookieSessionInterface
 
 from shared.webhooks.secrets import secret_key
-from web.errors import AppError, error_response
+from web.middleware.errors import AppError, error_response
 from web.services import services
 
 KEYS_HASH = "apikeys"

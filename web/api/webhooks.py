@@ -12,9 +12,9 @@ from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from shared.webhooks import owner_secret, rotate_secret
-from web import contract as c
-from web.auth import CHALLENGE, current_owner
-from web.errors import AppError
+from web.api import contract as c
+from web.middleware.auth import CHALLENGE, current_owner
+from web.middleware.errors import AppError
 from web.services import services
 
 bp = APIBlueprint("webhooks_api", __name__, url_prefix="/api/v1/webhooks", operation_id_callback=c.operation_id)

@@ -32,7 +32,7 @@ from flask import current_app
 from werkzeug.datastructures import Headers
 
 from shared.jobs import Job
-from web.errors import AppError
+from web.middleware.errors import AppError
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

@@ -22,13 +22,13 @@ from shared.images import ImageError, check_image
 from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, webhook_for_submit
-from web.auth import client_network
-from web.contract import SubmitFields, validation_error
-from web.errors import AppError
-from web.idempotency import REUSED_MESSAGE, IdempotentSubmit
-from web.metrics import note_rejection
+from web.api.contract import SubmitFields, validation_error
+from web.api.styles import job_style
+from web.jobs.idempotency import REUSED_MESSAGE, IdempotentSubmit
+from web.middleware.auth import client_network
+from web.middleware.errors import AppError
+from web.middleware.metrics import note_rejection
 from web.services import services
-from web.styles_api import job_style
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "")
 
@@ -157,9 +157,9 @@ def validate_image(data: bytes, max_pixels: int) -> str:
     return Image.MIME.get(fmt or "", "application/octet-stream")
 
 
-@note_rejection  # the reason a refused submit gets counted (web/metrics.py)
+@note_rejection  # the reason a refused submit gets counted (web/middleware/metrics.py)
 def create_job_from_request(idempotency: IdempotentSubmit | None = None, owner: str | None = None) -> Job:
-    """Validate, store, record and enqueue a job of `owner` (web/auth.py; None: ownerless). With
+    """Validate, store, record and enqueue a job of `owner` (web/middleware/auth.py; None: ownerless). With
     `idempotency` (the API's Idempotency-Key), a request repeating an earlier one gets that
     request's job back (and `idempotency.replayed`)."""
     svc = services()
@@ -177,7 +177,7 @@ def create_job(
     content_type: str | None = None,
 ) -> Job:
     """One photo's job, with this request's other form fields (`words`, `seed`, ...). The form's
-    albums (web/albums.py) call it once per photo, passing the `content_type` they already checked."""
+    albums (web/pages/albums.py) call it once per photo, passing the `content_type` they already checked."""
     svc = services()
     settings = svc.settings
     fields = form_fields()

@@ -1,7 +1,7 @@
 """Rate limits (fixed windows counted in the app's Redis) and the cap on queued jobs per owner.
 
 - SUBMIT_RATE_LIMIT (default "2/second;60/minute"): job submissions, the API's and the form's
-  together; a form post of several photos (web/albums.py) counts once in the windows shorter than a
+  together; a form post of several photos (web/pages/albums.py) counts once in the windows shorter than a
   minute and once per photo in the others (so 60/minute is three albums of 20);
 - READ_RATE_LIMIT (default "20/second"): the API's reads (a job, its audio and photo, the list),
   together;
@@ -14,7 +14,7 @@ with PROXY_HOPS, which ProxyFix applies; an IPv6 client by its /64);
   keep their own budget.
  Over a limit: 429 `rate_limited` with Retry-After, the
 seconds to the end of the window. /healthz, /readyz, the pages' GETs and static files are never
-limited. MAX_QUEUED_PER_OWNER (checked in web/uploads.py): 429 `too_many_queued`.
+limited. MAX_QUEUED_PER_OWNER (checked in web/jobs/submit.py): 429 `too_many_queued`.
 
 Counting: one round trip per request, `INCRBY` and `EXPIRE ... NX` per limit in one pipeline (no
 script: this runs on every poll). Windows are aligned to the clock, the counter's key carrying the
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import redis
 from flask import Flask
 
-from web.auth import client_network, current_owner
-from web.errors import AppError
+from web.middleware.auth import client_network, current_owner
+from web.middleware.errors import AppError
 
 SUBMIT_ENDPOINTS = ("api.submit", "pages.submit", "api.retry")  # a retry is a new job too
 FORM_SUBMIT = "pages.submit"
@@ -97,7 +97,7 @@ class RateLimiter:
     def hit(self, charges: list[tuple[str, str, Rate, int]]) -> tuple[Rate, int] | None:
         """Count each (scope, who, rate, cost); None if all hold, else the broken limit whose window
         ends last (retrying before then would only be refused again) and the seconds until it ends.
-        Redis errors propagate: web/errors.py answers them with 503 `redis_unavailable`."""
+        Redis errors propagate: web/middleware/errors.py answers them with 503 `redis_unavailable`."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         for scope, who, rate, cost in charges:
@@ -120,7 +120,7 @@ def split_by_window(rates: list[Rate]) -> tuple[list[Rate], list[Rate]]:
 def form_photo_count() -> int:
     """What a form post costs in the longer windows: its photos (parsing the body once, before the
     view, which then reads the parsed form; anything wrong with the body is the view's to report)."""
-    from web.albums import form_photos  # albums -> pages -> ... : imported when first needed
+    from web.pages.albums import form_photos  # albums -> pages -> ... : imported when first needed
 
     try:
         return max(1, len(form_photos()))

@@ -16,15 +16,15 @@ from narrator_client.job import Job as PublicJob
 from shared.jobs import Job, JobStatus, files
 from shared.jobs.public import public_model
 from shared.storage import StorageNotFound
-from web import contract as c
-from web import job_files
-from web.auth import client_network, current_owner, may_see, require_owner
-from web.contract import E
-from web.errors import AppError, error_response
-from web.idempotency import REPLAYED_HEADER, IdempotentSubmit
-from web.job_events import JobEvents, applied_wait, preferred_wait
+from web.api import contract as c
+from web.api.contract import E
+from web.jobs import actions
+from web.jobs.events import JobEvents, applied_wait, preferred_wait
+from web.jobs.idempotency import REPLAYED_HEADER, IdempotentSubmit
+from web.jobs.submit import check_queued, create_job_from_request
+from web.middleware.auth import client_network, current_owner, may_see, require_owner
+from web.middleware.errors import AppError, error_response
 from web.services import services
-from web.uploads import check_queued, create_job_from_request
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1", operation_id_callback=c.operation_id)
 JOBS = [Tag(name="jobs")]
@@ -72,7 +72,7 @@ def is_final(job: Job) -> bool:
 
 
 def job_events() -> JobEvents:
-    """This app's one subscription to job changes (web/job_events.py), made on the first wait."""
+    """This app's one subscription to job changes (web/jobs/events.py), made on the first wait."""
     events = current_app.extensions.get("narrator_job_events")
     if events is None:  # two first requests at once may both build one: only the kept one subscribes
         events = current_app.extensions.setdefault("narrator_job_events", JobEvents(services().redis))
@@ -276,7 +276,7 @@ def cancel(path: c.JobPath):
     },
 )
 def delete_job(path: c.JobPath):
-    job_files.erase(services(), load_job(path.job_id))  # load_job: someone else's job is a 404 too
+    actions.erase(services(), load_job(path.job_id))  # load_job: someone else's job is a 404 too
     return Response(status=204)
 
 
@@ -299,7 +299,7 @@ def delete_job(path: c.JobPath):
 def retry(path: c.JobPath):
     old = load_job(path.job_id)
     check_queued(services(), old.owner or old.lane or client_network())
-    job = job_files.retry(services(), old)
+    job = actions.retry(services(), old)
     response = jsonify(job_view(job))
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_job", job_id=job.id)
