@@ -147,6 +147,7 @@ def job_view(job: Job) -> dict:
             E.invalid_words,
             E.invalid_seed,
             E.invalid_style,
+            E.invalid_language,
             E.invalid_idempotency_key,
             E.invalid_webhook,
             E.bad_request,

@@ -10,7 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from narrator_client.job import WORDS_MAX, WORDS_MIN
 from shared.jobs import JobStatus
-from web import albums, styles_api
+from web import albums, languages_api, styles_api
 from web.api import etag, job_view, load_job
 from web.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.errors import AppError, error_response
@@ -57,6 +57,8 @@ def form_page(error: str | None = None, status: int = 200, words: str = ""):
         max_photos=albums.MAX_PHOTOS,
         styles=styles_api.configured(),
         style=sent_style(),
+        languages=languages_api.configured(),
+        language=sent_style("language"),
         words=words,
         recent=recent_stories(),
     ), status
@@ -72,12 +74,12 @@ def sent_words() -> str:
         return ""
 
 
-def sent_style() -> str:
-    """The style chosen before a form error, so the select keeps it (blank: the default)."""
+def sent_style(field: str = "style") -> str:
+    """The style (or language) chosen before a form error, so the select keeps it (blank: the default)."""
     if request.method != "POST":
         return ""
     try:
-        return (request.form.get("style") or "")[:40]
+        return (request.form.get(field) or "")[:40]
     except RequestEntityTooLarge:
         return ""
 

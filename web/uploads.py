@@ -26,6 +26,7 @@ from web.auth import client_network
 from web.contract import SubmitFields, validation_error
 from web.errors import AppError
 from web.idempotency import REUSED_MESSAGE, IdempotentSubmit
+from web.languages_api import job_language
 from web.metrics import note_rejection
 from web.services import services
 from web.styles_api import job_style
@@ -183,11 +184,13 @@ def create_job(
     fields = form_fields()
     words, seed = fields.words or settings.story_words, fields.seed
     style = job_style(fields.style)  # the default's name when none is asked for
+    language = job_language(fields.language)  # likewise
     content_type = content_type or validate_image(data, settings.max_image_pixels)
 
     job = Job(
         id=new_job_id(), words=words, seed=seed, style=style, content_type=content_type, filename=filename, owner=owner
     )
+    job.language = language
     if owner is None:  # an ownerless job takes its client network's turns, not a turn of its own
         job.lane = client_network()
     if result_cache.applies(settings, seed):  # what the result cache's key is made of
@@ -198,7 +201,16 @@ def create_job(
         raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key
         earlier = idempotency.reserve(
-            svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook, style=job.style, owner=owner
+            svc.redis,
+            svc.jobs,
+            data,
+            words,
+            seed,
+            job.id,
+            webhook=job.webhook,
+            style=job.style,
+            owner=owner,
+            language=job.language,
         )
         if earlier is not None:
             if earlier.owner != owner:  # keys are per owner; a reservation from before that was not
