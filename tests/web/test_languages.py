@@ -132,3 +132,15 @@ def test_parsing_languages():
         parse_languages("deu=x,deu=y")
     with pytest.raises(ValueError, match="LANGUAGES is empty"):
         parse_languages("", "deu")
+
+
+def test_the_result_cache_keys_on_the_language_and_its_voice():
+    from shared import result_cache
+
+    settings = Settings(secret_key="x" * 32, languages="eng=a,deu=b")
+    key = result_cache.cache_key(settings, "a" * 64, 40, 7, None, "deu")
+    assert key != result_cache.cache_key(settings, "a" * 64, 40, 7, None, "eng")
+    moved = settings.model_copy(update={"languages": "eng=a,deu=c"})
+    assert key != result_cache.cache_key(moved, "a" * 64, 40, 7, None, "deu")  # another German voice
+    added = settings.model_copy(update={"languages": "eng=a,deu=b,hin=d"})
+    assert key == result_cache.cache_key(added, "a" * 64, 40, 7, None, "deu")  # another language: still cached
