@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     narrate.add_argument("--words", type=int, help="story length in words")
     narrate.add_argument("--seed", type=int, help="makes the story reproducible")
     narrate.add_argument("--style", help="a story style the service offers")
+    narrate.add_argument("--language", help="the story's language, an ISO 639-3 code the service offers (deu, hin)")
     narrate.add_argument(
         "--url",
         default=os.environ.get("NARRATOR_URL") or DEFAULT_URL,
@@ -100,7 +101,14 @@ def submit(client: Client, args: argparse.Namespace) -> Job:
     key = new_idempotency_key()
     for attempt in range(1, SUBMIT_TRIES + 1):
         try:
-            return client.submit(args.photo, words=args.words, seed=args.seed, style=args.style, idempotency_key=key)
+            return client.submit(
+                args.photo,
+                words=args.words,
+                seed=args.seed,
+                style=args.style,
+                language=args.language,
+                idempotency_key=key,
+            )
         except (RateLimited, ServiceUnavailable) as exc:
             if attempt == SUBMIT_TRIES or exc.code == "too_many_queued":
                 raise

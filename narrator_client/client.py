@@ -51,16 +51,15 @@ class Client:
         idempotency_key: str | None = None,
         filename: str | None = None,
         wait: float | None = None,
+        language: str | None = None,
     ) -> Job:
         """Upload a photo (a path, its bytes or a binary file); returns the new job (status queued,
         or succeeded at once when the service had the result cached). With `wait` (seconds, at most
-        60) the service answers once the job is final or that time passed (`Prefer: wait`)."""
+        60) the service answers once the job is final or that time passed (`Prefer: wait`).
+        `language`: an ISO 639-3 code the service offers (GET /api/v1/languages; None: its default)."""
         name, data = _read_image(image, filename)
-        fields = {
-            k: str(v)
-            for k, v in (("words", words), ("seed", seed), ("style", style), ("webhook", webhook))
-            if v is not None
-        }
+        pairs = (("words", words), ("seed", seed), ("style", style), ("language", language), ("webhook", webhook))
+        fields = {k: str(v) for k, v in pairs if v is not None}
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if wait:

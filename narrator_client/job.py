@@ -70,6 +70,10 @@ class Job(BaseModel):
         description="The story style the job runs in (GET /api/v1/styles): the one asked for, else the "
         "default; null when the server has no styles."
     )
+    language: str | None = Field(
+        description="The language the story is written and spoken in (GET /api/v1/languages): the one asked "
+        "for, else the default."
+    )
     filename: str | None = Field(description="The upload's file name (display only).")
     attempts: int = Field(
         ge=0, description="Runs started (more than 1 after a worker died; such a job runs alone next)."

@@ -1,8 +1,8 @@
-"""The result cache: a job with a `seed` whose photo, words, style and models match an earlier job's
-succeeds at once from that job's result, without a worker (RESULT_CACHE, default on).
+"""The result cache: a job with a `seed` whose photo, words, style, language and models match an
+earlier job's succeeds at once from that job's result, without a worker (RESULT_CACHE, default on).
 
-- The key is one function of (the photo's SHA-256, words, seed, style, the model settings, the
-  result format's version), used by both sides: the worker, on success, writes `cache:<key>` with
+- The key is one function of (the photo's SHA-256, words, seed, style, language and its voice, the
+  model settings, the result format's version), used by both sides: the worker, on success, writes `cache:<key>` with
   the result (never the audio bytes: the key of its MP3) for JOB_TTL_HOURS; a web submit looks it up.
   Each side computes it from its own settings, so web and workers must share the model settings:
   if they differ, lookups simply miss.
@@ -21,7 +21,7 @@ import json
 import logging
 import time
 
-from shared import styles
+from shared import languages, styles
 from shared.jobs import files
 from shared.jobs.schema import Job, JobStatus
 from shared.storage import Storage, StorageError, StorageNotFound
@@ -69,7 +69,18 @@ def style_location(settings, style: str | None) -> str | None:
         return None
 
 
-def cache_key(settings, image_sha256: str, words: int | None, seed: int, style: str | None) -> str:
+def voice_location(settings, language: str) -> str | None:
+    """Where the language's voice comes from (LANGUAGES, else SPEECH_MODEL for English): only that
+    language's entry counts, as for styles."""
+    try:
+        return languages.from_settings(settings).locations.get(language)
+    except languages.LanguageError:  # a server with such settings refuses to start
+        return None
+
+
+def cache_key(
+    settings, image_sha256: str, words: int | None, seed: int, style: str | None, language: str | None = None
+) -> str:
     recipe = {
         "v": RESULT_VERSION,
         "image": image_sha256,
@@ -78,6 +89,8 @@ def cache_key(settings, image_sha256: str, words: int | None, seed: int, style: 
         "style": style,
         "models": model_versions(settings, style),
     }
+    if language:  # the story's language and the voice that speaks it
+        recipe["language"] = {"code": language, "voice": voice_location(settings, language)}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -85,7 +98,9 @@ def job_key(settings, job: Job) -> str | None:
     """The key of a job's result, or None for a job the cache does not serve."""
     if not job.image_sha256 or job.seed is None:
         return None
-    return cache_key(settings, job.image_sha256, job.words, job.seed, getattr(job, "style", None))
+    return cache_key(
+        settings, job.image_sha256, job.words, job.seed, getattr(job, "style", None), getattr(job, "language", None)
+    )
 
 
 def redis_key(key: str) -> str:

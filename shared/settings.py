@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     story_styles: str = ""
     story_default_style: str | None = None  # a STORY_STYLES name; unset: the first listed
     speech_model: str = "facebook/mms-tts-eng"
+    # Narration languages (shared/languages.py): comma-separated code=location pairs, each code an
+    # ISO 639-3 code as MMS names its checkpoints (eng, deu, hin), each location an MMS-TTS checkpoint
+    # as SPEECH_MODEL takes it; a job picks one (`language`). Unset: English only, from SPEECH_MODEL.
+    languages: str = ""
+    default_language: str | None = None  # a LANGUAGES code; unset: the first listed
+    # Voices a worker keeps loaded (least recently used goes first); each loads on its first job.
+    max_voices: int = Field(4, ge=1, le=64)
     model_cache_dir: str = Field(default_factory=lambda: os.path.abspath(".cache/adapters"))
 
     # Hardware

@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
-from web.api import contract, docs, health, jobs, styles, webhooks
+from web.api import contract, docs, health, jobs, languages, styles, webhooks
 from web.keys_cli import keys
 from web.middleware import auth
 from web.middleware.errors import register_error_handlers
@@ -48,7 +48,7 @@ def trusted_hosts(settings: Settings) -> list[str] | None:
 
 
 # Blueprints whose answers do not depend on who asks (static files have no blueprint).
-SAME_FOR_EVERYONE = frozenset({"static", "health", "openapi", "metrics", "styles_api"})
+SAME_FOR_EVERYONE = frozenset({"static", "health", "openapi", "metrics", "styles_api", "languages_api"})
 SESSION_DAYS = 30  # a browser keeps its session (and so its list of stories) this long after its last visit
 
 NO_SECRET_KEY = (
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     styles.init_styles(app, settings)  # GET /api/v1/styles; a bad STORY_STYLES stops the app here
+    languages.init_languages(app, settings)  # GET /api/v1/languages; likewise LANGUAGES
     services = Services.build(settings)
     app.extensions["narrator"] = services
     try:

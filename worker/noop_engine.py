@@ -3,7 +3,7 @@ bench (worker/control_bench.py): it loads nothing and runs each stage in microse
 using it costs only what the job lifecycle costs (Redis, storage, the broker).
 
 It keeps the Engine's interface as the worker uses it: `batch_size`, `device`, `load()`,
-`style_problem(style)`, `narrate_batch(images, words=, seeds=, on_progress=, encode=, styles=)`,
+`style_problem(style)`, `narrate_batch(images, words=, seeds=, on_progress=, encode=, styles=, languages=)`,
 which reports each stage the way the real pipeline does (caption, story, speech, each with the
 previous stage's results), and `encode(narrations)`, which fills in each MP3 afterwards. Its
 narrations are the real Narration records, with a story of the requested length, word timings
@@ -68,11 +68,13 @@ class NoopEngine:
         on_progress: ProgressCallback | None = None,
         styles: Sequence[str | None] | None = None,
         encode: bool = True,
+        languages: Sequence[str | None] | None = None,
     ) -> list[Narration]:
         n = len(images)
         lengths: list = list(words) if isinstance(words, (list, tuple)) else [words] * n
         seed_list = list(seeds) if seeds is not None else [None] * n
-        if len(lengths) != n or len(seed_list) != n or (styles is not None and len(styles) != n):
+        rows = [len(lengths), len(seed_list)] + [len(r) for r in (styles, languages) if r is not None]
+        if any(count != n for count in rows):
             raise ValueError(f"{n} images but {len(seed_list)} seeds and {len(lengths)} story lengths")
         notify = on_progress or (lambda stage, fields: None)
         notify("caption", [{} for _ in range(n)])

@@ -219,6 +219,9 @@ def run_stages(jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, 
             styles = [getattr(j, "style", None) for j in jobs]
             # One batch mixes styles (each row its own adapter); named only when a job has one.
             extra = {"styles": styles} if any(styles) else {}
+            languages = [getattr(j, "language", None) for j in jobs]
+            if any(languages):  # speech runs per language; caption and story batch across them
+                extra["languages"] = languages
             narrations = engine.narrate_batch(
                 images,
                 words=[j.words for j in jobs],
@@ -362,12 +365,14 @@ def storage_retry(seconds: float) -> Callable:
 
 
 def check_style(engine, job: Job) -> None:
-    """A job whose style this worker does not serve fails alone, not its whole batch (web and
-    workers read the same STORY_STYLES; they differ only mid-rollout or by mistake)."""
-    problem = getattr(engine, "style_problem", None)
-    message = problem(getattr(job, "style", None)) if problem else None
-    if message:
-        raise JobFailed(message)
+    """A job whose style or language this worker does not serve fails alone, not its whole batch
+    (web and workers read the same STORY_STYLES and LANGUAGES; they differ only mid-rollout or by
+    mistake)."""
+    for check, value in (("style_problem", "style"), ("language_problem", "language")):
+        problem = getattr(engine, check, None)
+        message = problem(getattr(job, value, None)) if problem else None
+        if message:
+            raise JobFailed(message)
 
 
 def read_images(jobs: list[Job], storage: Storage, engine, settings) -> list:

@@ -54,6 +54,9 @@ class Job:
     # The story style (shared/styles.py) resolved at submit: the default's name when the job named
     # none; None when no styles are configured (the base model, or STORY_ADAPTER).
     style: str | None = None
+    # The narration language (shared/languages.py), an ISO 639-3 code resolved at submit: the
+    # default's when the job named none. None only on jobs stored before languages existed (English).
+    language: str | None = None
     input_key: str | None = None
     content_type: str | None = None
     filename: str | None = None

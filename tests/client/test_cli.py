@@ -67,11 +67,21 @@ def test_narrate_writes_the_mp3_prints_the_story_and_shows_the_stages(
     assert "5/5 done" in shown and "saved" in shown, shown
 
     as_json = narrate(
-        str(tmp_path / "photo.jpg"), "--url", base, "--json", "--seed", "3", "-o", str(tmp_path / "again.mp3")
+        str(tmp_path / "photo.jpg"),
+        "--url",
+        base,
+        "--json",
+        "--seed",
+        "3",
+        "--language",
+        "eng",
+        "-o",
+        str(tmp_path / "again.mp3"),
     )
     assert as_json.returncode == 0, as_json.stderr
     printed = json.loads(as_json.stdout)
     assert printed["status"] == "succeeded" and printed["seed"] == 3 and printed["output"].endswith("again.mp3")
+    assert printed["language"] == "eng"
     assert as_json.stderr == ""  # no bar for scripts
 
 
@@ -96,6 +106,8 @@ def test_exit_2_for_bad_input_and_1_for_a_job_that_ends_without_a_story(service_
     refused = narrate(str(tmp_path / "photo.jpg"), "--url", base, "--words", "5")
     assert refused.returncode == 2 and "invalid_words" in refused.stderr and "Traceback" not in refused.stderr
     assert "refused the photo" in refused.stderr
+    no_language = narrate(str(tmp_path / "photo.jpg"), "--url", base, "--language", "xxx")
+    assert no_language.returncode == 2 and "invalid_language" in no_language.stderr
     bad_key = narrate(str(tmp_path / "photo.jpg"), "--url", base, "--api-key", "nk_not-a-key")
     assert bad_key.returncode == 2 and "refused the API key" in bad_key.stderr and "invalid_api_key" in bad_key.stderr
     unreachable = narrate(str(tmp_path / "photo.jpg"), "--url", "http://127.0.0.1:9")

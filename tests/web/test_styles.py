@@ -7,45 +7,16 @@ import io
 import json
 import re
 import time
-import urllib.error
-import urllib.request
-import uuid
 
 import pytest
 
 from shared.settings import Settings
 from shared.styles import parse_styles
 from tests.support.env import TEST_SECRET_KEY
+from tests.support.http import http
 from tests.support.photos import photo
 from web.app import create_app
 from worker.tiny_models import adapter as tiny_adapter
-
-
-def http(
-    method: str, url: str, fields: dict | None = None, photo: bytes | None = None, headers: dict | None = None
-) -> tuple[int, bytes]:
-    """A real HTTP request; a multipart form of `fields` (and `photo` as `image`) when given."""
-    data, headers = None, dict(headers or {})
-    if fields is not None or photo is not None:
-        boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-            for k, v in (fields or {}).items()
-        ]
-        if photo is not None:
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                f"Content-Type: image/jpeg\r\n\r\n".encode()
-                + photo
-                + b"\r\n"
-            )
-        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def jpeg() -> bytes:

@@ -43,6 +43,7 @@ class ErrorCode(str, Enum):
     not_retryable = "not_retryable", "only a failed or canceled job whose photo is still stored can be retried"
     invalid_deadline = "invalid_deadline", f"`deadline` is not a whole number of seconds from 1 to {DEADLINE_MAX}"
     invalid_style = "invalid_style", "`style` is not one of the server's story styles (GET /api/v1/styles)"
+    invalid_language = "invalid_language", "`language` is not one of the server's languages (GET /api/v1/languages)"
     invalid_limit = "invalid_limit", "`limit` is not a whole number from 1 to 100"
     invalid_cursor = "invalid_cursor", "a `cursor` this API did not return"
     invalid_wait = "invalid_wait", f"`wait` is not a number of seconds more than 0 and at most {MAX_WAIT:g}"
@@ -125,6 +126,10 @@ class SubmitFields(BaseModel):
     )
     style: Annotated[str | None, Blank, Field(max_length=100)] = Field(
         None, description="A story style from GET /api/v1/styles (blank: the default style)."
+    )
+    language: Annotated[str | None, Blank, Field(max_length=100)] = Field(
+        None,
+        description="The story's and the voice's language, a code from GET /api/v1/languages (blank: the default).",
     )
     webhook: Annotated[str | None, Blank, Field(json_schema_extra={"maxLength": MAX_URL_LENGTH})] = Field(
         None, description="An https URL that gets a signed POST when the job ends (blank: none)."
@@ -233,6 +238,20 @@ class Style(BaseModel):
 
 class Styles(RootModel[list[Style]]):
     """The styles, in the server's order."""
+
+
+class Language(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
+    code: str = Field(
+        pattern="^[a-z]{3}(-script_[a-z]+)?$", description="ISO 639-3, as MMS names its voices. Send it as `language`."
+    )
+    name: str = Field(description="The language's English name (the code where the server knows no name).")
+    default: bool = Field(description="true: the language of jobs that name none.")
+
+
+class Languages(RootModel[list[Language]]):
+    """The languages, in the server's order."""
 
 
 class WebhookSecret(BaseModel):

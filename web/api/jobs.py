@@ -149,6 +149,7 @@ def job_view(job: Job) -> dict:
             E.invalid_seed,
             E.invalid_deadline,
             E.invalid_style,
+            E.invalid_language,
             E.invalid_idempotency_key,
             E.invalid_webhook,
             E.bad_request,

@@ -32,6 +32,7 @@ from flask import current_app
 from werkzeug.datastructures import Headers
 
 from shared.jobs import Job
+from shared.languages import ENGLISH
 from web.middleware.errors import AppError
 
 HEADER = "Idempotency-Key"
@@ -77,18 +78,24 @@ def redis_key(idempotency_key: str, owner: str | None = None) -> str:
 
 
 def fingerprint(
-    image: bytes, words: int, seed: int | None, webhook: str | None = None, style: str | None = None
+    image: bytes,
+    words: int,
+    seed: int | None,
+    webhook: str | None = None,
+    style: str | None = None,
+    language: str | None = None,
 ) -> str:
     """What makes two submissions the same request: the photo's bytes and the parameters as the
     job gets them (`words` after the default is applied, the checked `webhook` URL, the resolved
-    style). The file name is display only. Without a webhook or style the fingerprint is what it
-    was before those existed."""
+    style and language). The file name is display only. Without a webhook or style, in English,
+    the fingerprint is what it was before those existed."""
     fields = {
         "v": 1,
         "words": words,
         "seed": seed,
         **({"webhook": webhook} if webhook else {}),
         **({"style": style} if style else {}),
+        **({"language": language} if language and language != ENGLISH else {}),
     }
     params = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(params + b"\0" + image).hexdigest()
@@ -132,10 +139,11 @@ class IdempotentSubmit:
         webhook: str | None = None,
         style: str | None = None,
         owner: str | None = None,
+        language: str | None = None,
     ) -> Job | None:
         """Reserve the owner's key for `job_id`, or return the job another request made with it."""
         self.redis_key = redis_key(self.key, owner)
-        fp = fingerprint(image, words, seed, webhook, style)
+        fp = fingerprint(image, words, seed, webhook, style, language)
         pending = json.dumps({"fingerprint": fp, "job_id": job_id, "state": "pending"})
         deadline = time.monotonic() + WAIT_SECONDS
         pause = POLL_FIRST

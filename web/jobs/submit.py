@@ -23,6 +23,7 @@ from shared.jobs import Job, files, new_job_id
 from shared.redis_conn import WAIT_REPLICAS, WAIT_TIMEOUT_MS, wait_for_replicas
 from shared.webhooks import InvalidWebhook, webhook_for_submit
 from web.api.contract import SubmitFields, validation_error
+from web.api.languages import job_language
 from web.api.styles import job_style
 from web.jobs.idempotency import REUSED_MESSAGE, IdempotentSubmit
 from web.middleware.auth import client_network
@@ -183,11 +184,13 @@ def create_job(
     fields = form_fields()
     words, seed = fields.words or settings.story_words, fields.seed
     style = job_style(fields.style)  # the default's name when none is asked for
+    language = job_language(fields.language)  # likewise
     content_type = content_type or validate_image(data, settings.max_image_pixels)
 
     job = Job(
         id=new_job_id(), words=words, seed=seed, style=style, content_type=content_type, filename=filename, owner=owner
     )
+    job.language = language
     if owner is None:  # an ownerless job takes its client network's turns, not a turn of its own
         job.lane = client_network()
     if fields.deadline is not None:  # the claim that meets it later fails it instead (shared/jobs/lua/claim.lua)
@@ -200,7 +203,16 @@ def create_job(
         raise AppError(400, "invalid_webhook", str(exc)) from None
     if idempotency is not None:  # only a valid request reserves the key
         earlier = idempotency.reserve(
-            svc.redis, svc.jobs, data, words, seed, job.id, webhook=job.webhook, style=job.style, owner=owner
+            svc.redis,
+            svc.jobs,
+            data,
+            words,
+            seed,
+            job.id,
+            webhook=job.webhook,
+            style=job.style,
+            owner=owner,
+            language=job.language,
         )
         if earlier is not None:
             if earlier.owner != owner:  # keys are per owner; a reservation from before that was not

@@ -10,6 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from narrator_client.job import WORDS_MAX, WORDS_MIN
 from shared.jobs import JobStatus
+from web.api import languages as languages_api
 from web.api import styles as styles_api
 from web.api.jobs import etag, job_view, load_job
 from web.jobs import actions
@@ -59,6 +60,8 @@ def form_page(error: str | None = None, status: int = 200, words: str = ""):
         max_photos=albums.MAX_PHOTOS,
         styles=styles_api.configured(),
         style=sent_style(),
+        languages=languages_api.configured(),
+        language=sent_style("language"),
         words=words,
         recent=recent_stories(),
     ), status
@@ -74,12 +77,12 @@ def sent_words() -> str:
         return ""
 
 
-def sent_style() -> str:
-    """The style chosen before a form error, so the select keeps it (blank: the default)."""
+def sent_style(field: str = "style") -> str:
+    """The style (or language) chosen before a form error, so the select keeps it (blank: the default)."""
     if request.method != "POST":
         return ""
     try:
-        return (request.form.get("style") or "")[:40]
+        return (request.form.get(field) or "")[:40]
     except RequestEntityTooLarge:
         return ""
 

@@ -88,6 +88,22 @@
   // so the word being spoken is highlighted as written ("12", though the cue says "twelve").
   // Between two words the last one stays lit.
   var PY_SPACE = /([\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+)/;  // str.split()'s
+  // Scripts without spaces between words: each character (with its marks) is a word, as in
+  // worker/engine/words.py, whose word numbers the cue ids are.
+  var NO_SPACE = /[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u{20000}-\u{2fa1f}]/u;
+  function words(part) {
+    if (!NO_SPACE.test(part)) return [part];
+    var chars = Array.from(part), out = [], i = 0;
+    while (i < chars.length) {
+      var unit = NO_SPACE.test(chars[i]);
+      if (!unit && out.length && /\p{P}/u.test(chars[i])) { out[out.length - 1] += chars[i++]; continue; }  // "猫。"
+      var j = i + 1;
+      while (j < chars.length && (unit ? /\p{M}/u.test(chars[j]) : !NO_SPACE.test(chars[j]))) j++;
+      out.push(chars.slice(i, j).join(""));
+      i = j;
+    }
+    return out;
+  }
   function readAlong() {
     var el = $("audio").querySelector("track");
     var story = $("story");
@@ -99,10 +115,12 @@
     parts.forEach(function (part, i) {
       if (!part) return;
       if (i % 2) { story.appendChild(document.createTextNode(part)); return; }  // the whitespace
-      var span = document.createElement("span");
-      span.textContent = part;
-      spans.push(span);
-      story.appendChild(span);
+      words(part).forEach(function (word) {
+        var span = document.createElement("span");
+        span.textContent = word;
+        spans.push(span);
+        story.appendChild(span);
+      });
     });
     var lit = null;
     el.track.mode = "hidden";  // cues fire cuechange; the browser draws nothing itself

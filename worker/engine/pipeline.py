@@ -8,7 +8,9 @@ on this machine (QUANTIZE on a CPU, a missing GPU) fail at construction, before 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -62,7 +64,7 @@ def _check_local_model(name: str, value: str) -> None:
     # A path that does not exist would otherwise be taken for a hub id and fail in the first job.
     looks_local = value.startswith(("/", "./", "../", "~")) or os.path.isabs(value)
     if looks_local and not Path(value).expanduser().is_dir():
-        raise ConfigError(f"{name.upper()}={value}: no such model folder.")
+        raise ConfigError(f"{name}={value}: no such model folder.")
 
 
 class Engine:
@@ -71,9 +73,20 @@ class Engine:
         self.device = resolve_device(self.settings.device)
         self.dtype = resolve_dtype(self.settings.dtype, self.device)
         check_quantize(self.settings.quantize, self.device)
-        for name in ("caption_model", "story_model", "speech_model"):
-            _check_local_model(name, getattr(self.settings, name))
+        from shared.languages import LanguageError, from_settings
+
+        try:
+            self.languages = from_settings(self.settings)  # LANGUAGES (else English from SPEECH_MODEL)
+        except LanguageError as exc:
+            raise ConfigError(str(exc)) from None
+        for name in ("caption_model", "story_model"):
+            _check_local_model(name.upper(), getattr(self.settings, name))
+        for code, location in self.languages.locations.items():
+            _check_local_model(f"LANGUAGES {code}" if self.settings.languages else "SPEECH_MODEL", location)
         self._stages = Once()
+        # The loaded voices, least recently used first: at most MAX_VOICES stay in memory.
+        self._voices: OrderedDict[str, object] = OrderedDict()
+        self._voices_lock = threading.Lock()
 
     @property
     def batch_size(self) -> int:
@@ -137,17 +150,50 @@ class Engine:
             return f"the story style {style!r} is not served by this worker ({served}; see STORY_STYLES)"
         return None
 
+    def language_problem(self, language: str | None) -> str | None:
+        """Why a job in this language cannot run here (a message for the job's `error`), or None."""
+        if language and language not in self.languages.locations:
+            served = ", ".join(self.languages.codes)
+            return f"the language {language!r} is not served by this worker (it serves {served}; see LANGUAGES)"
+        return None
+
     @property
     def speech(self):
+        """The default language's voice."""
+        return self.voice(None)
+
+    def voice(self, language: str | None):
+        """The SpeechStage of a language (None: the default), built on first use and kept among the
+        MAX_VOICES most recently used; its model loads on its first load() (the default's at start)."""
         from worker.engine.speech import SpeechStage
 
-        # VITS is small and its flow/spline layers are sensitive to half precision: keep it in
-        # float32 unless DTYPE was set explicitly.
-        dtype = None if self.settings.dtype == "auto" else self.dtype
-        chunks = {"max_batch": SPEECH_CHUNKS_GPU} if self.device.type == "cuda" else {}
-        return self._stages(
-            "speech", lambda: SpeechStage(self.settings.speech_model, device=str(self.device), dtype=dtype, **chunks)
-        )
+        code = language or self.languages.default
+        with self._voices_lock:
+            stage = self._voices.get(code)
+            if stage is not None:
+                self._voices.move_to_end(code)
+                return stage
+            location = self.languages.locations.get(code)
+            if location is None:
+                raise ValueError(self.language_problem(code))
+            # VITS is small and its flow/spline layers are sensitive to half precision: keep it in
+            # float32 unless DTYPE was set explicitly.
+            dtype = None if self.settings.dtype == "auto" else self.dtype
+            chunks = {"max_batch": SPEECH_CHUNKS_GPU} if self.device.type == "cuda" else {}
+            setting = "SPEECH_MODEL" if not self.settings.languages else f"LANGUAGES {code}"
+            stage = SpeechStage(
+                location, device=str(self.device), dtype=dtype, setting=setting, language=code, **chunks
+            )
+            self._voices[code] = stage
+            while len(self._voices) > self.settings.max_voices:
+                self._voices.popitem(last=False)  # the least recently used voice: its memory goes with it
+            return stage
+
+    @property
+    def voices(self) -> list[str]:
+        """The codes of the voices held now, least recently used first."""
+        with self._voices_lock:
+            return list(self._voices)
 
     def load(self) -> dict[str, float]:
         """Load all three models and compile what runs compiled (the story model's decoding step for
@@ -194,25 +240,36 @@ class Engine:
         on_progress: BatchProgressCallback | None = None,
         styles: Sequence[str | None] | None = None,
         encode: bool = True,
+        languages: Sequence[str | None] | None = None,
     ) -> list[Narration]:
         """Each stage runs once over the whole list (once per distinct seed, and story length, for
-        story and speech; styles mix in one call). on_progress(stage, [fields per photo]) works as
-        in narrate. `styles`: a STORY_STYLES name per photo (None: the default style).
+        story and speech; styles mix in one call; speech runs once per language, with its voice).
+        on_progress(stage, [fields per photo]) works as in narrate. `styles`: a STORY_STYLES name
+        per photo (None: the default style); `languages`: a LANGUAGES code per photo (None: the default).
         encode=False returns as soon as the GPU stages are done: each Narration's mp3 is b"" until
         encode(narrations) runs, so a worker can encode one batch while the next one uses the GPU."""
         n = len(images)
         seeds = list(seeds) if seeds is not None else [None] * n
         words = list(words) if isinstance(words, (list, tuple)) else [words] * n
         styles = list(styles) if styles is not None else [None] * n
-        if len(seeds) != n or len(words) != n or len(styles) != n:
-            raise ValueError(f"{n} images but {len(seeds)} seeds, {len(words)} story lengths and {len(styles)} styles")
+        languages = list(languages) if languages is not None else [None] * n
+        if len(seeds) != n or len(words) != n or len(styles) != n or len(languages) != n:
+            raise ValueError(
+                f"{n} images but {len(seeds)} seeds, {len(words)} story lengths, {len(styles)} styles "
+                f"and {len(languages)} languages"
+            )
         if not images:
             return []
-        narrations = self._run(list(images), words, seeds, sample, on_progress, styles)
+        narrations = self._run(list(images), words, seeds, sample, on_progress, styles, languages)
         return self.encode(narrations) if encode else narrations
 
-    def _run(self, images, words, seeds, sample, on_progress, styles=None) -> list[Narration]:
+    def _run(self, images, words, seeds, sample, on_progress, styles=None, languages=None) -> list[Narration]:
         words = [int(w or self.settings.story_words) for w in words]
+        languages = [code or self.languages.default for code in (languages or [None] * len(images))]
+        for code in set(languages):  # before any work: a language not served here fails at once
+            problem = self.language_problem(code)
+            if problem:
+                raise ValueError(problem)
         notify = on_progress or (lambda stage, items: None)
         timings: dict[str, float] = {}
 
@@ -226,10 +283,12 @@ class Engine:
         self.story.load()
         start = time.perf_counter()
         stories: list[str] = [""] * len(images)
-        for (seed, length), indexes in _groups(zip(seeds, words, strict=True)).items():
+        # The language is part of the prompt, like the length; styles mix within one call.
+        for (seed, length, code), indexes in _groups(zip(seeds, words, languages, strict=True)).items():
             texts = self.story(
                 [captions[i] for i in indexes],
                 words=length,
+                language=code,
                 seed=seed,
                 do_sample=sample,
                 temperature=self.settings.story_temperature,
@@ -241,13 +300,17 @@ class Engine:
         timings["story"] = time.perf_counter() - start
 
         notify("speech", [{"story": story} for story in stories])
-        self.speech.load()
-        start = time.perf_counter()
         speeches = [None] * len(images)
-        for seed, indexes in _groups(seeds).items():
-            for i, speech in zip(indexes, self.speech([stories[i] for i in indexes], seed=seed), strict=True):
-                speeches[i] = speech
-        timings["speech"] = time.perf_counter() - start
+        seconds = 0.0
+        for code, group in _groups(languages).items():  # each language's voice speaks its own jobs
+            voice = self.voice(code).load()  # a voice's first load is not part of the stage's latency
+            start = time.perf_counter()
+            for seed, indexes in _groups(seeds[i] for i in group).items():
+                rows = [group[i] for i in indexes]
+                for i, speech in zip(rows, voice([stories[i] for i in rows], seed=seed), strict=True):
+                    speeches[i] = speech
+            seconds += time.perf_counter() - start
+        timings["speech"] = seconds
 
         return [
             Narration(caption, story, b"", speech.seconds, speech.sample_rate, dict(timings), speech.words, speech)

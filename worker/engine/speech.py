@@ -1,8 +1,8 @@
-"""Speech stage: story text -> MMS-TTS (VITS) waveform -> MP3.
+"""Speech stage: story text -> MMS-TTS (VITS) waveform -> MP3, one language's voice per stage.
 
-The text is first spelled out and cut into sentence-sized chunks (speech_text.py), every chunk of
-every text is synthesised as one padded batch, and each text's chunks are joined again with short
-pauses.
+The text is first romanized where the voice asks for it, spelled out and cut into sentence-sized
+chunks (speech_text.py), every chunk of every text is synthesised as one padded batch, and each
+text's chunks are joined again with short pauses.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import io
 import logging
 import shutil
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,8 @@ from worker.engine.speech_text import (  # noqa: F401
     normalize_text,
     number_words,
     ordinal_words,
+    prepare,
+    romanize,
     spell_out,
     split_sentences,
 )
@@ -69,9 +72,14 @@ class SpeechStage:
         empty_seconds: float = 0.5,
         seed: int | None = None,
         setting: str = "SPEECH_MODEL",
+        language: str = "eng",
     ):
         self.model_name = str(model)
         self.setting = setting  # named in the error when the model cannot be loaded
+        # The voice's ISO 639-3 code (shared/languages.py): English text is spelled out (numbers,
+        # symbols); other languages keep their letters as written.
+        self.language = language
+        self.romanized = False  # the checkpoint's tokenizer asks for romanized input (is_uroman)
         self.device = device
         self.dtype = dtype
         self.max_chars = max_chars
@@ -116,20 +124,38 @@ class SpeechStage:
                     # the same to the ear (bf16 would not: its spline flow fails on half precision).
                     torch.backends.cuda.matmul.allow_tf32 = True
                     torch.backends.cudnn.allow_tf32 = True
-                # Speak only what this checkpoint's vocabulary holds (letters, space, ' and -);
-                # digits and odd symbols in the MMS vocab are spelled out instead.
+                # Speak only what this checkpoint's vocabulary holds (letters and the marks some
+                # scripts write vowels with, space, ' and -); digits and odd symbols in the MMS vocab
+                # are spelled out instead.
                 self.allowed = frozenset(
-                    ch for ch in tokenizer.get_vocab() if len(ch) == 1 and (ch.isalpha() or ch in " '-")
+                    ch
+                    for ch in tokenizer.get_vocab()
+                    if len(ch) == 1 and (ch.isalpha() or unicodedata.category(ch).startswith("M") or ch in " '-")
                 )
+                self.romanized = bool(getattr(tokenizer, "is_uroman", False))
+                if self.romanized:
+                    romanize("", self.language)  # uroman's tables load with the voice, not in a job
                 self.tokenizer, self.model = tokenizer, model
         return self
+
+    def spell(self, text: str) -> str:
+        """Text as this voice reads it, sentence punctuation still in: romanized first where the
+        checkpoint asks for it (Devanagari -> Latin letters), then spelled out (English) or prepared
+        (other languages)."""
+        if self.romanized:
+            text = romanize(text, self.language)
+        return spell_out(text) if self.language == "eng" else prepare(text)
+
+    def speakable(self, text: str) -> str:
+        """Only what this voice can say of `text` (subtitles align the written words with it)."""
+        return keep_only(self.spell(text), self.allowed, fold=self.language != "eng")
 
     def preprocess(self, texts: list[str]) -> SpeechBatch:
         self.load()
         chunks, owners = [], []
         for index, text in enumerate(texts):
-            for chunk in split_sentences(spell_out(text or ""), self.max_chars):
-                chunk = keep_only(chunk, self.allowed)
+            for chunk in split_sentences(self.spell(text or ""), self.max_chars):
+                chunk = keep_only(chunk, self.allowed, fold=self.language != "eng")
                 if chunk:
                     chunks.append(chunk)
                     owners.append(index)
@@ -188,7 +214,7 @@ class SpeechStage:
         texts = batch.texts or [""] * batch.n_texts
         out = []
         for part, spoken, text in zip(parts, words, texts, strict=True):
-            refs = align(text or "", [w for w, _, _ in spoken], self.allowed)
+            refs = align(text or "", [w for w, _, _ in spoken], speakable=self.speakable)
             timings = [WordTiming(w, start, end, ref) for (w, start, end), ref in zip(spoken, refs, strict=True)]
             out.append(Speech(np.concatenate(part) if part else empty.copy(), rate, timings))
         return out

@@ -1,14 +1,17 @@
-"""Speech text: story text -> what MMS-TTS-eng can say, cut into sentence-sized chunks.
+"""Speech text: story text -> what an MMS-TTS voice can say, cut into sentence-sized chunks.
 
 MMS-TTS-eng only knows lowercase letters, space, apostrophe and hyphen (plus a few stray symbols),
 and its tokenizer silently drops everything else: "3 dogs" would be read as "dogs". So numbers and
 symbols are spelled out here first; split_sentences() then cuts the text into chunks short enough
-for VITS (quality and memory degrade on very long inputs). Pure text: no model, no numpy.
+for VITS (quality and memory degrade on very long inputs). Other languages' voices get prepare()
+(their letters as written) or, when they were trained on romanized text, romanize() first. No model,
+no numpy.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable
 
@@ -77,6 +80,8 @@ _TRANSLITERATE = str.maketrans(
         "⁄": "/",
     }
 )
+# Only the punctuation of _TRANSLITERATE: in a language other than English "ß" or "ø" are letters.
+_PUNCTUATION = str.maketrans({k: v for k, v in _TRANSLITERATE.items() if not chr(k).isalpha()})
 _ABBREVIATIONS = (
     (r"\bmr\.", "mister"),
     (r"\bmrs\.", "missus"),
@@ -173,13 +178,49 @@ def spell_out(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def keep_only(text: str, allowed: Iterable[str] = DEFAULT_ALLOWED) -> str:
-    """Drop what the model cannot say; other symbols become spaces so words are not glued."""
+def keep_only(text: str, allowed: Iterable[str] = DEFAULT_ALLOWED, fold: bool = False) -> str:
+    """Drop what the model cannot say; other symbols become spaces so words are not glued.
+    fold: a character the model lacks is said without its accents where the model has that
+    ("é" for a voice without it: "e"), as spell_out() does for English."""
     allowed = allowed if isinstance(allowed, (set, frozenset)) else set(allowed)
-    text = "".join(ch if ch in allowed else " " for ch in text)
-    # apostrophes and hyphens only mean something inside words ("don't", "twenty-one")
-    text = re.sub(r"(?<![a-z0-9])['-]+|['-]+(?![a-z0-9])", " ", text)
+    text = "".join(ch if ch in allowed else (_folded(ch, allowed) if fold else " ") for ch in text)
+    # apostrophes and hyphens only mean something inside words ("don't", "twenty-one", "l'eau")
+    text = re.sub(r"(?<![^\W_])['-]+|['-]+(?![^\W_])", " ", text)
     return re.sub(r"\s+", " ", text).strip()
+
+
+def _folded(ch: str, allowed: frozenset[str] | set[str]) -> str:
+    bare = "".join(
+        c for c in unicodedata.normalize("NFKD", ch.translate(_TRANSLITERATE)) if not unicodedata.combining(c)
+    )
+    return bare if bare and all(c in allowed for c in bare) else " "
+
+
+def prepare(text: str) -> str:
+    """Any language's text for a voice that is not English: lowercase, typographic punctuation made
+    plain, letters and their accents kept as written (the voice's vocabulary decides, keep_only
+    with fold=True). Numbers are not spelled out: that is English-only (spell_out())."""
+    text = unicodedata.normalize("NFC", text.translate(_PUNCTUATION)).lower()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_romanizer = None
+_romanizer_lock = threading.Lock()
+
+
+def romanize(text: str, language: str | None = None) -> str:
+    """Text in any script -> the Latin letters MMS voices trained on romanized text expect
+    (their tokenizer's is_uroman), through the uroman package. Its tables load once per process
+    (about 2 s), on the first call."""
+    global _romanizer
+    if _romanizer is None:
+        with _romanizer_lock:
+            if _romanizer is None:
+                import uroman
+
+                _romanizer = uroman.Uroman()
+    lcode = (language or "")[:3] or None  # "kmr-script_latin" -> "kmr"
+    return str(_romanizer.romanize_string(text, lcode=lcode))
 
 
 def normalize_text(text: str, allowed: Iterable[str] = DEFAULT_ALLOWED) -> str:
@@ -203,13 +244,14 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
     if max_chars < 1:
         raise ValueError("max_chars must be positive")
     chunks: list[str] = []
-    for sentence in re.split(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+", text.strip()):
+    # Devanagari's danda ends a sentence too; CJK full stops end one without a space after.
+    for sentence in re.split(r"(?<=[.!?।॥])\s+|(?<=[.!?।॥][\"')\]])\s+|(?<=[。！？])", text.strip()):
         sentence = " ".join(sentence.split())
         if len(sentence) <= max_chars:
             chunks += [sentence] if sentence else []
             continue
         pieces: list[str] = []
-        for clause in re.split(r"(?<=[,;:])\s+", sentence):
+        for clause in re.split(r"(?<=[,;:])\s+|(?<=[、，；：])", sentence):
             if len(clause) <= max_chars:
                 pieces.append(clause)
                 continue

@@ -188,10 +188,12 @@ class StoryStage:
             raise ValueError(f"story style {unknown[0]!r} is not served here (STORY_STYLES: {', '.join(self.styles)})")
         return names
 
-    def preprocess(self, captions: list[str], words: int = 40):
+    def preprocess(self, captions: list[str], words: int = 40, language: str | None = None):
         self.load()
         prompts = [
-            self.tokenizer.apply_chat_template(build_messages(c, words), tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(
+                build_messages(c, words, language), tokenize=False, add_generation_prompt=True
+            )
             for c in captions
         ]
         # The chat template already holds every special token the model expects.
@@ -304,18 +306,22 @@ class StoryStage:
         max_new_tokens: int | None = None,
         repetition_penalty: float | None = None,
         styles: list[str | None] | None = None,
+        language: str | None = None,
     ) -> list[str]:
-        """`styles`: one per caption (None: the default style), for a stage with styles."""
+        """`styles`: one per caption (None: the default style), for a stage with styles. `language`:
+        the ISO 639-3 code the story is written in (None: English)."""
         if not captions:
             return []
         names = self.adapter_names(styles, len(captions))  # before any work: an unknown style fails at once
-        # ~1.3 tokens per English word, plus room for the model to finish its last sentence.
-        limit = max_new_tokens or int(words) * 2 + 32
+        # ~1.3 tokens per English word, plus room for the model to finish its last sentence; other
+        # languages and scripts take up to about three tokens a word. Either fits one CACHE_BLOCK.
+        per_word = 2 if language in (None, "eng") else 4
+        limit = max_new_tokens or int(words) * per_word + 32
 
         def run(rows: list[tuple[str, str | None]]) -> list[str]:
             texts = [caption for caption, _ in rows]
             new_ids = self.forward(
-                self.preprocess(texts, words),
+                self.preprocess(texts, words, language),
                 seed=seed,
                 do_sample=do_sample,
                 temperature=temperature,

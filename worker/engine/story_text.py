@@ -10,25 +10,44 @@ from __future__ import annotations
 
 import re
 
+from shared.languages import ENGLISH, language_name
+from worker.engine.words import count_words
+
 SYSTEM_PROMPT = (
     "You are a storyteller. Write a short story of about {words} words inspired by the photo "
     "described by the user. Give it a beginning, a middle and an end. Reply with the story only, "
     "as plain prose: no title, no markdown, no labels."
 )
+# Added for a language other than English; the caption (the user turn) stays in English, as the
+# caption model writes it. English prompts stay exactly SYSTEM_PROMPT, which adapters are trained on.
+LANGUAGE_PROMPT = " Write the story in {language}, in its usual script."
 
 
-def build_messages(caption: str, words: int = 40) -> list[dict[str, str]]:
-    """The chat messages for one caption: a system prompt and the caption as the user turn."""
+def build_messages(caption: str, words: int = 40, language: str | None = None) -> list[dict[str, str]]:
+    """The chat messages for one caption: a system prompt and the caption as the user turn.
+    `language`: the story's ISO 639-3 code (shared/languages.py); None or "eng": English."""
     if int(words) < 1:
         raise ValueError("words must be a positive number")
+    system = SYSTEM_PROMPT.format(words=int(words))
+    if language and language != ENGLISH:
+        name = language_name(language)
+        system += LANGUAGE_PROMPT.format(
+            language=name if name != language else f"the language whose ISO 639-3 code is {language}"
+        )
     return [
-        {"role": "system", "content": SYSTEM_PROMPT.format(words=int(words))},
+        {"role": "system", "content": system},
         {"role": "user", "content": " ".join(str(caption).split())},
     ]
 
 
 # --- clean-up of what the model wrote -------------------------------------------------------------
-_SYSTEM_ECHO = re.compile(re.escape(SYSTEM_PROMPT).replace(re.escape("{words}"), r"\d+"), re.I)
+_SYSTEM_ECHO = re.compile(
+    re.escape(SYSTEM_PROMPT).replace(re.escape("{words}"), r"\d+")
+    + "(?:"
+    + re.escape(LANGUAGE_PROMPT).replace(re.escape("{language}"), r"[^,\n]+")
+    + ")?",
+    re.I,
+)
 _CHAT_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 _ASSISTANT_TURN = re.compile(r"<\|im_start\|>\s*assistant\s*\n?|^\s*assistant:?\s*$", re.I | re.M)
 _PREAMBLE = re.compile(
@@ -51,7 +70,8 @@ _EMPHASIS = [
     re.compile(r"(?<!\w)_(?!\s)(.+?)(?<!\s)_(?!\w)"),
 ]
 _ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|vs|etc)\.$")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
+# A full stop in Devanagari is a danda; CJK full stops need no space after them.
+_SENTENCE_END = re.compile(r"[.!?…।॥]+[\"'”’)\]]*(?=\s|$)|[。！？]+[」』\"'”’)\]）]*")
 _QUOTES = '"“”'
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 
@@ -59,7 +79,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 def _is_title(line: str) -> bool:
     """A short line with no sentence punctuation, as models put above a story."""
     bare = line.strip(" *_#\"“”'")
-    return bool(bare) and len(bare.split()) <= 10 and not re.search(r"[.!?…;]|,$", bare)
+    return bool(bare) and count_words(bare) <= 10 and not re.search(r"[.!?…;。！？।]|,$", bare)
 
 
 def _strip_markdown(line: str) -> str:

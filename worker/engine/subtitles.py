@@ -13,10 +13,11 @@ characters of the chunk, and characters to words.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from worker.engine.speech_text import DEFAULT_ALLOWED, normalize_text
+from worker.engine.words import split_words, word_spans
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class WordTiming:
     text: str  # as spoken: the normalised word ("twelve" for "12")
     start: float  # seconds from the start of the audio
     end: float
-    ref: int = 0  # which word of the story as written (story.split()) it was spoken for
+    ref: int = 0  # which word of the story as written (words.split_words(story)) it was spoken for
 
 
 class DurationTap:
@@ -76,24 +77,29 @@ def chunk_words(
     edges = [0]
     for count in frames:
         edges.append(edges[-1] + int(count))
-    words, i = [], 0
-    for word in chunk.split(" "):
-        if word:
-            first, last = positions[i], positions[i + len(word) - 1]
-            words.append((word, edges[first] * seconds_per_frame, edges[last + 1] * seconds_per_frame))
-        i += len(word) + 1
+    words = []
+    for start, end in word_spans(chunk):  # a script without spaces: a word per character
+        first, last = positions[start], positions[end - 1]
+        words.append((chunk[start:end], edges[first] * seconds_per_frame, edges[last + 1] * seconds_per_frame))
     return words
 
 
-def align(story: str, spoken: Sequence[str], allowed: Iterable[str] = DEFAULT_ALLOWED) -> list[int]:
-    """For each spoken word, the index of the written word (story.split()) it belongs to.
+def align(
+    story: str,
+    spoken: Sequence[str],
+    allowed: Iterable[str] = DEFAULT_ALLOWED,
+    speakable: Callable[[str], str] | None = None,
+) -> list[int]:
+    """For each spoken word, the index of the written word (split_words(story)) it belongs to.
 
-    Each written word is spelled out on its own ("12" -> "twelve", "$1.50" -> five words), the
-    result is matched against what was spoken, and the few words that only the whole text's
-    context explains ("3 – 5" -> "three to five") go to the written words between their matched
-    neighbours. The result never decreases, so one written word's spoken words are contiguous."""
-    written = story.split()
-    forms = [(k, w) for k, token in enumerate(written) for w in normalize_text(token, allowed).split()]
+    Each written word is spelled out on its own ("12" -> "twelve", "$1.50" -> five words; with
+    `speakable`, that is how the voice's language spells it), the result is matched against what
+    was spoken, and the few words that only the whole text's context explains ("3 – 5" -> "three
+    to five") go to the written words between their matched neighbours. The result never
+    decreases, so one written word's spoken words are contiguous."""
+    written = split_words(story)
+    speakable = speakable or (lambda token: normalize_text(token, allowed))
+    forms = [(k, w) for k, token in enumerate(written) for w in split_words(speakable(token))]
     refs: list[int | None] = [None] * len(spoken)
     matcher = difflib.SequenceMatcher(None, [w for _, w in forms], list(spoken), autojunk=False)
     for a, b, size in matcher.get_matching_blocks():
@@ -130,7 +136,7 @@ def _escape(text: str) -> str:
 def to_vtt(words: Sequence[WordTiming]) -> str:
     """WebVTT with one cue per written word: usually one spoken word, a short phrase where one
     written word is several spoken ones ("$5" -> "five dollars"). The cue id `w<n>` is that
-    written word's index in story.split(), which a page uses to highlight the word as written."""
+    written word's index in split_words(story), which a page uses to highlight the word as written."""
     lines = ["WEBVTT", ""]
     group: list[WordTiming] = []
     for word in list(words) + [None]:  # type: ignore[list-item]

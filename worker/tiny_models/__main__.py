@@ -1,7 +1,10 @@
-"""python -m worker.tiny_models --out DIR [--seed N] [--full-size [--layers N] [--device D] [--no-report]]
+"""python -m worker.tiny_models --out DIR [--seed N] [--languages deu,hin]
+       python -m worker.tiny_models --out DIR [--seed N] --full-size [--layers N] [--device D] [--no-report]
 
-Without --full-size: the few-MB models the tests use. With it: random-weight models of the real sizes
-(BLIP base, Qwen2.5-1.5B-Instruct, MMS-TTS-eng) for the bench, followed by a report of what they do."""
+Without --full-size: the few-MB models the tests use; --languages adds a voice per language code
+(DIR/speech-deu, ...; languages MMS speaks from romanized text, such as hin, get is_uroman). With
+--full-size: random-weight models of the real sizes (BLIP base, Qwen2.5-1.5B-Instruct, MMS-TTS-eng)
+for the bench, followed by a report of what they do."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="folder to write caption/, story/ and speech/ into")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
+    parser.add_argument("--languages", default="", help="comma-separated ISO 639-3 codes: a tiny voice each")
     parser.add_argument("--full-size", action="store_true", help="the real models' sizes, random weights")
     parser.add_argument("--layers", type=int, help="with --full-size: every transformer's layer count (a CPU check)")
     parser.add_argument("--device", default="cpu", help="with --full-size: where the report runs (default cpu)")
@@ -25,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--layers, --device and --no-report go with --full-size")
     if args.layers is not None and args.layers < 1:
         parser.error("--layers must be at least 1")
+    languages = [code.strip() for code in args.languages.split(",") if code.strip()]
+    if languages and args.full_size:
+        parser.error("--languages goes without --full-size")
+    from shared.languages import CODE
+
+    bad = [code for code in languages if not CODE.fullmatch(code)]
+    if bad:
+        parser.error(f"--languages: {bad[0]!r} is not an ISO 639-3 code (three lowercase letters: deu, hin)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # building never needs the hub
     from transformers.utils import logging as hf_logging
 
@@ -36,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from worker.tiny_models import build_all
 
-        out = build_all(args.out, seed=args.seed)
-    for name in ("caption", "story", "speech"):
+        out = build_all(args.out, seed=args.seed, languages=languages)
+    for name in ("caption", "story", "speech", *(f"speech-{code}" for code in languages)):
         size = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
         print(f"{out / name}  {size / 1e6:.2f} MB")
     if args.full_size and not args.no_report:

@@ -1,4 +1,5 @@
-"""A random-weight VITS text-to-speech model shaped like facebook/mms-tts-eng, built offline.
+"""A random-weight VITS text-to-speech model shaped like facebook/mms-tts-eng (or another MMS-TTS
+language's), built offline.
 
 Same classes (VitsModel + VitsTokenizer), same tokenizer settings and character vocabulary as the
 real checkpoint, so SpeechStage loads it through the very same from_pretrained code; only the
@@ -97,25 +98,36 @@ def tiny_config(vocab_size: int):
     )
 
 
-def build(out: Path, seed: int = 0) -> Path:
-    """Write a random-weight VitsModel + VitsTokenizer to `out`; identical files for a seed."""
+# Voices of other languages (--languages): the English vocabulary plus the letters a language
+# writes beyond a-z, and is_uroman for languages MMS speaks from romanized text (their checkpoints'
+# vocabulary is Latin letters, like English's).
+EXTRA_LETTERS = {"deu": "äöüß", "fra": "àâçéèêëîïôùûüÿœ", "spa": "áéíñóúü", "por": "áâãàçéêíóôõú"}
+ROMANIZED = frozenset(
+    "amh ara ben bul cmn ell fas guj heb hin jpn kan kor mal mar pan rus tam tel tha ukr urd yue".split()
+)
+
+
+def build(out: Path, seed: int = 0, language: str = "eng") -> Path:
+    """Write a random-weight VitsModel + VitsTokenizer for `language` to `out`; identical files for a seed."""
     import torch
     from transformers import VitsModel, VitsTokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    symbols = MMS_ENG_SYMBOLS + tuple(EXTRA_LETTERS.get(language, ""))
     vocab_file = out / "vocab.json"
     vocab_file.write_text(
-        json.dumps({ch: i for i, ch in enumerate(MMS_ENG_SYMBOLS)}, ensure_ascii=False, sort_keys=True) + "\n",
+        json.dumps({ch: i for i, ch in enumerate(symbols)}, ensure_ascii=False, sort_keys=True) + "\n",
         encoding="utf-8",
     )
-    tokenizer = VitsTokenizer(vocab_file=str(vocab_file), **TOKENIZER_SETTINGS)
+    settings = {**TOKENIZER_SETTINGS, "language": language, "is_uroman": language in ROMANIZED}
+    tokenizer = VitsTokenizer(vocab_file=str(vocab_file), **settings)
     tokenizer.save_pretrained(out)
 
     # fork_rng: seeding must not disturb the caller's global RNG state (tests build mid-session).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VitsModel(tiny_config(len(MMS_ENG_SYMBOLS)))
+        model = VitsModel(tiny_config(len(symbols)))
     model.eval()
     model.save_pretrained(out)
     return out
