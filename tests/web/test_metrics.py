@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.env import ROOT
 from tests.support.metrics import has, post, scrape, value
 from tests.support.net import free_port, wait_for_port
+from tests.support.photos import photo
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.process]  # gunicorn
 
@@ -49,6 +51,10 @@ def test_metrics_count_requests_by_route_submits_by_outcome_and_show_the_queue(w
     # The form answers in HTML, without the code: it is counted all the same.
     status, _ = post(base, "/jobs", {"words": "5"}, {"Origin": base})
     assert status == 400
+    # So is an album whose second photo is not one (checked before any job is made).
+    album = [("image", ("a.jpg", photo(1), "image/jpeg")), ("image", ("b.jpg", b"not a photo", "image/jpeg"))]
+    refused = requests.post(f"{base}/jobs", files=album, headers={"Origin": base}, timeout=30)
+    assert refused.status_code == 415, refused.text[:300]
     assert get_status(f"{base}/api/v1/jobs/{job_id}") == 200
     assert get_status(f"{base}/no/such/{job_id}") == 404
 
@@ -60,7 +66,8 @@ def test_metrics_count_requests_by_route_submits_by_outcome_and_show_the_queue(w
     assert delta("narrator_jobs_submitted_total", source="api") == 1
     assert delta("narrator_jobs_rejected_total", source="api", code="invalid_words") == 1
     assert delta("narrator_jobs_rejected_total", source="form", code="invalid_words") == 1
-    assert delta("narrator_jobs_rejected_total") == 2
+    assert delta("narrator_jobs_rejected_total", source="form", code="not_an_image") == 1  # its code, not http_415
+    assert delta("narrator_jobs_rejected_total") == 3
     # Route templates, never the raw path: no job id anywhere in the scrape.
     assert job_id not in after
     assert delta("narrator_http_requests_total", route="/api/v1/jobs/<job_id>", method="GET", status="200") == 1

@@ -112,6 +112,11 @@ def metrics():
     return Response(body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Cache-Control": "no-store"})
 
 
+def remember_rejection(code: str) -> None:
+    """Why this request's submit was refused, for `narrator_jobs_rejected` (a form's page carries no code)."""
+    g.narrator_reject_code = code
+
+
 def note_rejection(create_job):
     """Wraps web/uploads.create_job_from_request: remembers why a submit was refused, which the
     form's page (HTML, status only) does not say."""
@@ -121,10 +126,10 @@ def note_rejection(create_job):
         try:
             return create_job(*args, **kwargs)
         except AppError as exc:
-            g.narrator_reject_code = exc.code
+            remember_rejection(exc.code)
             raise
         except RequestEntityTooLarge:
-            g.narrator_reject_code = "too_large"
+            remember_rejection("too_large")
             raise
 
     return wrapper

@@ -23,7 +23,7 @@ from web.api.jobs import JOB_ID, job_view
 from web.jobs.submit import _discard, clean_filename, create_job, guard_request_body, validate_image
 from web.middleware.auth import current_owner
 from web.middleware.errors import AppError
-from web.middleware.metrics import SUBMITTED
+from web.middleware.metrics import SUBMITTED, remember_rejection
 from web.pages.status_text import MESSAGES, STEPS, status_text, step_states
 from web.services import services
 
@@ -66,7 +66,7 @@ def check_photos(photos: list) -> list[tuple]:
     naming every photo that failed. One photo at a time is in memory (the parser spools the rest)."""
     settings = services().settings
     if len(photos) > MAX_PHOTOS:
-        g.narrator_reject_code = "too_many_photos"  # web/middleware/metrics.py: the form's page carries no code
+        remember_rejection("too_many_photos")
         raise TooManyPhotos(f"You chose {len(photos)} photos; choose at most {MAX_PHOTOS} at a time.")
     limit, checked, problems = settings.max_upload_bytes, [], []
     for number, upload in enumerate(photos, 1):

@@ -17,6 +17,7 @@ from web.jobs import actions
 from web.jobs.submit import create_job_from_request
 from web.middleware.auth import SESSION_FIELD, current_owner, new_session_id, same_origin
 from web.middleware.errors import AppError, error_response
+from web.middleware.metrics import remember_rejection
 from web.pages import albums
 from web.pages.status_text import MESSAGES, STEPS, status_text, step_states
 from web.services import services
@@ -126,6 +127,7 @@ def submit():
         else:
             location = url_for("pages.job_page", job_id=create_job_from_request(owner=owner).id)
     except AppError as exc:
+        remember_rejection(exc.code)  # an album's photo is checked outside create_job_from_request
         return form_page(exc.message, exc.status, sent_words())
     except albums.TooManyPhotos as exc:
         return form_page(str(exc), 400, sent_words())
