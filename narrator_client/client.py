@@ -98,6 +98,16 @@ class Client:
         """Cancel a queued or running job; an ApiError with code already_finished if it had ended."""
         return self._job("POST", f"api/v1/jobs/{job_id}/cancel")
 
+    def retry(self, job_id: str) -> Job:
+        """Run a failed or canceled job again: the new job (its `retry_of` is `job_id`); an ApiError
+        with code not_retryable for any other job."""
+        return self._job("POST", f"api/v1/jobs/{job_id}/retry")
+
+    def delete(self, job_id: str) -> None:
+        """Erase the job: its photo, audio, subtitles and record (a running one is canceled first).
+        NotFound if there is no such job (any more)."""
+        self._request("DELETE", f"api/v1/jobs/{job_id}")
+
     def jobs(self, page_size: int = 100) -> Iterator[Job]:
         """Every job of this API key, newest first, following the pages as it goes."""
         cursor = None

@@ -57,7 +57,10 @@ pytestmark = [
 
 HOSTS = ("a", "b", "c")
 BATCH = 8  # WORKER_BATCH_SIZE's default
-SLOW = 45  # seconds the cut host's batch sleeps (TEST_FAULT_HOOKS): cut, recovery and return fit in it
+SLOW = 25  # seconds the cut host's batch sleeps (TEST_FAULT_HOOKS): cut, recovery and return fit in it
+# Short leases for the host cut: recovery waits one lease, which only delays what the test shows (the
+# defaults' recovery time is measured by tests/test_faults.py's killed worker).
+QUICK_LEASES = {"HEARTBEAT_SECONDS": "1", "LEASE_SECONDS": "5"}
 PREFIX = "nrscale"  # namespaces nrscale-<pid>-<run>-<host>; links nrb/nrv<pid hex, 6><run, 2>[host]
 
 
@@ -453,8 +456,8 @@ def test_throughput_grows_with_hosts(cluster):
 
 
 def test_a_host_cut_off_mid_batch_loses_its_jobs_to_the_others_and_its_late_work_is_refused(cluster):
-    """Default HEARTBEAT_SECONDS (5) and LEASE_SECONDS (20); host c's batch sleeps SLOW seconds (fault hook)."""
-    workers = cluster.start_workers(a={}, b={}, c={"TEST_FAULT_HOOKS": "1"})
+    """QUICK_LEASES on every host; host c's batch sleeps SLOW seconds (fault hook)."""
+    workers = cluster.start_workers(a=QUICK_LEASES, b=QUICK_LEASES, c={**QUICK_LEASES, "TEST_FAULT_HOOKS": "1"})
     a, b, c = workers["a"], workers["b"], workers["c"]
     host = cluster.hosts["c"]
     # c must take the slow batch: a and b, idle, are paused while it claims (a wake-up one of them

@@ -49,6 +49,17 @@ def test_wait_raises_job_failed_for_a_canceled_job(service_env, web_server):
     with pytest.raises(JobFailed) as ended:
         client.wait(job.id, timeout=10)
     assert ended.value.job.status == "canceled" and ended.value.code == "job_canceled"
+    # ...which it may run again, or erase.
+    again = client.retry(job.id)
+    assert again.retry_of == job.id and again.status == "queued" and again.id != job.id
+    with pytest.raises(ApiError) as refused:
+        client.retry(again.id)  # queued: nothing to retry
+    assert refused.value.code == "not_retryable"
+    client.delete(job.id)
+    with pytest.raises(NotFound):
+        client.get(job.id)
+    with pytest.raises(NotFound):
+        client.delete(job.id)
 
 
 @pytest.fixture
