@@ -209,7 +209,6 @@ def test_sigterm_finishes_the_batch_within_the_grace_period(stack):
     assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
 
 
-@pytest.mark.serial
 def test_sigterm_hands_a_long_batch_back_at_once_after_the_grace_period(stack):
     slow = stack.worker("slow", WORKER_STOP_GRACE="1")
     ids = [post_job(stack.base, 0, filename="__sleep_60__.jpg")[1]["id"]]
@@ -264,7 +263,6 @@ def test_sigterm_lets_the_batch_finishing_in_the_background_end(stack):
     stack.one_mp3_each({job_id: job})
 
 
-@pytest.mark.serial
 def test_sigterm_hands_back_a_batch_still_finishing_after_the_grace_period(stack):
     slow = stack.worker("slow", WORKER_STOP_GRACE="1")
     job_id = post_job(stack.base, 0, filename="__slow_finish_60__.jpg")[1]["id"]

@@ -414,7 +414,7 @@ def test_throughput_grows_with_hosts(cluster):
                 cluster.consume(HOSTS[:count])  # returns once the hosts that left have finished their batch
                 time.sleep(0.5)
                 start = time.time()
-                time.sleep(5)
+                time.sleep(4)
                 windows.append((count, start, time.time()))
     others = (busy_seconds() - busy_before - (cpu_seconds(ours) - ours_before)) / (time.monotonic() - started)
     assert not feeder.errors, feeder.errors[:3]
