@@ -6,11 +6,10 @@ button) and `retry` (POST /api/v1/jobs/<id>/retry).
 
 from __future__ import annotations
 
-from flask import current_app
-
 from shared import result_cache
 from shared.jobs import Job, JobStatus, files, new_job_id
 from shared.storage import StorageNotFound
+from web.jobs.submit import record_and_queue
 from web.middleware.errors import AppError
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELED)
@@ -62,12 +61,5 @@ def retry(svc, old: Job) -> Job:
     )
     job.input_key = files.input_key(job.id)  # its own copy: erasing either job leaves the other whole
     svc.storage.put(job.input_key, photo, old.content_type)
-    try:
-        svc.jobs.create(job)
-        svc.enqueue(job.id)
-    except Exception:
-        current_app.logger.warning("retry of %s: could not queue %s; undoing it", old.id, job.id)
-        svc.jobs.delete(job.id)
-        svc.storage.delete(job.input_key)
-        raise
+    record_and_queue(svc, job)
     return job

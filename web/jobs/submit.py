@@ -224,19 +224,7 @@ def create_job(
         svc.storage.put(job.input_key, data, content_type)
         # A hit makes the job a succeeded copy of an earlier result; it never goes through the queue.
         cached = result_cache.applies(settings, seed) and result_cache.serve(svc.redis, svc.storage, settings, job)
-        try:
-            svc.jobs.create(job)
-        except Exception:
-            _discard(svc, job, job_created=False)
-            raise
-        try:
-            if not cached:
-                svc.enqueue(job.id)
-        except Exception as exc:
-            current_app.logger.warning("enqueue of %s failed: %s", job.id, exc)
-            _discard(svc, job, job_created=True)
-            raise AppError(503, "queue_unavailable", "The job queue is unavailable; try again shortly.") from None
-        ensure_replicated(svc, job)
+        record_and_queue(svc, job, queue=not cached)
     except BaseException:
         if idempotency is not None:  # a failed request must not burn the key
             idempotency.release(svc.redis)
@@ -244,6 +232,25 @@ def create_job(
     if idempotency is not None:
         idempotency.confirm(svc.redis, svc.jobs.ttl)
     return job
+
+
+def record_and_queue(svc, job: Job, queue: bool = True) -> None:
+    """Record a new job whose photo is stored, queue it (unless `queue` is false: it ended at
+    submit) and, with Sentinel, wait for a replica; undo it all when a step fails. Every new job
+    goes through here: a submit's, an album photo's, a retry's."""
+    try:
+        svc.jobs.create(job)
+    except Exception:
+        _discard(svc, job, job_created=False)
+        raise
+    try:
+        if queue:
+            svc.enqueue(job.id)
+    except Exception as exc:
+        current_app.logger.warning("enqueue of %s failed: %s", job.id, exc)
+        _discard(svc, job, job_created=True)
+        raise AppError(503, "queue_unavailable", "The job queue is unavailable; try again shortly.") from None
+    ensure_replicated(svc, job)
 
 
 def ensure_replicated(svc, job: Job) -> None:
