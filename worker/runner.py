@@ -12,11 +12,12 @@ late run can never overwrite a newer result. The run keeps the records it claime
 (`Run`): nothing reads a job again once it has ended.
 
 A run has two parts. The GPU part (run_stages: read the photos in parallel, caption, story,
-speech) runs in the task, within JOB_TIME_LIMIT. The finishing part (finish_batch: encode the
-MP3s, upload them in parallel, record the batch in one write, webhooks) needs no GPU: the Celery
-task hands it to the worker's finisher (worker/finisher.py) so that the next batch's GPU part
-overlaps it (on a CPU it encodes first: ENCODE_IN_BACKGROUND); called without one, run_wakeup
-finishes inline and answers every job's final status.
+speech) runs in the task, within JOB_TIME_LIMIT; a job whose photo storage cannot serve now goes
+back to the queue (not an attempt) rather than hold a worker through the outage. The finishing part
+(finish_batch: encode the MP3s, upload them in parallel, record the batch in one write, webhooks)
+needs no GPU: the Celery task hands it to the worker's finisher (worker/finisher.py) so that the
+next batch's GPU part overlaps it (on a CPU it encodes first: ENCODE_IN_BACKGROUND); called without
+one, run_wakeup finishes inline and answers every job's final status.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 FINAL = ("succeeded", "failed", "canceled")  # outcomes that end a job (its webhook fires)
 STORAGE_THREADS = 8  # parallel storage calls per batch (photo reads, uploads): each is a round trip
+# Reading a batch's photos retries an outage this long at most, then hands the jobs back: a queued job
+# costs nothing, while a held one keeps a worker from jobs it could run (uploads keep
+# STORAGE_RETRY_SECONDS: their results exist only in memory).
+READ_RETRY_SECONDS = 5.0
+# After handing jobs back, a worker waits this long at most for storage to answer before it claims
+# again, so that an outage does not become a loop of claims handed straight back.
+STORAGE_WAIT_SECONDS = 10.0
 
 
 @dataclass
@@ -83,7 +91,9 @@ def run_wakeup(
     (worker/finisher.py) so the next batch can use the GPU meanwhile (the MP3s are encoded first,
     here, unless `encode_in_background`): then the jobs still finishing show "finishing" in the
     answer. Every job that ends is counted (metrics) once; its webhook goes out from the store's own
-    ending transition (JobStore.notify). The heartbeat holds the batch's leases until it is finished."""
+    ending transition (JobStore.notify). The heartbeat holds the batch's leases until it is finished.
+    Jobs whose photos storage could not serve are handed back ("queued"); then this waits, holding
+    no job, until storage answers or STORAGE_WAIT_SECONDS pass."""
     if not heartbeat.may_take_jobs():
         return {}  # a stopping worker takes no new jobs
     claimant = heartbeat.new_claimant()
@@ -107,13 +117,51 @@ def run_wakeup(
             # A job whose earlier run died runs alone (store.claim) and, should it be a photo that kills
             # workers, with no other batch finishing beside it either: that batch did nothing wrong.
             finisher.wait()
-        narrated = narrate_claimed(batch, run, store=store, storage=storage, engine=engine, settings=settings)
+        narrated = narrate_claimed(
+            batch, run, store=store, storage=storage, engine=engine, heartbeat=heartbeat, settings=settings
+        )
     finally:
         if narrated is None:
             heartbeat.release(claimant)
     outcomes = run.report()
-    if narrated is None:
-        return outcomes
+    if narrated is not None:
+        outcomes.update(
+            hand_over(
+                narrated,
+                store=store,
+                storage=storage,
+                engine=engine,
+                heartbeat=heartbeat,
+                settings=settings,
+                finisher=finisher,
+                encode_in_background=encode_in_background,
+            )
+        )
+    if run.handed_back:
+        # No wake-up is sent for the jobs handed back: they kept their place in the queue (oldest
+        # first), so the next wake-up of any queued job claims them, their batch-mates' wake-ups are
+        # still in the broker, and the reaper wakes queued jobs whenever the broker runs dry. A
+        # wake-up per job here would multiply messages with every batch handed back in an outage.
+        # A deployment that does not retry storage (STORAGE_RETRY_SECONDS=0) does not wait for it either.
+        wait = min(settings.storage_retry_seconds, STORAGE_WAIT_SECONDS)
+        wait_for_storage(storage, run.handed_back[0], wait, heartbeat)
+    return outcomes
+
+
+def hand_over(
+    narrated: Narrated,
+    *,
+    store: JobStore,
+    storage: Storage,
+    engine,
+    heartbeat,
+    settings,
+    finisher,
+    encode_in_background,
+) -> dict[str, str]:
+    """Finish a batch past its GPU part: inline (its jobs' final statuses), or on `finisher`
+    ("finishing")."""
+    claimant = narrated.claimant
     heartbeat.hold(claimant, [job.id for job in narrated.jobs])  # only those still to finish
 
     def finish() -> dict[str, str]:
@@ -128,28 +176,39 @@ def run_wakeup(
         return finished
 
     if finisher is None:
-        return {**outcomes, **finish()}
+        return finish()
     if not encode_in_background:  # a CPU: encoding beside the next batch would only slow it down
         try:
             engine.encode(narrated.narrations)
         except Exception as exc:  # finish_batch meets it again and fails the jobs, naming the stage
             log.warning("encoding the MP3s of %s failed: %s", claimant, exc)
-    finisher.submit(finish)  # waits while the previous batch is still finishing
-    return {**outcomes, **dict.fromkeys((job.id for job in narrated.jobs), "finishing")}
+    finisher.submit(finish)  # waits while the finisher has its fill of batches
+    return dict.fromkeys((job.id for job in narrated.jobs), "finishing")
 
 
 class Run:
     """What one run (a claimant) has ended so far: each job's outcome, and the records of the jobs
     that ended as written, which metrics and the result cache take without a re-read (the store
-    handed them to the webhooks as it wrote them)."""
+    handed them to the webhooks as it wrote them), and the jobs it handed back to the queue."""
 
     def __init__(self, claimant: str):
         self.claimant = claimant
         self.outcomes: dict[str, str] = {}
         self.ended: list[Job] = []
+        self.handed_back: list[Job] = []
 
     def pending(self, jobs: list[Job]) -> list[Job]:
-        return [job for job in jobs if job.id not in self.outcomes]
+        back = {job.id for job in self.handed_back}
+        return [job for job in jobs if job.id not in self.outcomes and job.id not in back]
+
+    def hand_back(self, store: JobStore, jobs: list[Job]) -> None:
+        """Put jobs back in the queue at their old place, not counted as an attempt (store.release);
+        one canceled meanwhile is "lost"."""
+        for job in jobs:
+            if store.release(job.id, self.claimant):
+                self.handed_back.append(job)
+            else:
+                self.outcomes[job.id] = "lost"
 
     def finish(self, store: JobStore, results: list[tuple[Job, JobStatus, dict]]) -> None:
         """End jobs in one write; those this run no longer holds are "lost" (canceled, or taken
@@ -168,19 +227,23 @@ class Run:
         self.finish(store, [(job, JobStatus.FAILED, {"error": message}) for job in jobs])
 
     def report(self) -> dict[str, str]:
-        """Each job's outcome, counted once."""
+        """Each job's outcome, counted once; those handed back are "queued" (not counted: they did
+        not end)."""
         metrics.jobs_finished(self.outcomes, self.ended)
-        return self.outcomes
+        return {**self.outcomes, **dict.fromkeys((job.id for job in self.handed_back), "queued")}
 
 
 def narrate_claimed(
-    jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, settings
+    jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, heartbeat, settings
 ) -> Narrated | None:
     """The GPU part of a claimed batch, within JOB_TIME_LIMIT: read the photos, run the stages.
-    Returns what is left to finish (None: nothing); the jobs that ended here are in `run`."""
+    Returns what is left to finish (None: nothing); the jobs that ended or went back to the queue
+    here are in `run`."""
     try:
         with time_limit(settings.job_time_limit):
-            return run_stages(jobs, run, store=store, storage=storage, engine=engine, settings=settings)
+            return run_stages(
+                jobs, run, store=store, storage=storage, engine=engine, heartbeat=heartbeat, settings=settings
+            )
     except SoftTimeLimitExceeded:  # fired outside the stages
         run.fail(store, run.pending(jobs), TIME_LIMIT_MESSAGE)
     except RedisError as exc:
@@ -194,13 +257,19 @@ def narrate_claimed(
     return None
 
 
-def run_stages(jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, settings) -> Narrated | None:
-    """Read the claimed jobs' photos and run them through the GPU stages as one batch."""
-    read = read_images(jobs, storage, engine, settings)
-    unreadable = [(job, image) for job, image in zip(jobs, read, strict=True) if isinstance(image, JobFailed)]
-    run.finish(store, [(job, JobStatus.FAILED, {"error": str(error)}) for job, error in unreadable])
-    images = [image for image in read if not isinstance(image, JobFailed)]
-    jobs = run.pending(jobs)
+def run_stages(
+    jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, engine, heartbeat, settings
+) -> Narrated | None:
+    """Read the claimed jobs' photos and run them through the GPU stages as one batch; the jobs
+    whose photos storage could not serve go back to the queue first."""
+    read = list(zip(jobs, read_images(jobs, storage, engine, settings), strict=True))
+    run.finish(
+        store, [(job, JobStatus.FAILED, {"error": str(image)}) for job, image in read if isinstance(image, JobFailed)]
+    )
+    hand_back_unreachable(run, store, [(job, image) for job, image in read if isinstance(image, StorageUnavailable)])
+    read = [(job, image) for job, image in read if not isinstance(image, (JobFailed, StorageUnavailable))]
+    jobs, images = [job for job, _ in read], [image for _, image in read]
+    heartbeat.hold(run.claimant, [job.id for job in jobs])  # the others are no longer this run's to renew
     active = {job.id for job in jobs}
     stage_now = Stage.CAPTION
 
@@ -246,6 +315,39 @@ def run_stages(jobs: list[Job], run: Run, *, store: JobStore, storage: Storage, 
         log.exception("jobs %s failed in stage %s", ", ".join(active), stage_now.value)
         run.fail(store, [job for job in jobs if job.id in active], failure_message(exc, stage_now))
     return None
+
+
+def hand_back_unreachable(run: Run, store: JobStore, unreachable: list[tuple[Job, StorageUnavailable]]) -> None:
+    """Jobs whose photos storage could not serve go back to the queue: queued is what they are."""
+    if not unreachable:
+        return
+    run.hand_back(store, [job for job, _ in unreachable])
+    if run.handed_back:
+        log.warning(
+            "storage unreachable (%s): handed %d job(s) back to the queue, not counted as an attempt: %s",
+            unreachable[0][1],
+            len(run.handed_back),
+            ", ".join(job.id for job in run.handed_back),
+        )
+
+
+def wait_for_storage(storage: Storage, job: Job, seconds: float, heartbeat) -> bool:
+    """Back off after handing jobs back, holding none: probe storage (the photo of `job`) with
+    backoff until it answers or `seconds` pass, or the worker is stopping. Whether it answered."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while not heartbeat.stopping and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(delay, left))
+        try:
+            storage.exists(job.input_key or files.input_key(job.id))
+        except StorageUnavailable:
+            delay = min(delay * 2, 4.0)
+            continue
+        except StorageError:  # a refusal is an answer: the outage is over
+            pass
+        log.info("storage answers again")
+        return True
+    return False
 
 
 def finish_batch(narrated: Narrated, run: Run, *, store: JobStore, storage: Storage, engine, settings) -> None:
@@ -380,14 +482,16 @@ def check_style(engine, job: Job) -> None:
 
 
 def read_images(jobs: list[Job], storage: Storage, engine, settings) -> list:
-    """Each job's photo, decoded, or the JobFailed that ends the job; read in parallel."""
-    retry = storage_retry(settings.storage_retry_seconds)
+    """Each job's photo, decoded; or the JobFailed that ends the job; or, storage still unavailable
+    after READ_RETRY_SECONDS (for the whole batch), the StorageUnavailable that hands it back to the
+    queue. Read in parallel."""
+    retry = storage_retry(min(settings.storage_retry_seconds, READ_RETRY_SECONDS))
 
     def read(job: Job):
         try:
             check_style(engine, job)
             return read_image(storage, job.input_key or files.input_key(job.id), settings.max_image_pixels, retry)
-        except JobFailed as exc:
+        except (JobFailed, StorageUnavailable) as exc:
             return exc
 
     return in_parallel(read, jobs, "read-image")
@@ -410,7 +514,7 @@ def read_image(storage: Storage, key: str, max_pixels: int | None, retry: Callab
     except StorageNotFound:
         raise JobFailed("the uploaded image is no longer in storage; please upload it again") from None
     except StorageUnavailable:
-        raise JobFailed(STORAGE_DOWN_MESSAGE) from None
+        raise  # not the job's fault: it waits in the queue for storage
     except StorageError as exc:  # e.g. access denied: retrying will not help
         raise JobFailed(f"storage refused the uploaded image ({exc})") from None
     try:

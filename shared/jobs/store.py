@@ -269,8 +269,8 @@ class JobStore:
         return job
 
     def release(self, job_id: str, claimant: str) -> bool:
-        """Hand a held job back to the queue (its worker is stopping); this run does not count
-        against the job's attempts."""
+        """Hand a held job back to the queue (its worker is stopping, or storage could not serve its
+        photo); this run does not count against the job's attempts."""
         return self._scripts["release"](args=[job_id, claimant]) == 1
 
     def renew(self, claimant: str, job_ids: Iterable[str], lease_seconds: float) -> set[str]:

@@ -22,6 +22,7 @@ import re
 import signal
 import time
 
+from shared.storage import StorageUnavailable
 from worker import runner
 from worker.app import app, celery  # noqa: F401 (what `celery -A` looks for; importing it connects the signals)
 from worker.context import get_context
@@ -44,8 +45,8 @@ def end_the_thread() -> None:
 def read_images(jobs, *args, **kwargs):
     images = _read_images(jobs, *args, **kwargs)
     for job, image in zip(jobs, images, strict=True):
-        if isinstance(image, runner.JobFailed):
-            continue  # a photo that could not be read fails its job before any stage: no fault there
+        if isinstance(image, (runner.JobFailed, StorageUnavailable)):
+            continue  # a photo that could not be read ends its job, or hands it back, before any stage
         if (job.filename or "").startswith("__kill_worker__"):
             log.warning("fault hook: killing this worker for job %s", job.id)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -24,7 +24,7 @@ from worker.engine import Narration
 from worker.finisher import Finisher
 from worker.heartbeat import Heartbeat
 from worker.limits import time_limit
-from worker.runner import STORAGE_DOWN_MESSAGE, run_wakeup
+from worker.runner import READ_RETRY_SECONDS, STORAGE_DOWN_MESSAGE, run_wakeup
 
 
 def jpeg(color="orange", size=(48, 40)) -> bytes:
@@ -241,14 +241,78 @@ def test_a_storage_outage_is_retried_until_storage_answers(store, storage, engin
     assert flaky.calls >= 5 and storage.exists(store.get(job_id).audio_key)
 
 
-def test_storage_down_for_too_long_fails_the_job_clearly(store, storage, engine):
-    class Down:
-        def get(self, key):
-            raise StorageUnavailable("connection refused")
+class Outage:
+    """The storage, with every call on the keys `down_for` names finding it unavailable while `down`;
+    counts the calls that found it down."""
 
-    job_id = submit(store, storage, jpeg())
-    assert run_job(job_id, store=store, storage=Down(), engine=engine) == "failed"
-    assert store.get(job_id).error == "storage stayed unreachable; please try again later"
+    def __init__(self, storage, down_for=lambda key: True):
+        self.storage, self.down_for, self.down, self.refused = storage, down_for, True, 0
+
+    def __getattr__(self, name):
+        method = getattr(self.storage, name)
+
+        def call(key, *args, **kwargs):
+            if self.down and self.down_for(key):
+                self.refused += 1
+                raise StorageUnavailable("connection refused")
+            return method(key, *args, **kwargs)
+
+        return call
+
+
+def wait_until(condition, timeout: float) -> None:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"not within {timeout}s"
+        time.sleep(0.05)
+
+
+def test_a_batch_that_cannot_read_its_photos_goes_back_to_the_queue(store, storage, engine):
+    """Storage down as a batch reads its photos (STORAGE_RETRY_SECONDS at its default, 120): within
+    seconds its jobs are queued again as they were (no attempt counted, no error, no stage), and the
+    worker, holding none of them, waits for storage rather than claim them again at once; once storage
+    answers, it stops waiting, and the next wake-up runs them."""
+    settings = Settings(worker_batch_size=4)
+    assert settings.storage_retry_seconds == 120
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(3)]
+    outage, beat, answers = Outage(storage), heartbeat_for(store, settings), []
+    kwargs = dict(store=store, storage=outage, engine=engine, heartbeat=beat, settings=settings)
+    task = threading.Thread(target=lambda: answers.append(run_wakeup(ids[0], **kwargs)))
+    task.start()
+
+    def handed_back():
+        jobs = [store.get(job_id) for job_id in ids]
+        return all(job.runs == 1 and job.status is JobStatus.QUEUED for job in jobs)
+
+    wait_until(handed_back, timeout=READ_RETRY_SECONDS + 5)
+    for job in (store.get(job_id) for job_id in ids):
+        assert (job.attempts, job.error, job.stage, job.worker, job.started_at) == (0, None, None, None, None)
+    assert sorted(store.queued_ids(10)) == sorted(ids) and store.notified == []
+    refused = outage.refused
+    time.sleep(1.5)
+    assert task.is_alive() and beat._held == {}  # waiting for storage, holding no job
+    assert outage.refused > refused  # it asks storage meanwhile
+    outage.down = False
+    wait_until(lambda: not task.is_alive(), timeout=6)
+    assert answers == [dict.fromkeys(ids, "queued")]
+    assert beat.woken == []  # their place in the queue and the wake-ups left are enough (runner.py)
+
+    assert run_job(ids[1], store=store, storage=outage, engine=engine, batch_size=4) == "succeeded"
+    jobs = [store.get(job_id) for job_id in ids]
+    assert [(job.status, job.attempts) for job in jobs] == [(JobStatus.SUCCEEDED, 1)] * 3
+    assert all(storage.exists(job.audio_key) for job in jobs)
+
+
+def test_a_photo_storage_cannot_serve_goes_back_while_its_batch_mates_run(store, storage, engine):
+    ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(3)]
+    outage = Outage(storage, down_for=lambda key: key == f"inputs/{ids[1]}")
+    settings = Settings(worker_batch_size=4, storage_retry_seconds=0)
+    beat = heartbeat_for(store, settings)
+    answer = run_wakeup(ids[0], store=store, storage=outage, engine=engine, heartbeat=beat, settings=settings)
+    assert answer == {ids[0]: "succeeded", ids[1]: "queued", ids[2]: "succeeded"}
+    back = store.get(ids[1])
+    assert (back.status, back.attempts, back.error, back.audio_key) == (JobStatus.QUEUED, 0, None, None)
+    assert sorted(store.notified) == sorted([ids[0], ids[2]]) and beat._held == {}
 
 
 def test_time_limit_fails_the_job(store, storage):
@@ -515,9 +579,9 @@ def finished_count(status: str) -> float:
 
 def test_the_next_batch_uses_the_gpu_while_the_last_one_uploads(store, storage):
     """Three wake-ups in a row, as the solo pool runs them: each returns once its GPU part is done and
-    the previous batch has finished; the next batch's GPU part overlaps the last one's uploads, two
-    batches never finish at once, and the heartbeat keeps the finishing batch's leases (a reaper looks
-    every 0.1 s; a lease is 0.5 s; a batch finishes in 1 s)."""
+    the finisher has room (two batches: the one finishing and the next); the next batch's GPU part
+    overlaps the last one's uploads, two batches never finish at once, and the heartbeat keeps the
+    finishing batches' leases (a reaper looks every 0.1 s; a lease is 0.5 s; a batch finishes in 1 s)."""
     settings = Settings(worker_batch_size=2, storage_retry_seconds=0, heartbeat_seconds=0.1, lease_seconds=0.5)
     beat = heartbeat_for(store, settings)
     beat.start()
@@ -552,11 +616,13 @@ def test_the_next_batch_uses_the_gpu_while_the_last_one_uploads(store, storage):
         _, last_upload_before = slow.uploads_of(batches[k - 1])
         # Overlap: this batch was on the GPU while the previous one was still uploading...
         assert gpu_start < last_upload_before, f"batch {k} waited for batch {k - 1}'s uploads"
-        # ...but only one batch finishes at a time: its encode began after the previous batch's last upload,
-        # and its wake-up returned only then (back-pressure).
+        # ...but only one batch finishes at a time: its encode began after the previous batch's last upload.
         assert engine.encodes[k][0] >= last_upload_before
-        assert answers[k]["returned"] >= last_upload_before
-    assert answers[0]["returned"] < slow.uploads_of(batches[0])[1]  # the first returned while uploading
+    # Back-pressure at two batches: the first two wake-ups returned while the first batch was uploading,
+    # the third only once it had finished.
+    first_done = slow.uploads_of(batches[0])[1]
+    assert answers[0]["returned"] < first_done and answers[1]["returned"] < first_done
+    assert answers[2]["returned"] >= first_done
 
     jobs = [store.get(job_id) for job_id in ids]
     assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 6
@@ -733,3 +799,26 @@ def test_the_finisher_runs_one_batch_at_a_time():
     finisher.submit(lambda: 1 / 0)  # a bug in the work is logged; the next batch still runs
     finisher.submit(work)
     assert finisher.wait(timeout=5) and most == [1] * 5
+
+
+def test_a_batch_stuck_finishing_holds_up_the_next_hand_over_by_one_batch():
+    """A batch stuck finishing (its uploads retrying while storage is down): the next batch is handed
+    over at once (the worker goes on with the GPU), the one after waits for the stuck one to finish."""
+    finisher, stuck, done = Finisher(), threading.Event(), []
+
+    def first():
+        stuck.wait(10)
+        done.append("first")
+
+    finisher.submit(first)
+    started = time.monotonic()
+    finisher.submit(lambda: done.append("second"))
+    assert time.monotonic() - started < 0.5
+    third = threading.Thread(target=finisher.submit, args=(lambda: done.append("third"),))
+    third.start()
+    time.sleep(0.3)
+    assert third.is_alive() and done == [] and not finisher.wait(timeout=0.1)
+    stuck.set()
+    third.join(timeout=5)
+    assert not third.is_alive()
+    assert finisher.wait(timeout=5) and done == ["first", "second", "third"]

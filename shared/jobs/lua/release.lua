@@ -1,5 +1,6 @@
--- running -> queued: a stopping worker hands a job back at its old place. This run does not count
--- against the job's attempts. ARGV: id, claimant. 1: handed back, 0: not held by the claimant.
+-- running -> queued: a stopping worker (or one that could not read the job's photo from storage)
+-- hands a job back at its old place. This run does not count against the job's attempts.
+-- ARGV: id, claimant. 1: handed back, 0: not held by the claimant.
 local id, claimant = ARGV[1], ARGV[2]
 local key = 'job:' .. id
 local s = redis.call('HMGET', key, 'worker', 'attempts', 'owner', 'created_at', 'lane')
