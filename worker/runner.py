@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from shared import result_cache
 from shared.images import ImageError, load_image
-from shared.jobs import Job, JobStatus, JobStore, Stage, files, queue
+from shared.jobs import Job, JobStatus, JobStore, Stage, files
 from shared.storage import Storage, StorageError, StorageNotFound, StorageUnavailable
 from worker import metrics
 from worker.limits import time_limit
@@ -103,10 +103,6 @@ def run_wakeup(
     if not batch:
         return {}  # already run, running elsewhere or canceled: the message was only a wake-up
     metrics.batch_claimed(len(batch))
-    try:
-        queue.spend(store.redis, len(batch) - 1)
-    except RedisError as exc:  # only an optimisation: those wake-ups will find their jobs gone
-        log.warning("could not drop the spent wake-ups: %s", exc)
     if len(batch) > 1:
         log.info("running a batch of %d jobs: %s", len(batch), ", ".join(job.id for job in batch))
     heartbeat.hold(claimant, [job.id for job in batch])

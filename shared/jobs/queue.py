@@ -52,17 +52,6 @@ def make_celery(settings: Settings, name: str = "narrator") -> Celery:
     return app
 
 
-def spend(redis_client, count: int) -> None:
-    """Drop `count` waiting wake-ups: those a batch of `count` + 1 jobs made redundant (its own was
-    taken). Wake-ups are interchangeable: any one claims a batch of whatever is queued, so the
-    oldest (next in line, most likely those of the jobs just claimed) go; each would otherwise cost
-    a worker a task run, a BRPOP and a ZSCORE to find its job gone. Should a still-queued job lose
-    its own, the wake-ups left (one per queued job before this batch) still claim it, and the
-    reaper sends new ones whenever the broker's list is empty while jobs are queued."""
-    if count > 0:
-        redis_client.rpop(QUEUE, count)  # kombu pushes on the left and takes from the right
-
-
 def wake(celery: Celery, job_ids: Iterable[str], retry_policy: dict | None = None, first: bool = False) -> None:
     """Send one wake-up per job. `first`: the job's first wake-up (the web's, at submit), which
     carries the job's id as its message id too, so broker-side tools show which job it is."""

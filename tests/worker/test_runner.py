@@ -4,7 +4,6 @@ engines where the test is about timing: a batch finishing in the background whil
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 
@@ -15,7 +14,6 @@ from PIL import Image
 from pydub import AudioSegment
 
 from shared.jobs import Job, JobStatus, JobStore, new_job_id
-from shared.jobs.queue import QUEUE, make_celery, wake
 from shared.settings import Settings
 from shared.storage import StorageUnavailable, open_storage
 from tests.support.photos import photo
@@ -381,17 +379,6 @@ def test_the_batch_takes_the_oldest_queued_jobs_up_to_its_size(store, storage, e
         JobStatus.QUEUED,
         JobStatus.SUCCEEDED,
     ]
-
-
-def test_a_batch_drops_the_waiting_wakeups_it_made_redundant(store, storage, engine, redis_url):
-    ids = [submit(store, storage, jpeg()) for _ in range(5)]
-    wake(make_celery(Settings(redis_url=redis_url)), ids, first=True)  # what the web sends
-    run_job(ids[0], store=store, storage=storage, engine=engine, batch_size=3)
-    # The batch took jobs 0-2 and dropped the two oldest waiting wake-ups (its own is the third's
-    # stand-in: here the test called the run directly): the queued jobs 3 and 4 still have theirs.
-    waiting = [json.loads(message)["headers"]["id"] for message in store.redis.lrange(QUEUE, 0, -1)]
-    assert sorted(waiting) == sorted(ids[2:])
-    assert [store.get(job_id).status for job_id in ids[3:]] == [JobStatus.QUEUED] * 2
 
 
 def test_canceling_one_job_of_a_batch_spares_the_others(store, storage, engine):

@@ -4,8 +4,7 @@
 -- runs: it fails here, as it is met, and takes no place in the batch.
 --
 -- A wake-up names a job; when that job is no longer queued, another run took it with its batch and
--- the wake-up is spent (each job is queued with a wake-up of its own, a run drops as many waiting
--- wake-ups as its batch made redundant, and the reaper sends new ones when none is left). Else
+-- the wake-up is spent (every queued job has a wake-up of its own, or the reaper sends one). Else
 -- it goes first, then the batch is filled round-robin across owners, each owner's oldest first, an
 -- equal share per owner per round: one owner's backlog delays another owner's job by about one
 -- batch at most. Cost: O(batch), whatever the number of owners waiting (at most `limit` are read).
