@@ -6,6 +6,7 @@ worker package or torch; the models live only in the GPU workers.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -14,7 +15,9 @@ from flask import Flask, request
 from flask.helpers import get_debug_flag
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
+from werkzeug.exceptions import SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.sansio.utils import host_is_trusted
 
 from shared.settings import Settings, get_settings
 from shared.storage import StorageError
@@ -30,21 +33,47 @@ from web.services import Services
 
 # Room for multipart framing and the small form fields next to a photo of exactly MAX_UPLOAD_MB.
 FORM_OVERHEAD = 64 * 1024
-# IPv6 literals cannot be listed (werkzeug cuts a trusted name at its first ":"): a name, or "*".
-LOOPBACK_NAMES = ("localhost", "127.0.0.1")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _host_name(name: str) -> str:
+    """A trusted name as a Host header carries it: an IPv6 address in brackets, in its short form."""
+    try:
+        return f"[{ipaddress.IPv6Address(name.strip('[]')).compressed}]"
+    except ValueError:
+        return name
 
 
 def trusted_hosts(settings: Settings) -> list[str] | None:
-    """TRUSTED_HOSTS as Flask takes it (None: any host). Empty: the host of PUBLIC_BASE_URL, else the
-    specific address BIND names; and loopback, which health checks and `make up` use."""
+    """TRUSTED_HOSTS (None: any host). Empty: the host of PUBLIC_BASE_URL, else the specific address
+    BIND names; and loopback, which health checks and `make up` use."""
     names = [name.strip().lower() for name in settings.trusted_hosts.split(",") if name.strip()]
     if "*" in names:
         return None
     if not names and settings.public_base_url:
         names = [urlsplit(settings.public_base_url).hostname or ""]
     if not names and settings.bind.strip("[]") not in ("0.0.0.0", "::", ""):
-        names = [settings.bind.strip("[]")]
-    return [*dict.fromkeys([*filter(None, names), *LOOPBACK_NAMES])]
+        names = [settings.bind]
+    return [*dict.fromkeys([*(_host_name(n) for n in names if n), *LOOPBACK_NAMES])]
+
+
+def host_allowed(host: str, trusted: list[str]) -> bool:
+    """Whether a Host header ("name[:port]", "[v6]:port") names one of `trusted`. Werkzeug's own
+    check (Flask's TRUSTED_HOSTS) cuts every trusted name at its first ":", so it can match no IPv6
+    address: those are compared here, names by werkzeug."""
+    if host.startswith("["):
+        return _host_name(host[: host.find("]") + 1]) in trusted
+    return host_is_trusted(host, [name for name in trusted if not name.startswith("[")])
+
+
+def check_host(trusted: list[str]):
+    """A before-request hook, first of all: another Host header is a 400 before any view or redirect."""
+
+    def check() -> None:
+        if not host_allowed(request.host.lower(), trusted):  # the Host header, else the server's own name
+            raise SecurityError("untrusted host")
+
+    return check
 
 
 # Blueprints whose answers do not depend on who asks (static files have no blueprint).
@@ -101,13 +130,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=16,  # the form's post raises this and MAX_CONTENT_LENGTH for its photos (web/pages/albums.py)
         SECRET_KEY=secret_key(settings, app),
-        TRUSTED_HOSTS=trusted_hosts(settings),  # another Host header: 400, before any view
         SESSION_COOKIE_NAME=auth.SESSION_COOKIE,  # __Host- prefixed over https (auth.SessionCookies)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # not sent with other sites' POSTs (the pages check Origin too)
         SESSION_COOKIE_SECURE=(settings.public_base_url or "").lower().startswith("https:"),
         PERMANENT_SESSION_LIFETIME=timedelta(days=SESSION_DAYS),
     )
+    if (trusted := trusted_hosts(settings)) is not None:
+        app.before_request(check_host(trusted))
     app.json = OrderedJSON(app)
     app.session_interface = auth.SessionCookies()
     if settings.proxy_hops:

@@ -131,6 +131,8 @@ def app_with(redis_url, tmp_path, **settings):
         ({"public_base_url": "https://stories.example"}, ["stories.example", "localhost"], ["evil.example"]),
         ({"trusted_hosts": "a.example, b.example"}, ["b.example:8443", "127.0.0.1"], ["stories.example"]),
         ({"trusted_hosts": "*"}, ["evil.example", "localhost"], []),
+        ({"bind": "[fd00::5]"}, ["[fd00::5]:8000", "[::1]:8000", "[0:0::1]"], ["[fd00::6]:8000", "[fd00::5"]),
+        ({"trusted_hosts": "2001:db8::1, a.example"}, ["[2001:DB8:0::1]", "a.example"], ["[2001:db8::2]", "b.example"]),
     ],
 )
 def test_only_expected_host_names_are_answered(redis_url, tmp_path, settings, trusted, refused):

@@ -54,8 +54,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(SecurityError)
     def _untrusted_host(exc: SecurityError):
-        # Raised before routing (TRUSTED_HOSTS): no URL can be built, so no page either; and nothing
-        # in it repeats the host name the request gave.
+        # Raised before any view (TRUSTED_HOSTS, web/app.py check_host): no URL can be built, so no
+        # page either; and nothing in it repeats the host name the request gave.
         text = "400 Bad Request: this server does not answer to that host name (TRUSTED_HOSTS).\n"
         return Response(text, status=400, mimetype="text/plain")
 
