@@ -8,7 +8,7 @@ Start-up: check the configuration, start the heartbeat, load the three models; o
 worker take messages. A worker whose models cannot load records why in Redis (/readyz shows it)
 and exits with status 2 instead of failing every job it would take.
 
-Shutdown (SIGTERM): take no new jobs, let the running batch end and the batches finishing in the
+Shutdown (SIGTERM): take no new jobs, let the running batch end and the batch finishing in the
 background (worker/finisher.py) end too, within WORKER_STOP_GRACE (worker/heartbeat.py).
 """
 
@@ -111,7 +111,7 @@ def leave(**_) -> None:
     from worker.context import get_context
 
     ctx = get_context()
-    # The last batches may still be finishing in the background: let them end before the process does.
+    # The last batch may still be finishing in the background: let it end before the process does.
     # stop() (a no-op after SIGTERM) bounds the wait: after WORKER_STOP_GRACE the heartbeat hands
     # the jobs still held back to the queue and exits.
     ctx.heartbeat.stop()

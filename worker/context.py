@@ -1,5 +1,5 @@
 """What a worker process holds: settings, job store, storage, the engine, the heartbeat and the
-finisher (the batches finishing in the background, worker/finisher.py), each created once.
+finisher (the batch finishing in the background, worker/finisher.py), each created once.
 
 Models load in the engine, at worker start-up (worker/app.py), never in the web process.
 """
