@@ -178,7 +178,7 @@ def hand_over(
             engine.encode(narrated.narrations)
         except Exception as exc:  # finish_batch meets it again and fails the jobs, naming the stage
             log.warning("encoding the MP3s of %s failed: %s", claimant, exc)
-    finisher.submit(finish)  # waits while the finisher has its fill of batches
+    finisher.submit(finish)  # waits while the previous batch is still finishing
     return dict.fromkeys((job.id for job in narrated.jobs), "finishing")
 
 
