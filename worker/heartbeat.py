@@ -118,7 +118,6 @@ class Heartbeat:
     def reap(self) -> None:
         # The jobs it fails get their webhooks from the store (its notify).
         requeued, failed = self.store.reap(self.settings.max_attempts)
-        self.store.trim_indexes()
         for job_id in failed:
             log.error("job %s failed: its worker died on each of its %d attempts", job_id, self.settings.max_attempts)
         if requeued:

@@ -74,8 +74,6 @@ class JobStore:
     written (never read again), once per job: the webhooks' outbox, which never raises.
     """
 
-    INDEX = "jobs:index"
-    QUEUED = "jobs:queued"
     RUNNING = "jobs:running"
     OWNERS = "jobs:owners"
     # Every script that changes jobs' status or stage publishes their ids here (space-separated),
@@ -119,12 +117,10 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=job.to_redis())
         pipe.expire(self.key(job.id), self.ttl)
-        pipe.zadd(self.INDEX, {job.id: job.created_at})
         if job.owner:
             pipe.zadd(self.owner_index(job.owner), {job.id: job.created_at})
             pipe.expire(self.owner_index(job.owner), 2 * self.ttl)  # an owner gone quiet leaves no index
         if job.status == JobStatus.QUEUED:
-            pipe.zadd(self.QUEUED, {job.id: job.created_at})
             pipe.zadd(self.owner_queue(job.queue_owner), {job.id: job.created_at})
             pipe.zadd(self.OWNERS, {job.queue_owner: 0}, nx=True)
         pipe.execute()
@@ -132,13 +128,10 @@ class JobStore:
             self._ended([job])
         return job
 
-    def trim_indexes(self, owner: str | None = None) -> None:
-        """Drop index entries older than any record can be (a hash this old has expired even if it
-        was updated late in its life). The reaper trims the global index once a round; an owner's
-        is trimmed as it is listed."""
-        self.redis.zremrangebyscore(
-            self.owner_index(owner) if owner else self.INDEX, "-inf", f"({time.time() - 2 * self.ttl!r}"
-        )
+    def trim_index(self, owner: str) -> None:
+        """Drop an owner's index entries older than any record can be (a hash this old has expired
+        even if it was updated late in its life); done as the index is listed."""
+        self.redis.zremrangebyscore(self.owner_index(owner), "-inf", f"({time.time() - 2 * self.ttl!r}")
 
     def get(self, job_id: str) -> Job | None:
         raw = self.redis.hgetall(self.key(job_id))
@@ -148,7 +141,7 @@ class JobStore:
         job = self.get(job_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key(job_id))
-        indexes = [self.INDEX, self.QUEUED, self.RUNNING]
+        indexes = [self.RUNNING]
         if job is not None:
             indexes.append(self.owner_queue(job.queue_owner))
             if job.owner:
@@ -157,12 +150,23 @@ class JobStore:
             pipe.zrem(index, job_id)
         pipe.execute()
 
+    # No index holds every queued job (it would cost each submit and each claim a write): the
+    # whole queue is its owners' queues, counted here for /readyz and metrics, not per job.
     def queued_count(self, owner: str | None = None) -> int:
         """All queued jobs, or one owner's (or lane's)."""
-        return int(self.redis.zcard(self.owner_queue(owner) if owner else self.QUEUED))
+        if owner:
+            return int(self.redis.zcard(self.owner_queue(owner)))
+        pipe = self.redis.pipeline(transaction=False)
+        for name in self.redis.zrange(self.OWNERS, 0, -1):
+            pipe.zcard(self.owner_queue(_text(name)))
+        return sum(pipe.execute())
 
     def queued_ids(self, limit: int) -> list[str]:
-        return [_text(m) for m in self.redis.zrange(self.QUEUED, 0, limit - 1)]
+        """Up to `limit` queued ids, the next owners' (in round-robin order) first."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in self.redis.zrange(self.OWNERS, 0, limit - 1):
+            pipe.zrange(self.owner_queue(_text(name)), 0, limit - 1)
+        return [_text(m) for ids in pipe.execute() for m in ids][:limit]
 
     def update(self, job_id: str, **changes) -> bool:
         """Set fields (None removes one) of an existing job whatever its status, which this never
@@ -193,7 +197,7 @@ class JobStore:
         """Take up to `limit` queued jobs for `claimant` (`first`, then round-robin across owners),
         each leased for `lease_seconds`; their records as claimed. A job that already ran once is
         only ever taken alone; a wake-up whose job is no longer queued claims nothing."""
-        if limit <= 0 or (first and self.redis.zscore(self.QUEUED, first) is None):
+        if limit <= 0 or (first and _text(self.redis.hget(self.key(first), "status")) != JobStatus.QUEUED.value):
             return []  # most wake-ups of a busy queue: their job went with an earlier one's batch
         result = self._scripts["claim"](args=[claimant, lease_seconds, limit, first or "", EXPIRED_MESSAGE])
         ids, expired = result if result else ([], [])
@@ -292,12 +296,16 @@ class JobStore:
     def list(
         self, limit: int = 20, cursor: str | None = None, owner: str | None = None
     ) -> tuple[list[Job], str | None]:
-        """Newest first: one owner's jobs, or (owner None) everyone's. The cursor names the last job
-        returned, so inserts made between pages (always newer) neither repeat nor skip entries. Ids
-        whose record expired are pruned."""
-        index = self.owner_index(owner) if owner else self.INDEX
-        if owner:
-            self.trim_indexes(owner)
+        """Newest first: one owner's jobs, or (owner None) every job in Redis. The cursor names the
+        last job returned, so inserts made between pages (always newer) neither repeat nor skip
+        entries. Ids whose record expired are pruned from the owner's index.
+
+        Only owners have an index (every request lists its owner's): everyone's jobs are a scan of
+        the job records, for operators' tools, never a request's path."""
+        if owner is None:
+            return self._list_all(limit, cursor)
+        index = self.owner_index(owner)
+        self.trim_index(owner)
         pos = decode_cursor(cursor) if cursor else None
         found: list[tuple[Job, float]] = []
         while len(found) <= limit:
@@ -316,9 +324,31 @@ class JobStore:
             if expired:
                 self.redis.zrem(index, *expired)
             pos = rows[-1][1], rows[-1][0]
+        return self._page(found, limit)
+
+    @staticmethod
+    def _page(found: builtins.list[tuple[Job, float]], limit: int) -> tuple[builtins.list[Job], str | None]:
         page = found[:limit]
         next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(found) > limit and page else None
         return [job for job, _ in page], next_cursor
+
+    def _list_all(self, limit: int, cursor: str | None) -> tuple[builtins.list[Job], str | None]:
+        pos = decode_cursor(cursor) if cursor else None
+        keys = builtins.list(self.redis.scan_iter(match=self.key("*"), count=1000, _type="hash"))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "created_at")
+        prefix = len(self.key(""))
+        created = zip(keys, pipe.execute(), strict=True)
+        rows = sorted(((float(at), _text(key)[prefix:]) for key, at in created if at), reverse=True)
+        if pos is not None:
+            rows = [(score, job_id) for score, job_id in rows if (score, job_id) < pos]
+        rows = rows[: limit + 1]
+        pipe = self.redis.pipeline(transaction=False)
+        for _, job_id in rows:
+            pipe.hgetall(self.key(job_id))
+        found = [(Job.from_redis(raw), score) for (score, _), raw in zip(rows, pipe.execute(), strict=True) if raw]
+        return self._page(found, limit)
 
     # builtins.list: inside the class, `list` is the method above.
     def _after(self, index: str, pos: tuple[float, str] | None, count: int) -> builtins.list[tuple[str, float]]:

@@ -161,40 +161,47 @@ def test_update_sets_removes_and_refreshes_ttl(store, client):
 
 def test_records_expire(client):
     short = JobStore(client, 1)
-    job = short.create(Job(id=new_job_id()))
+    job = short.create(Job(id=new_job_id(), owner="key:me"))
     time.sleep(1.2)
     assert short.get(job.id) is None
     assert short.list() == ([], None)
-    assert client.zcard(JobStore.INDEX) == 0  # the expired id was pruned from the index
+    assert short.list(owner="key:me") == ([], None)
+    assert client.zcard(JobStore.owner_index("key:me")) == 0  # the expired id was pruned from the index
 
 
-def test_list_newest_first_with_cursor(store):
+# With an owner, the owner's index; without one, a scan of every record: both page alike.
+@pytest.mark.parametrize("owner", [None, "key:me"])
+def test_list_newest_first_with_cursor(store, owner):
     now = time.time()
-    ids = [store.create(Job(id=f"job{i:02d}", created_at=now + i)).id for i in range(7)]
-    page, cursor = store.list(limit=3)
-    assert [j.id for j in page] == ids[::-1][:3]
-    page2, cursor2 = store.list(limit=3, cursor=cursor)
-    assert [j.id for j in page2] == ids[::-1][3:6]
+    ids = [store.create(Job(id=f"job{i:02d}", created_at=now + i, owner=owner)).id for i in range(7)]
+    store.create(Job(id="theirs", created_at=now + 3.5, owner="key:them"))
+    ids_listed = ids if owner else [*ids[:4], "theirs", *ids[4:]]  # everyone's: theirs too
+    page, cursor = store.list(limit=3, owner=owner)
+    assert [j.id for j in page] == ids_listed[::-1][:3]
+    page2, cursor2 = store.list(limit=3, cursor=cursor, owner=owner)
+    assert [j.id for j in page2] == ids_listed[::-1][3:6]
     # A job created between pages is newer: it neither shifts nor repeats the older pages.
-    store.create(Job(id="late", created_at=now + 100))
-    page3, cursor3 = store.list(limit=3, cursor=cursor2)
-    assert [j.id for j in page3] == ids[:1] and cursor3 is None
-    assert store.list(limit=1)[0][0].id == "late"
+    store.create(Job(id="late", created_at=now + 100, owner=owner))
+    page3, cursor3 = store.list(limit=3, cursor=cursor2, owner=owner)
+    assert [j.id for j in page3] == ids_listed[::-1][6:] and cursor3 is None
+    assert store.list(limit=1, owner=owner)[0][0].id == "late"
 
 
-def test_list_handles_equal_timestamps_and_expired_entries(store, client):
+@pytest.mark.parametrize("owner", [None, "key:me"])
+def test_list_handles_equal_timestamps_and_expired_entries(store, client, owner):
     now = time.time()
     for name in "abcdef":
-        store.create(Job(id=name, created_at=now))
+        store.create(Job(id=name, created_at=now, owner=owner))
     client.delete(store.key("c"))  # expired meanwhile
     seen, cursor = [], None
     while True:
-        page, cursor = store.list(limit=2, cursor=cursor)
+        page, cursor = store.list(limit=2, cursor=cursor, owner=owner)
         seen += [j.id for j in page]
         if cursor is None:
             break
     assert seen == ["f", "e", "d", "b", "a"]
-    assert client.zscore(JobStore.INDEX, "c") is None
+    if owner:
+        assert client.zscore(JobStore.owner_index(owner), "c") is None
 
 
 @pytest.mark.parametrize(

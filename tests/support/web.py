@@ -42,3 +42,8 @@ def assert_error(response, status, code):
     assert response.is_json, response.get_data(as_text=True)[:200]
     body = response.get_json()
     assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
+
+
+def job_records(client) -> int:
+    """How many job records Redis holds (no key lists every job: this scans for them)."""
+    return sum(1 for _ in client.scan_iter(match="job:*", count=1000, _type="hash"))

@@ -13,10 +13,11 @@ import pytest
 import requests
 from PIL import Image
 
-from shared.jobs import JobStatus, JobStore
+from shared.jobs import JobStatus
 from tests.support.browser import ARGS, CHROMIUM
 from tests.support.env import requires_tool
 from tests.support.photos import photo
+from tests.support.web import job_records
 
 pytestmark = pytest.mark.process  # Chromium
 
@@ -96,7 +97,7 @@ def test_bad_selections_are_refused_whole_and_create_nothing(web_server, redis_u
     assert "2 of the 3 photos" in bad.text and "notes.jpg: The file is not a readable image" in bad.text
     assert "huge.jpg: larger than the 1 MB limit" in bad.text and "fine.jpg" not in bad.text
     store = redis.Redis.from_url(redis_url)
-    assert store.zcard(JobStore.INDEX) == 0 and not list(store.scan_iter("album:*"))
+    assert job_records(store) == 0 and not list(store.scan_iter("album:*"))
     # The form's body may hold 20 photos of MAX_UPLOAD_MB each; the API's stays at one photo.
     big = [(f"big{i}.jpg", jpeg(noise=700_000)) for i in range(3)]
     assert all(600_000 < len(data) < 1024 * 1024 for _, data in big)

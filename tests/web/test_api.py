@@ -16,14 +16,13 @@ import pytest
 import redis
 from PIL import Image
 
-from shared.jobs import JobStore
 from shared.jobs.queue import QUEUE, make_celery
 from shared.settings import Settings
 from shared.storage import open_storage
 from tests.support.env import TEST_SECRET_KEY
 from tests.support.net import closed_port
 from tests.support.photos import photo
-from tests.support.web import assert_error, build, make_settings, png, submit
+from tests.support.web import assert_error, build, job_records, make_settings, png, submit
 from web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +76,7 @@ def assert_nothing_created(app, r):
     svc = app.extensions["narrator"]
     assert svc.storage.list() == []
     assert r.llen(QUEUE) == 0
-    assert r.zcard(JobStore.INDEX) == 0
+    assert job_records(r) == 0
 
 
 def finish(app, job_id, audio=True):
@@ -412,7 +411,7 @@ def test_storage_down(redis_url, s3_env, monkeypatch, r):
     body = ready.get_json()
     assert body["checks"]["redis"] == "ok" and "storage" in body["error"]["message"]
     assert_error(submit(client), 503, "storage_unavailable")
-    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
+    assert r.llen(QUEUE) == 0 and job_records(r) == 0
 
 
 def test_storage_unwritable_folder_is_not_ready(redis_url, tmp_path):
@@ -430,7 +429,7 @@ def test_storage_disk_full_is_503_not_500(app, client, r, monkeypatch):
 
     monkeypatch.setattr(os, "replace", disk_full)  # LocalStorage.put's final rename
     assert_error(submit(client), 503, "storage_unavailable")
-    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
+    assert r.llen(QUEUE) == 0 and job_records(r) == 0
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
@@ -442,7 +441,7 @@ def test_any_storage_error_is_503_not_500(app, client, r, monkeypatch):
 
     monkeypatch.setattr(app.extensions["narrator"].storage, "put", fail)
     assert_error(submit(client), 503, "storage_unavailable")
-    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
+    assert r.llen(QUEUE) == 0 and job_records(r) == 0
 
 
 def test_bucket_is_created_at_start(redis_url, s3_env):

@@ -24,6 +24,7 @@ from shared.jobs.queue import QUEUE, make_celery
 from shared.storage import StorageUnavailable
 from tests.support.net import closed_port
 from tests.support.photos import photo as make_photo
+from tests.support.web import job_records
 from web.jobs import idempotency
 from web.jobs.idempotency import PENDING_TTL, fingerprint, redis_key
 
@@ -108,7 +109,7 @@ def assert_error(reply: Reply, status: int, code: str) -> None:
 
 def counts(app, r) -> tuple[int, int, int]:
     """(job records, queue messages, stored inputs)."""
-    return r.zcard(JobStore.INDEX), r.llen(QUEUE), len(app.extensions["narrator"].storage.list("inputs/"))
+    return job_records(r), r.llen(QUEUE), len(app.extensions["narrator"].storage.list("inputs/"))
 
 
 # --- replays ---------------------------------------------------------------------------------------

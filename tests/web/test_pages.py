@@ -8,11 +8,11 @@ from html.parser import HTMLParser
 
 import pytest
 
-from shared.jobs import JobStore
 from shared.jobs.queue import QUEUE
 from shared.settings import Settings
 from tests.support.env import GENEROUS_RATE_LIMIT, TEST_SECRET_KEY
 from tests.support.photos import photo
+from tests.support.web import job_records
 from web.app import create_app
 
 SAME_ORIGIN = {"Origin": "http://localhost"}  # what a browser sends with a post from our own page
@@ -117,7 +117,7 @@ def test_form_errors_rerender_the_form(app, client, redis_url, send, status, mes
     import redis
 
     r = redis.Redis.from_url(redis_url)
-    assert r.llen(QUEUE) == 0 and r.zcard(JobStore.INDEX) == 0
+    assert r.llen(QUEUE) == 0 and job_records(r) == 0
 
 
 def test_a_form_error_keeps_the_words_and_a_reloadable_address(app, client):

@@ -100,14 +100,29 @@ def test_reads_over_the_limit_get_429_and_health_checks_never(default_limits):
     _, base = default_limits
     job_id = submit(base).json()["id"]
     url = f"{base}/api/v1/jobs/{job_id}"
-    with requests.Session() as http:  # kept-alive connections: 40 reads within a second
-        started = time.monotonic()
-        responses = [http.get(url, timeout=10) for _ in range(50)]
-        assert time.monotonic() - started < 1.0, "too slow to test a per-second limit"
-        # 50 in under a second meet at most two 1-second windows: at most 40 pass.
-        statuses = [r.status_code for r in responses]
-        assert set(statuses) <= {200, 429} and 20 <= statuses.count(200) <= 40, statuses
-        assert_rate_limited(next(r for r in responses if r.status_code == 429))
+    with requests.Session() as http:  # kept-alive connections: many reads within a second
+        # The app's windows are seconds of this host's clock: a read sent and answered within one
+        # second counted in that second's window. Read until one second holds 26 such reads (on
+        # a busy machine a second may hold fewer), each second's other reads being at most one
+        # on each edge (the reads are one after another).
+        per_second: dict[int, list[int]] = {}
+        statuses = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and max(map(len, per_second.values()), default=0) < 26:
+            sent = time.time()
+            response = http.get(url, timeout=10)
+            statuses.append(response.status_code)
+            if int(time.time()) == int(sent):
+                per_second.setdefault(int(sent), []).append(response.status_code)
+            if response.status_code == 429:
+                limited = response
+        assert set(statuses) <= {200, 429}, statuses
+        full = [seen for seen in per_second.values() if len(seen) >= 26]
+        assert full, f"too slow to test a per-second limit: at most {max(map(len, per_second.values()))} reads a second"
+        # 20/second: the window's first reads pass (one read on its edge may have taken a place).
+        assert full[0][:19] == [200] * 19 and full[0].count(200) in (19, 20), full[0]
+        assert all(seen.count(200) <= 20 for seen in per_second.values()), per_second
+        assert_rate_limited(limited)
         # The list, the photo and the audio count against the same budget.
         assert http.get(f"{url}/image", timeout=10).status_code in (200, 429)
         for path in ("/healthz", "/readyz"):

@@ -34,6 +34,7 @@ from shared.webhooks import (
 )
 from tests.support.keys import create_api_key
 from tests.support.photos import photo
+from tests.support.web import job_records
 from tests.support.webhooks import SERVER_SECRET, Receiver, verified
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -383,7 +384,7 @@ def test_invalid_webhook_urls_are_400_and_create_nothing(strict_app, url, says):
     error = response.get_json()["error"]
     assert error["code"] == "invalid_webhook" and says in error["message"], error
     assert not any(answer in error["message"] for answer in ("10.1.2.3", "192.168.0.7"))  # no DNS answer told
-    assert strict_app.extensions["narrator"].redis.zcard("jobs:index") == 0
+    assert job_records(strict_app.extensions["narrator"].redis) == 0
 
 
 def test_a_valid_webhook_is_stored_with_the_job(strict_app):

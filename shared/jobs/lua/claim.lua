@@ -11,7 +11,7 @@
 -- A job that ran before (its worker died) runs alone, so a photo that kills workers cannot take
 -- batch-mates down with it.
 local claimant, limit, first = ARGV[1], tonumber(ARGV[3]), ARGV[4]
-if first ~= '' and not redis.call('ZSCORE', 'jobs:queued', first) then return {} end
+if first ~= '' and redis.call('HGET', 'job:' .. first, 'status') ~= 'queued' then return {} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local lease = now + tonumber(ARGV[2])
@@ -99,11 +99,10 @@ for i, id in ipairs(picked) do
              'batch_size', tostring(#picked))
   if attempts_of[i] > 0 then redis.call('HDEL', key, 'error') end
 end
-local all, turn = {}, nil
+local turn = nil
 for k, o in ipairs(owners_touched) do
   local ids = leaving[o]
   redis.call('ZREM', 'jobs:queued:' .. o, unpack(ids))
-  for _, id in ipairs(ids) do table.insert(all, id) end
   if redis.call('ZCARD', 'jobs:queued:' .. o) == 0 then
     redis.call('ZREM', 'jobs:owners', o)
   elseif claimed_from[o] then  -- to the back of the line, in the order this batch served them
@@ -111,7 +110,6 @@ for k, o in ipairs(owners_touched) do
     redis.call('ZADD', 'jobs:owners', 'XX', turn + k, o)
   end
 end
-redis.call('ZREM', 'jobs:queued', unpack(all))
 if #expired > 0 then redis.call('PUBLISH', 'jobs:changed', table.concat(expired, ' ')) end
 if #picked == 0 then return {{}, expired} end
 local leases = {}

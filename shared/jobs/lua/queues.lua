@@ -1,11 +1,9 @@
 -- Shared by the scripts that put a job in the queue or take it out (cancel, release, reap).
 local function enqueue(id, owner, score)
-  redis.call('ZADD', 'jobs:queued', score, id)
   redis.call('ZADD', 'jobs:queued:' .. owner, score, id)
   redis.call('ZADD', 'jobs:owners', 'NX', 0, owner)  -- a newcomer goes to the front of the line
 end
 local function dequeue(id, owner)
-  redis.call('ZREM', 'jobs:queued', id)
   redis.call('ZREM', 'jobs:queued:' .. owner, id)
   if redis.call('ZCARD', 'jobs:queued:' .. owner) == 0 then redis.call('ZREM', 'jobs:owners', owner) end
 end
