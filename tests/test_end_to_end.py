@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.support.browser import until
 from tests.support.env import requires_tool
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,7 +54,7 @@ def test_upload_a_photo_and_listen_to_its_story(celery_worker_process, web_serve
         assert page.locator("#caption").text_content().strip()
         assert page.locator("#story").text_content().strip()
         # The player's source is a presigned S3 URL behind a redirect; the browser must decode it.
-        page.wait_for_function("document.getElementById('audio').readyState >= 1", timeout=20_000)
+        until(page, "document.getElementById('audio').readyState >= 1", 20)
         assert page.evaluate("document.getElementById('audio').duration") > 0
         assert errors == []
         browser.close()

@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from shared.jobs import JobStatus
-from tests.support.browser import ARGS, CHROMIUM
+from tests.support.browser import ARGS, CHROMIUM, until
 from tests.support.env import requires_tool
 from tests.support.photos import photo
 from tests.support.web import job_records
@@ -162,10 +162,7 @@ def test_a_browser_uploads_three_photos_and_watches_all_finish(web_server, celer
             assert page.request.get(src).headers["content-type"] == "audio/mpeg"
         # The browser can load and decode one of the MP3s it was given.
         page.evaluate("document.querySelector('.album-job audio').load()")
-        for _ in range(100):  # (wait_for_function's string predicate needs an eval the page's CSP refuses)
-            if page.evaluate("document.querySelector('.album-job audio').readyState") >= 1:
-                break
-            page.wait_for_timeout(100)
+        until(page, "document.querySelector('.album-job audio').readyState >= 1", 10)
         assert page.evaluate("document.querySelector('.album-job audio').duration") > 0
         assert page.evaluate("window.sameDocument") is True
         assert problems == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import ARGS, CHROMIUM
+from tests.support.browser import ARGS, CHROMIUM, until
 from tests.support.env import requires_tool
 from tests.support.photos import photo as make_photo
 
@@ -96,7 +96,7 @@ def test_upload_and_watch_the_job_finish(browser, served, photo):
     expect(page.locator("#cancel")).to_be_hidden()
     expect(page.locator("#download")).to_have_attribute("href", audio_url + "?download=1")
     # The browser can actually load and decode the MP3 it was given.
-    page.wait_for_function("document.getElementById('audio').readyState >= 1", timeout=10_000)
+    until(page, "document.getElementById('audio').readyState >= 1", 10)
     assert abs(page.evaluate("document.getElementById('audio').duration") - 0.5) < 0.2
     assert page.evaluate("window.sameDocument") is True
     assert problems == []

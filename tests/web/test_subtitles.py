@@ -4,7 +4,6 @@ HTTP (moto), the web app on a real HTTP server, and the job page's read-along in
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -13,20 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.audio import decoded_seconds, parse_vtt
+from tests.support.browser import ARGS as BROWSER_ARGS
+from tests.support.browser import CHROMIUM, until
 from tests.support.env import requires_tool
 from tests.support.photos import photo
 from worker.engine.speech_text import normalize_text
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+ARGS = [*BROWSER_ARGS, "--autoplay-policy=no-user-gesture-required"]
 
 
 def http(method: str, url: str, photo: bytes | None = None) -> tuple[int, dict, bytes]:
@@ -96,16 +88,6 @@ def browser():
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield browser
         browser.close()
-
-
-def until(page, expression: str, timeout: float = 10.0):
-    """Poll a JS expression until it is truthy (wait_for_function would need eval, which the CSP forbids)."""
-    deadline = time.monotonic() + timeout
-    while not (value := page.evaluate(expression)):
-        if time.monotonic() > deadline:
-            pytest.fail(f"still false after {timeout}s: {expression}")
-        time.sleep(0.02)
-    return value
 
 
 HIGHLIGHT = "document.querySelector('#story .speaking')"
