@@ -23,6 +23,7 @@ one, run_wakeup finishes inline and answers every job's final status.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -448,8 +449,12 @@ def tidy_other_runs(storage: Storage, job: Job) -> None:
 
 def storage_retry(seconds: float) -> Callable:
     """Run a storage call, retrying StorageUnavailable with backoff for up to `seconds` in all (the
-    heartbeat keeps the jobs' leases alive meanwhile); then the last error is raised."""
+    heartbeat keeps the jobs' leases alive meanwhile); then the last error is raised.
+
+    One retry object serves a batch, whose calls run in parallel and meet the same outage: it warns
+    once, not once per photo and per retry."""
     deadline = time.monotonic() + seconds
+    warned = threading.Event()
 
     def call(action):
         delay = 0.5
@@ -459,7 +464,11 @@ def storage_retry(seconds: float) -> Callable:
             except StorageUnavailable as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("storage unavailable (%s); retrying in %.1fs", exc, delay)
+                if warned.is_set():
+                    log.debug("storage unavailable (%s); retrying in %.1fs", exc, delay)
+                else:
+                    warned.set()
+                    log.warning("storage unavailable (%s); retrying for up to %.0fs", exc, deadline - time.monotonic())
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 

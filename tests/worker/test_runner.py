@@ -4,6 +4,7 @@ engines where the test is about timing: a batch finishing in the background whil
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 
@@ -265,13 +266,14 @@ def wait_until(condition, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def test_a_batch_that_cannot_read_its_photos_goes_back_to_the_queue(store, storage, engine):
+def test_a_batch_that_cannot_read_its_photos_goes_back_to_the_queue(store, storage, engine, caplog):
     """Storage down as a batch reads its photos (STORAGE_RETRY_SECONDS at its default, 120): within
     seconds its jobs are queued again as they were (no attempt counted, no error, no stage), and the
     worker, holding none of them, waits for storage rather than claim them again at once; once storage
     answers, it stops waiting, and the next wake-up runs them."""
     settings = Settings(worker_batch_size=4)
     assert settings.storage_retry_seconds == 120
+    caplog.set_level(logging.INFO, logger="worker.runner")
     ids = [submit(store, storage, jpeg(size=(40 + i, 30))) for i in range(3)]
     outage, beat, answers = Outage(storage), heartbeat_for(store, settings), []
     kwargs = dict(store=store, storage=outage, engine=engine, heartbeat=beat, settings=settings)
@@ -283,6 +285,9 @@ def test_a_batch_that_cannot_read_its_photos_goes_back_to_the_queue(store, stora
         return all(job.runs == 1 and job.status is JobStatus.QUEUED for job in jobs)
 
     wait_until(handed_back, timeout=READ_RETRY_SECONDS + 5)
+    # Three photos read in parallel, each retried for seconds: one warning for the batch's outage.
+    outage_lines = [r for r in caplog.records if "storage unavailable" in r.getMessage()]
+    assert [r.levelno for r in outage_lines] == [logging.WARNING], [r.getMessage() for r in outage_lines]
     for job in (store.get(job_id) for job_id in ids):
         assert (job.attempts, job.error, job.stage, job.worker, job.started_at) == (0, None, None, None, None)
     assert sorted(store.queued_ids(10)) == sorted(ids) and store.notified == []
