@@ -8,8 +8,8 @@ Every HEARTBEAT_SECONDS it
   MAX_ATTEMPTS; every queued job whose wake-up was lost (Redis restarted, a worker died holding
   it) gets a new one.
 
-A heartbeat that stops (its thread died, or a round has hung for a lease) cannot keep leases: the
-worker then exits (code 70) rather than take jobs it cannot hold, so the other workers reap its jobs
+A heartbeat that stops (its thread died, or a round has made no progress for two leases) cannot
+keep leases: the worker then exits (code 70) rather than take jobs it cannot hold, so the other workers reap its jobs
 and a supervisor starts it again.
 
 On SIGTERM (`stop`) the worker takes no new jobs; a batch still held after WORKER_STOP_GRACE
@@ -56,7 +56,10 @@ class Heartbeat:
         self._held: dict[str, list[str]] = {}  # claimant -> job ids
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._round_started = time.monotonic()
+        # When the heartbeat last showed progress (a round started, a step of one ended). Two leases,
+        # not one, before it counts as hung: a Redis failover holds each call of a round in its
+        # client's retries for up to about 10 s (worker/context.py), longer than a short lease.
+        self._alive_at = time.monotonic()
 
     def new_claimant(self) -> str:
         # One per batch: a late write of an earlier run of this worker cannot pass for this one.
@@ -76,8 +79,8 @@ class Heartbeat:
         if thread is not None and self.state != "stopped":
             if not thread.is_alive():
                 self._exit("the heartbeat thread died")
-            if time.monotonic() - self._round_started > self.settings.lease_seconds:
-                self._exit(f"no heartbeat for over LEASE_SECONDS ({self.settings.lease_seconds:g}s)")
+            if time.monotonic() - self._alive_at > 2 * self.settings.lease_seconds:
+                self._exit(f"no heartbeat for over two leases ({2 * self.settings.lease_seconds:g}s)")
         return True
 
     def _exit(self, why: str) -> None:
@@ -101,9 +104,11 @@ class Heartbeat:
             held = {claimant: list(ids) for claimant, ids in self._held.items()}
         for claimant, ids in held.items():
             lost = self.store.renew(claimant, ids, self.settings.lease_seconds)
+            self._alive_at = time.monotonic()
             if lost:
                 log.info("no longer holding %s (canceled, or taken back)", ", ".join(sorted(lost)))
         self.announce(sum(len(ids) for ids in held.values()))
+        self._alive_at = time.monotonic()
         if self.store.redis.set(REAPER_LOCK, self.worker, nx=True, px=int(self.settings.heartbeat_seconds * 900)):
             self.reap()
 
@@ -166,7 +171,7 @@ class Heartbeat:
     def _run(self) -> None:
         try:
             while self.state != "stopped":
-                started = self._round_started = time.monotonic()
+                started = self._alive_at = time.monotonic()
                 try:
                     self.beat()
                 except RedisError as exc:  # Redis restarting: the next beat tries again
