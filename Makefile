@@ -51,10 +51,11 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 REQUIRE_SYSTEM_TOOLS=1
 TEST_PROCESSES ?= $(shell echo $$(( $$(nproc) + 1 )))
 ## test: install, start what the tests need, run every test (none may skip for a missing tool):
 ## most in parallel (one process per core), then those that time real processes, alone
-## (--dist loadgroup: a module whose tests share one worker process, xdist_group, runs in one process)
+## (--dist loadgroup: a module whose tests share one worker process, xdist_group, runs in one process);
+## each part ends with its slowest tests, so a CI log says where the time went
 test: setup test-deps redis lint
-	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not serial"
-	$(TEST_ENV) $(PY) -m pytest -q -m serial
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not serial" --durations=15
+	$(TEST_ENV) $(PY) -m pytest -q -m serial --durations=7
 
 ## test-fast: the tests that start no worker, server, CLI or browser process and take seconds (under
 ## 2 minutes on 2 cores); `make test` runs them too, with everything else
