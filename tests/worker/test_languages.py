@@ -154,6 +154,7 @@ def test_bad_languages_stop_the_engine_at_start(tiny_models_dir, voices):
     assert without.languages.locations == {"eng": str(tiny_models_dir / "speech")}  # unset: English only
 
 
+@pytest.mark.process  # the tiny-model builder, as a command
 def test_the_cli_builds_a_voice_per_language(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "worker.tiny_models", "--out", str(tmp_path), "--languages", "deu,hin"],
