@@ -55,14 +55,28 @@ def pytest_collection_modifyitems(config, items) -> None:
 # --- models -------------------------------------------------------------------------------------------
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder `build` fills, once per test run: xdist's workers share it (the first one builds it,
+    the others wait for it), so what is built must only ever be read."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.getbasetemp().parent / name  # this run's folder, above each worker's
+    else:
+        out = tmp_path_factory.mktemp(name)
+    with FileLock(f"{out}.lock"):
+        if not (out / ".built").exists():
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
-    """Random-weight BLIP, Qwen2 and VITS models, built offline once per test session."""
+    """Random-weight BLIP, Qwen2 and VITS models, built offline once per test run."""
     from worker.tiny_models import build_all
 
-    out = tmp_path_factory.mktemp("tiny-models")
-    build_all(out, seed=0)
-    return out
+    return built_once(tmp_path_factory, "tiny-models", lambda out: build_all(out, seed=0))
 
 
 # --- Redis --------------------------------------------------------------------------------------------

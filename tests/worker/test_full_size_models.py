@@ -4,11 +4,12 @@ a worst-case workload (nothing stops early) that still decodes to words and spea
 from __future__ import annotations
 
 import json
-import os
 import re
+from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import built_once
 from worker.engine.story_text import clean_story
 
 pytestmark = pytest.mark.slow  # the full-size model builder
@@ -21,20 +22,13 @@ FORTY_WORDS = (
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """One build per test run, through the command line: xdist's workers share it (the first builds)."""
-    from filelock import FileLock
-
+    """One build per test run, through the command line."""
     from worker.tiny_models.__main__ import main
 
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        out = tmp_path_factory.getbasetemp().parent / "full-size"  # this run's folder, above each worker's
-    else:
-        out = tmp_path_factory.mktemp("full-size")
-    with FileLock(f"{out}.lock"):
-        if not (out / "built").exists():
-            assert main(["--full-size", "--layers", "1", "--out", str(out), "--no-report"]) == 0
-            (out / "built").touch()
-    return out
+    def build(out: Path) -> None:
+        assert main(["--full-size", "--layers", "1", "--out", str(out), "--no-report"]) == 0
+
+    return built_once(tmp_path_factory, "full-size", build)
 
 
 def config(models, part: str, *keys: str, section: str | None = None) -> dict:
