@@ -209,3 +209,10 @@ class Supervisor:
         self._thread.join()
         for worker in self.workers:
             worker.kill()
+
+
+def timed_run(command: list[str], cwd: Path, env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a command to its end (output captured); with the seconds it took."""
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started

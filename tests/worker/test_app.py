@@ -59,11 +59,11 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
     within 30 s (on a slower machine: within one probe of the same worker started offline), records
     the error for /readyz, and exits instead of failing every job."""
     import socket
-    import time
 
     import redis
 
     from shared.jobs.workers import last_model_error
+    from tests.support.servers import timed_run
     from worker.engine.hub import PROBE_TIMEOUT
 
     blackhole = socket.create_server(("127.0.0.1", 0))
@@ -80,21 +80,10 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
         HF_HUB_DISABLE_TELEMETRY="1",
     )
 
-    def worker(**extra: str) -> tuple[subprocess.CompletedProcess, float]:
-        started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"],
-            cwd=ROOT,
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        return result, time.monotonic() - started
-
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"]
     # The same worker offline (no probe): what its start costs on this machine right now.
-    offline, offline_took = worker(HF_HUB_OFFLINE="1")
-    result, took = worker()
+    offline, offline_took = timed_run(command, ROOT, {**env, "HF_HUB_OFFLINE": "1"}, timeout=90)
+    result, took = timed_run(command, ROOT, env, timeout=90)
     blackhole.close()
     print(
         f"\nmodels unreachable: the worker stopped after {took:.1f}s (process start included; "
