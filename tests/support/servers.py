@@ -216,3 +216,12 @@ def timed_run(command: list[str], cwd: Path, env: dict, timeout: float) -> tuple
     started = time.monotonic()
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return result, time.monotonic() - started
+
+
+def within_one_probe(limit: float, offline_seconds: float) -> float:
+    """How long a command that probes the model hub once may take: the issue's `limit`, or on a machine
+    too slow or busy for it, the same command's offline run (which never probes) twice over, plus the
+    probe's deadline (two runs of one command on a busy machine differ by more than a few seconds)."""
+    from worker.engine.hub import PROBE_TIMEOUT
+
+    return max(limit, 2 * offline_seconds + PROBE_TIMEOUT)
