@@ -22,8 +22,8 @@ one, run_wakeup finishes inline and answers every job's final status.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -454,7 +454,7 @@ def storage_retry(seconds: float) -> Callable:
     One retry object serves a batch, whose calls run in parallel and meet the same outage: it warns
     once, not once per photo and per retry."""
     deadline = time.monotonic() + seconds
-    warned = threading.Event()
+    retries = itertools.count()  # next() is atomic: the first of the batch's retries warns, whichever thread
 
     def call(action):
         delay = 0.5
@@ -464,10 +464,9 @@ def storage_retry(seconds: float) -> Callable:
             except StorageUnavailable as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                if warned.is_set():
+                if next(retries):
                     log.debug("storage unavailable (%s); retrying in %.1fs", exc, delay)
                 else:
-                    warned.set()
                     log.warning("storage unavailable (%s); retrying for up to %.0fs", exc, deadline - time.monotonic())
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
