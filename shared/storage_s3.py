@@ -23,9 +23,13 @@ PROBE_READ_TIMEOUT = 3.0
 UNREACHABLE_HOLD = 2.0
 
 
-def client_timeouts(settings: Settings) -> dict:
+def client_options(settings: Settings) -> dict:
     """botocore Config arguments of every S3 call of this process (the readiness probe aside)."""
     return {
+        # A worker reads a batch's photos while the batch before uploads its results, 8 calls at a
+        # time each (worker/runner.py, STORAGE_THREADS): botocore's default pool of 10 connections
+        # made urllib3 close the extra ones after each call (and warn), so each opened a new one.
+        "max_pool_connections": 32,
         "connect_timeout": settings.s3_connect_timeout,
         "read_timeout": settings.s3_read_timeout,
         "retries": {"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
@@ -54,14 +58,14 @@ class S3Storage(Storage):
         # SigV4 everywhere: newer regions and MinIO refuse the legacy presigned-URL signature.
         signing = {"signature_version": "s3v4"}
         session = boto3.session.Session()
-        timeouts = client_timeouts(settings or get_settings())
-        self._client = session.client("s3", config=Config(s3=s3_opts, **signing, **timeouts))  # callers retry on top
+        options = client_options(settings or get_settings())
+        self._client = session.client("s3", config=Config(s3=s3_opts, **signing, **options))  # callers retry on top
         # Browsers may reach the server under another name than the services do (compose's
         # "minio:9000" vs localhost:9000): presigned URLs are signed for the public name.
         public = public_endpoint_url or os.environ.get("PUBLIC_S3_ENDPOINT_URL")
         self._signer = (
             session.client(
-                "s3", endpoint_url=public, config=Config(s3={"addressing_style": "path"}, **signing, **timeouts)
+                "s3", endpoint_url=public, config=Config(s3={"addressing_style": "path"}, **signing, **options)
             )
             if public
             else self._client
@@ -70,8 +74,8 @@ class S3Storage(Storage):
         self._probe = session.client(
             "s3",
             config=Config(
-                connect_timeout=min(PROBE_CONNECT_TIMEOUT, timeouts["connect_timeout"]),
-                read_timeout=min(PROBE_READ_TIMEOUT, timeouts["read_timeout"]),
+                connect_timeout=min(PROBE_CONNECT_TIMEOUT, options["connect_timeout"]),
+                read_timeout=min(PROBE_READ_TIMEOUT, options["read_timeout"]),
                 s3=s3_opts,
                 retries={"mode": "standard", "total_max_attempts": 1},
                 **signing,

@@ -224,3 +224,21 @@ def test_s3_timeouts_are_settings_read_from_their_environment_variables(monkeypa
     monkeypatch.setenv("S3_MAX_ATTEMPTS", "0")
     with pytest.raises(ValidationError, match="s3_max_attempts"):
         Settings()
+
+
+def test_a_batch_s_reads_beside_the_last_batch_s_uploads_keep_their_connections(s3_env, caplog):
+    """A worker reads 8 photos while 8 results upload (worker/runner.py, STORAGE_THREADS each): with
+    botocore's default pool of 10, urllib3 closed the extra connections after every call and warned."""
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.runner import STORAGE_THREADS
+
+    storage = open_storage(s3_env)
+    storage.ensure_ready()
+    storage.put("photo", b"x" * 1000)
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with ThreadPoolExecutor(2 * STORAGE_THREADS) as pool:
+        for _ in range(3):
+            list(pool.map(lambda i: storage.get("photo") if i % 2 else storage.put(f"out/{i}", b"y"), range(32)))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == []
