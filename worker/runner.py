@@ -135,13 +135,15 @@ def run_wakeup(
             )
         )
     if run.handed_back:
-        # No wake-up is sent for the jobs handed back: they kept their place in the queue (oldest
-        # first), so the next wake-up of any queued job claims them, their batch-mates' wake-ups are
-        # still in the broker, and the reaper wakes queued jobs whenever the broker runs dry. A
-        # wake-up per job here would multiply messages with every batch handed back in an outage.
         # A deployment that does not retry storage (STORAGE_RETRY_SECONDS=0) does not wait for it either.
         wait = min(settings.storage_retry_seconds, STORAGE_WAIT_SECONDS)
         wait_for_storage(storage, run.handed_back[0], wait, heartbeat)
+        # The claim dropped their waiting wake-ups (shared/jobs/lua/claim.lua): each gets one again,
+        # once storage answers (or the wait ends); failing that, the reaper's lost wake-up check.
+        try:
+            heartbeat.wake([job.id for job in run.handed_back])
+        except Exception as exc:
+            log.warning("could not wake the jobs handed back (%s); the reaper will", exc)
     return outcomes
 
 

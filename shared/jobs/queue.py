@@ -1,7 +1,8 @@
 """Celery configuration shared by the web front end (which only sends) and the workers.
 
 Messages are wake-ups: each names a job id, and the worker that takes one acknowledges it at once
-and claims queued jobs from the job store (that job first). Nothing depends on a message surviving:
+and claims queued jobs from the job store (that job first); the claim drops the batch's other
+wake-ups still waiting (shared/jobs/lua/claim.lua), spent now. Nothing depends on a message surviving:
 the job record in Redis is the truth, and the workers' reaper sends a new wake-up for any queued job
 whose message was lost. So there are no late acks, no visibility timeouts to tune, no parked retries.
 

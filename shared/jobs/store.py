@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from shared.jobs.queue import QUEUE
 from shared.jobs.schema import Job, JobStatus, Stage, _text, decode_cursor, encode, encode_cursor
 
 LUA = Path(__file__).with_name("lua")
@@ -198,8 +199,8 @@ class JobStore:
         each leased for `lease_seconds`; their records as claimed. A job that already ran once is
         only ever taken alone; a wake-up whose job is no longer queued claims nothing."""
         if limit <= 0 or (first and _text(self.redis.hget(self.key(first), "status")) != JobStatus.QUEUED.value):
-            return []  # most wake-ups of a busy queue: their job went with an earlier one's batch
-        result = self._scripts["claim"](args=[claimant, lease_seconds, limit, first or "", EXPIRED_MESSAGE])
+            return []  # its job went with an earlier batch (whose claim found this wake-up delivered already)
+        result = self._scripts["claim"](args=[claimant, lease_seconds, limit, first or "", EXPIRED_MESSAGE, QUEUE])
         ids, expired = result if result else ([], [])
         if not ids and not expired:
             return []

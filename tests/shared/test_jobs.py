@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -413,6 +414,32 @@ def test_a_wakeup_whose_job_was_taken_claims_nothing(store):
     # jobs[1]'s own wake-up arrives: its job is running, so it claims nothing (jobs[2] has a wake-up of its own)
     assert store.claim("w2", limit=2, first=jobs[1].id) == []
     assert store.claim("w2", limit=2, first=jobs[2].id) == [jobs[2].id]
+
+
+def test_a_claim_drops_its_batch_s_own_waiting_wakeups_and_no_other(store, client, redis_url):
+    """Celery's own messages, as the web and the reaper send them: a wake-up naming a job the batch
+    took would only cost a worker a delivery to find its job gone; the others stay, a rerun's too."""
+    from shared.jobs.queue import QUEUE, make_celery, wake
+    from shared.settings import Settings
+
+    now = time.time()
+    rerun = make(store, created_at=now - 1)
+    store.claim("dead", first=rerun.id, lease_seconds=0.05)
+    jobs = [make(store, created_at=now + i) for i in range(5)]
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3) == ([rerun.id], [])
+    celery = make_celery(Settings(redis_url=redis_url))
+    wake(celery, [job.id for job in jobs[:3]], first=True)  # the web's, at each submit
+    wake(celery, [rerun.id])  # the reaper's
+    wake(celery, [job.id for job in jobs[3:]], first=True)
+    assert client.rpop(QUEUE)  # the worker took jobs[0]'s wake-up: it claims with it
+
+    assert store.claim("w1", limit=3, first=jobs[0].id) == [job.id for job in jobs[:3]]  # the rerun waits
+    waiting = [json.loads(message)["headers"]["argsrepr"] for message in client.lrange(QUEUE, 0, -1)]
+    assert sorted(waiting) == sorted(repr([i]) for i in (jobs[3].id, jobs[4].id, rerun.id))
+    # their wake-ups lie behind the rerun's, not at the tail: each is removed where it lies
+    assert store.claim("w2", limit=3, first=jobs[3].id) == [jobs[3].id, jobs[4].id]
+    assert [json.loads(m)["headers"]["argsrepr"] for m in client.lrange(QUEUE, 0, -1)] == [repr([rerun.id])]
 
 
 def test_a_claim_costs_the_same_whatever_the_number_of_owners_waiting(store, client):

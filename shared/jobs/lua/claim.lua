@@ -1,5 +1,6 @@
 -- queued -> running: a batch for one run (the claimant); queued -> failed: a job met past its deadline.
--- ARGV: claimant, lease seconds, limit, first id ("" = none), the error of an expired job.
+-- ARGV: claimant, lease seconds, limit, first id ("" = none), the error of an expired job, the
+-- broker's list of waiting wake-ups ("" = leave it alone).
 -- Returns {claimed ids, expired ids}. A job whose `deadline_at` passed before any run took it never
 -- runs: it fails here, as it is met, and takes no place in the batch.
 --
@@ -119,4 +120,27 @@ for _, id in ipairs(picked) do
 end
 redis.call('ZADD', 'jobs:running', unpack(leases))
 redis.call('PUBLISH', 'jobs:changed', table.concat(picked, ' '))
+
+-- The batch's own wake-ups are spent now: each would cost a worker a delivery (and kombu its
+-- bookkeeping) only to read that its job is no longer queued. Drop those still waiting. Kombu hands
+-- its list out from the tail, oldest first, and a batch takes the oldest jobs, so they lie among the
+-- last 2 x limit messages; one further in, or naming a job outside the batch (a rerun's), stays, and so
+-- does one whose task arguments (Celery's `argsrepr` header) read differently.
+local wakeups = ARGV[6]
+if wakeups and wakeups ~= '' then
+  local batch = {}
+  for _, id in ipairs(picked) do batch[id] = true end
+  local label = '"argsrepr": "[\''
+  local window = redis.call('LRANGE', wakeups, -2 * limit, -1)
+  local tail = 0  -- the batch's wake-ups at the very tail go in one LTRIM; one further in, by value
+  for i = #window, 1, -1 do
+    local message = window[i]
+    local at = string.find(message, label, 1, true)  -- a plain search: a pattern would try every byte
+    local id = at and string.match(message, "^([%w_%-]+)'%]\"", at + #label)
+    if id and batch[id] then
+      if tail == #window - i then tail = tail + 1 else redis.call('LREM', wakeups, -1, message) end
+    end
+  end
+  if tail > 0 then redis.call('LTRIM', wakeups, 0, -tail - 1) end
+end
 return {picked, expired}
