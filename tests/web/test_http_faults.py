@@ -231,12 +231,19 @@ def test_bad_images_are_refused_through_the_decoding_threads(local_server, r):
         (png((8001, 5000), mode="1"), 413, "too_many_pixels"),
         (jpeg[: len(jpeg) // 2], 415, "truncated_image"),
     ]
+    logged = local_server.log.stat().st_size
     for data, status, code in cases:
         got, body, _ = local_server.submit(data)
         assert got == status and f'"{code}"'.encode() in body, body
     got, body, _ = local_server.submit(jpeg)
     assert got == 202, body
     assert jobs_created(r) == 1
+    # A refused photo is the client's mistake, not the server's: its access-log line, no traceback
+    # (gevent's pool prints one for every exception its threads raise).
+    with local_server.log.open("rb") as log:
+        log.seek(logged)
+        lines = log.read().decode(errors="replace").splitlines()
+    assert not [line for line in lines if "Traceback" in line or "Error" in line], lines
 
 
 # --- storage that hangs --------------------------------------------------------------------------

@@ -137,8 +137,20 @@ def _off_the_event_loop(func, *args):
     if monkey is not None and monkey.is_module_patched("socket"):
         import gevent
 
-        return gevent.get_hub().threadpool.apply(func, args)
+        # The error comes back as a value and is raised here: gevent's pool prints a traceback for
+        # every exception its threads raise, and a photo that is not one is the client's mistake.
+        result, error = gevent.get_hub().threadpool.apply(_caught, (func, args))
+        if error is not None:
+            raise error
+        return result
     return func(*args)
+
+
+def _caught(func, args):
+    try:
+        return func(*args), None
+    except Exception as exc:
+        return None, exc
 
 
 def validate_image(data: bytes, max_pixels: int) -> str:
