@@ -50,16 +50,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.process)
-    # Longest first: xdist hands tests out in collection order, so the slow modules collected last (the
-    # full-size models in tests/worker/) ran on at the end while the other test processes sat idle.
-    # Modules with a `slow` test go first, then those with a `process` test; a module's tests stay
-    # together (its module-scoped servers start once) and in their order.
-    rank: dict[str, int] = {}
-    for item in items:
-        weight = 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("process") else 2
-        module = item.nodeid.split("::", 1)[0]
-        rank[module] = min(rank.get(module, weight), weight)
-    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
 
 
 # --- models -------------------------------------------------------------------------------------------
