@@ -52,9 +52,14 @@ TEST_PROCESSES ?= $(shell echo $$(( $$(nproc) + 1 )))
 ## test: install, start what the tests need, run every test (none may skip for a missing tool):
 ## most in parallel (one process per core), then those that time real processes, alone
 ## (--dist loadgroup: a module whose tests share one worker process, xdist_group, runs in one process);
-## each part ends with its slowest tests, so a CI log says where the time went
-test: setup test-deps redis lint
-	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not serial" --durations=15
+## each part ends with its slowest tests, so a CI log says where the time went. The linters (mypy: 16 s
+## on a clean clone) run beside the parallel part, whose tests spend part of their time waiting; their
+## output follows that part's, and their failure fails the target all the same.
+test: setup test-deps redis
+	@$(MAKE) --no-print-directory lint > .lint.log 2>&1 & lint=$$!; \
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not serial" --durations=15; tests=$$?; \
+	wait $$lint; linted=$$?; cat .lint.log; rm -f .lint.log; \
+	[ $$linted -eq 0 ] || echo "make test: lint failed" >&2; [ $$tests -eq 0 ] && [ $$linted -eq 0 ]
 	$(TEST_ENV) $(PY) -m pytest -q -m serial --durations=7
 
 ## test-fast: the tests that start no worker, server, CLI or browser process and take seconds (under

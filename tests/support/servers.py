@@ -141,13 +141,13 @@ def _close(sock: socket.socket) -> None:
 
 class Worker:
     """`celery -A worker.app worker --pool solo` as a separate process, logging to a file; with
-    TEST_FAULT_HOOKS=1 in `env`, `celery -A tests.support.fault_app ...`, the same worker with faults
-    on demand (tests/support/fault_app.py). `prefix` runs it through another command that execs it (e.g.
+    TEST_FAULT_HOOKS=1 in `env`, `celery -A tests.fault_app ...`, the same worker with faults
+    on demand (tests/fault_app.py). `prefix` runs it through another command that execs it (e.g.
     `ip netns exec NS`, so `pid` is the worker's)."""
 
     def __init__(self, env: dict, logdir: Path, name: str, prefix: tuple[str, ...] = ()):
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        app = "tests.support.fault_app" if env.get("TEST_FAULT_HOOKS") == "1" else "worker.app"
+        app = "tests.fault_app" if env.get("TEST_FAULT_HOOKS") == "1" else "worker.app"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [*prefix, *celery_worker_command(f"{name}@%h", app)],

@@ -67,9 +67,16 @@ def assert_one_clear_line(result: subprocess.CompletedProcess, *expected: str) -
         assert text in lines[0], lines[0]
 
 
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, float]:
+    """The same command offline, once for the module: what the imports and checks cost on this machine."""
+    return train_without_hub(tmp_path_factory.mktemp("offline"), f"http://127.0.0.1:{free_port()}", offline=True)
+
+
 @pytest.mark.process  # the bound is against the offline run measured beside it, so a busy machine is fine
 @pytest.mark.parametrize("hub", ["refused", "blackholed"])
-def test_no_hub_is_one_line_and_exit_2_within_seconds(tmp_path, hub):
+def test_no_hub_is_one_line_and_exit_2_within_seconds(tmp_path, hub, offline_run):
+    offline, offline_seconds = offline_run
     with socket.socket() as sock:
         if hub == "blackholed":  # accepts connections (the kernel's backlog) and never answers
             sock.bind(("127.0.0.1", 0))
@@ -77,8 +84,6 @@ def test_no_hub_is_one_line_and_exit_2_within_seconds(tmp_path, hub):
             endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
         else:
             endpoint = f"http://127.0.0.1:{free_port()}"
-        # The same command offline: what the imports and checks cost on this machine right now.
-        offline, offline_seconds = train_without_hub(tmp_path, endpoint, offline=True)
         result, seconds = train_without_hub(tmp_path, endpoint)
     print(
         f"\ntraining with the hub {hub}: exit {result.returncode} after {seconds:.2f} s "

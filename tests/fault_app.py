@@ -1,6 +1,6 @@
 """The GPU worker with faults on demand, for the fault tests only:
 
-    celery -A tests.support.fault_app worker --pool solo ...     (from the repository root)
+    celery -A tests.fault_app worker --pool solo ...     (from the repository root)
 
 It is worker.app itself, with two of the runner's steps wrapped, so production code knows no test
 photo name. A photo uploaded as
