@@ -73,7 +73,7 @@ def offline_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, float]:
     return train_without_hub(tmp_path_factory.mktemp("offline"), f"http://127.0.0.1:{free_port()}", offline=True)
 
 
-@pytest.mark.process  # the bound is against the offline run measured beside it, so a busy machine is fine
+@pytest.mark.process  # the bound is against the offline run measured in the same module: a busy machine is fine
 @pytest.mark.parametrize("hub", ["refused", "blackholed"])
 def test_no_hub_is_one_line_and_exit_2_within_seconds(tmp_path, hub, offline_run):
     offline, offline_seconds = offline_run
