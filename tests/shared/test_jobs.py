@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from shared.jobs import Job, JobStatus, JobStore, Stage, decode_cursor, new_job_id
+from shared.jobs.store import created_score
 
 TTL = 600
 
@@ -316,6 +317,45 @@ def test_release_hands_a_job_back_without_counting_the_attempt(store):
     back = store.get(job.id)
     assert back.status is JobStatus.QUEUED and back.attempts == 0 and back.caption is None
     assert store.queued_ids(10) == [job.id]
+
+
+def test_queue_and_index_scores_are_whole_microseconds_and_a_job_goes_back_to_its_own(store, client):
+    job = make(store, owner="key:a")
+    score = created_score(job.created_at)
+    assert score == int(score) and abs(score / 1e6 - job.created_at) < 1e-6
+    assert client.zscore(JobStore.owner_queue("key:a"), job.id) == score
+    assert client.zscore(JobStore.owner_index("key:a"), job.id) == score
+    # Stored as a number, not as text: a listpack keeps an integer as one (the reason for them).
+    assert client.object("encoding", JobStore.owner_queue("key:a")) == b"listpack"
+    store.claim("w1", first=job.id)
+    assert store.release(job.id, "w1")  # back at its old place: the same score, from the record
+    assert client.zscore(JobStore.owner_queue("key:a"), job.id) == score
+    store.claim("dead", first=job.id, lease_seconds=0.05)
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3) == ([job.id], [])
+    assert client.zscore(JobStore.owner_queue("key:a"), job.id) == score
+
+
+def test_entries_scored_in_seconds_from_before_microseconds_keep_their_order(store, client):
+    """An upgrade meets queues and indexes whose scores are seconds: they are older than any new
+    job, and sort below every microsecond score, so they still come first in a queue and last in a
+    listing; the index trim drops only those older than a record can be, in seconds."""
+    now = time.time()
+    old_queued = store.create(Job(id="old-queued", owner="key:a", created_at=now - 60))
+    client.zadd(JobStore.owner_queue("key:a"), {old_queued.id: old_queued.created_at})  # as stored before
+    client.zadd(JobStore.owner_index("key:a"), {old_queued.id: old_queued.created_at})
+    stale = store.create(Job(id="stale", owner="key:a", created_at=now - 3 * TTL, status=JobStatus.SUCCEEDED))
+    client.zadd(JobStore.owner_index("key:a"), {stale.id: stale.created_at})
+    new = [store.create(Job(id=f"new{i}", owner="key:a", created_at=now + i)).id for i in range(3)]
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list(limit=2, cursor=cursor, owner="key:a")
+        seen += [j.id for j in page]
+        if cursor is None:
+            break
+    assert seen == [*new[::-1], "old-queued"]
+    assert client.zscore(JobStore.owner_index("key:a"), "stale") is None
+    assert store.claim("w1", limit=2) == ["old-queued", "new0"]  # the queue: oldest first, either way
 
 
 def test_batches_are_filled_round_robin_across_owners(store):

@@ -1,5 +1,8 @@
 -- Shared by the scripts that put a job in the queue or take it out (cancel, release, reap).
-local function enqueue(id, owner, score)
+-- A job goes back at its old place: its creation time (the record's created_at, in seconds) in whole
+-- microseconds, as store.create scores it (created_score, shared/jobs/store.py).
+local function enqueue(id, owner, created_at)
+  local score = string.format('%d', math.floor((tonumber(created_at) or 0) * 1e6 + 0.5))
   redis.call('ZADD', 'jobs:queued:' .. owner, score, id)
   redis.call('ZADD', 'jobs:owners', 'NX', 0, owner)  -- a newcomer goes to the front of the line
 end

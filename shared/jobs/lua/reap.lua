@@ -25,7 +25,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', 'jobs:running', '-inf', now, 'LI
       -- what the lost run published is gone with it
       redis.call('HDEL', key, 'started_at', 'caption', 'story', 'timings')
       redis.call('HSET', key, 'status', 'queued')
-      enqueue(id, owner_name(s[3], s[6]), s[4] or '0')
+      enqueue(id, owner_name(s[3], s[6]), s[4])
       table.insert(requeued, id)
     end
     redis.call('EXPIRE', key, tonumber(ARGV[3]))

@@ -9,6 +9,6 @@ redis.call('ZREM', 'jobs:running', id)
 -- what the interrupted run published is gone with it
 redis.call('HDEL', key, 'worker', 'stage', 'started_at', 'caption', 'story', 'timings')
 redis.call('HSET', key, 'status', 'queued', 'attempts', tostring(math.max(0, (tonumber(s[2] or '1') or 1) - 1)))
-enqueue(id, owner_name(s[3], s[5]), s[4] or '0')
+enqueue(id, owner_name(s[3], s[5]), s[4])
 redis.call('PUBLISH', 'jobs:changed', id)
 return 1
