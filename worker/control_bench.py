@@ -647,6 +647,10 @@ def figures(args, phases: dict[str, Phase], outcome: Outcome) -> dict:
     per = {name: phase.per_unit() for name, phase in phases.items()}
     job = combined([(1, per["submit"]), (1, per["run"]), (args.polls, per["poll"])])
     task = combined([(1, per["baseline send"]), (1, per["baseline run"])])
+    # The same figures against a plain task measured minutes apart on the same Redis: on a shared,
+    # noisy machine a ratio within one run says more than microseconds (which follow the machine's day).
+    for row in (*per.values(), job):
+        row["task_multiple"] = row["usec_all"] / task["usec_all"] if task["usec_all"] else None
     return {
         "config": {
             "jobs": args.jobs,
@@ -689,12 +693,15 @@ def number(value: float | None, digits: int = 1) -> str:
 
 def phase_rows(result: dict, split: bool) -> list[str]:
     b = f"{'usec (b)':>11}" if split else ""
-    lines = [f"{'phase':<15}{'unit':<6}{'calls':>8}{'usec (a)':>11}{b}{'EVALSHA':>10}{'EXEC':>9}{'wall s':>9}"]
+    lines = [
+        f"{'phase':<15}{'unit':<6}{'calls':>8}{'usec (a)':>11}{b}{'x task':>8}{'EVALSHA':>10}{'EXEC':>9}{'wall s':>9}"
+    ]
     for name, row in result["phases"].items():
         b = f"{number(row['usec_top_level']):>11}" if split else ""
         lines.append(
             f"{name:<15}{row['unit']:<6}{number(row['calls']):>8}{number(row['usec_all']):>11}{b}"
-            f"{number(row['usec_scripts']):>10}{number(row['usec_exec']):>9}{row['seconds']:>9.2f}"
+            f"{number(row['task_multiple'], 2):>8}{number(row['usec_scripts']):>10}{number(row['usec_exec']):>9}"
+            f"{row['seconds']:>9.2f}"
         )
     lines += ["", f"top {TOP} commands by usec (usec per unit, calls per unit in brackets):"]
     for name, row in result["phases"].items():
@@ -719,12 +726,14 @@ def table(result: dict, header: str) -> str:
             "",
             "Redis per unit: calls (the commands scripts call included); usec (a): all of commandstats' usec"
             + ("; usec (b): (a) less the commands scripts called" if split else ""),
-            "(EVALSHA's and EXEC's usec, part of it, count the time of the commands they ran once more)",
+            "(EVALSHA's and EXEC's usec, part of it, count the time of the commands they ran once more);"
+            " x task: usec (a) over a plain Celery task's (the baseline below, send + run)",
             *phase_rows(result, split),
             "",
             f"memory per finished job: {number(result['memory_per_job_bytes'], 0)} bytes "
             "(used_memory from before the submit to the end of the run; client buffers, scripts, statistics left out)",
-            f"a job with {polls} polls (submit + run + {polls} polls): {usec_text(job, split)}",
+            f"a job with {polls} polls (submit + run + {polls} polls): {usec_text(job, split)}, "
+            f"{number(job['task_multiple'], 2)} x a plain task",
             f"  one Redis core at that cost: {number(job['jobs_per_second_per_core_all'], 0)} jobs/s (a){b_rate}",
             f"run: {number(ran['jobs_per_second'])} jobs/s from the first claim to the last job's end "
             f"({number(ran['drain_seconds'], 2)} s); {number(ran['jobs_per_second_wall'])} jobs/s counting the "

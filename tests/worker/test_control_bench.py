@@ -102,4 +102,7 @@ def test_a_small_run_succeeds_and_reports_every_figure():
     base = result["baseline"]
     assert base["calls"] > 0 and base["usec_all"] > 0 and base["tasks_per_second_per_core_all"] > 0
     assert base["memory_per_task_bytes"] > 0
+    for row in (*result["phases"].values(), job):  # each figure also as a multiple of the same run's plain task
+        assert row["task_multiple"] == pytest.approx(row["usec_all"] / base["usec_all"])
+    assert "x task" in out.stdout and "x a plain task" in out.stdout
     assert "memory per finished job" in out.stdout and "one Redis core at that cost" in out.stdout
