@@ -647,7 +647,7 @@ def figures(args, phases: dict[str, Phase], outcome: Outcome) -> dict:
     per = {name: phase.per_unit() for name, phase in phases.items()}
     job = combined([(1, per["submit"]), (1, per["run"]), (args.polls, per["poll"])])
     task = combined([(1, per["baseline send"]), (1, per["baseline run"])])
-    # The same figures against a plain task measured minutes apart on the same Redis: on a shared,
+    # The same figures against the plain task measured in this run on the same Redis: on a shared,
     # noisy machine a ratio within one run says more than microseconds (which follow the machine's day).
     for row in (*per.values(), job):
         row["task_multiple"] = row["usec_all"] / task["usec_all"] if task["usec_all"] else None
