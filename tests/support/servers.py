@@ -211,17 +211,38 @@ class Supervisor:
             worker.kill()
 
 
-def timed_run(command: list[str], cwd: Path, env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    """Run a command to its end (output captured); with the seconds it took."""
+def timed_runs(*runs: tuple[list[str], Path, dict], timeout: float) -> list[tuple[subprocess.CompletedProcess, float]]:
+    """Run (command, cwd, env) side by side to their ends (output captured); each with the seconds it
+    took. Side by side, a busy machine slows them alike, so one is a fair yardstick for another."""
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.monotonic()
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    return result, time.monotonic() - started
+
+    def run(command: list[str], cwd: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        return result, time.monotonic() - started
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda r: run(*r), runs))
+
+
+def connections_waiting(sock: socket.socket) -> int:
+    """How many connections the kernel accepted on a listening sock nobody accepts from: each stays
+    in the backlog, closed by its client or not (how many times a program probed a blackhole)."""
+    sock.setblocking(False)
+    count = 0
+    while True:
+        try:
+            sock.accept()[0].close()
+        except BlockingIOError:
+            return count
+        count += 1
 
 
 def within_one_probe(limit: float, offline_seconds: float) -> float:
     """How long a command that probes the model hub once may take: the issue's `limit`, or on a machine
-    too slow or busy for it, the same command's offline run (which never probes) twice over, plus the
-    probe's deadline (two runs of one command on a busy machine differ by more than a few seconds)."""
+    too slow or busy for it, the same command's offline run beside it (which never probes) twice over,
+    plus the probe's deadline."""
     from worker.engine.hub import PROBE_TIMEOUT
 
     return max(limit, 2 * offline_seconds + PROBE_TIMEOUT)

@@ -63,7 +63,7 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
     import redis
 
     from shared.jobs.workers import last_model_error
-    from tests.support.servers import timed_run, within_one_probe
+    from tests.support.servers import connections_waiting, timed_runs, within_one_probe
 
     blackhole = socket.create_server(("127.0.0.1", 0))
     env = {
@@ -80,9 +80,11 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
     )
 
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"]
-    # The same worker offline (no probe): what its start costs on this machine right now.
-    offline, offline_took = timed_run(command, ROOT, {**env, "HF_HUB_OFFLINE": "1"}, timeout=90)
-    result, took = timed_run(command, ROOT, env, timeout=90)
+    # The same worker offline beside it (no probe): what its start costs on this machine right now.
+    (result, took), (offline, offline_took) = timed_runs(
+        (command, ROOT, env), (command, ROOT, {**env, "HF_HUB_OFFLINE": "1"}), timeout=90
+    )
+    probes = connections_waiting(blackhole)
     blackhole.close()
     print(
         f"\nmodels unreachable: the worker stopped after {took:.1f}s (process start included; "
@@ -90,6 +92,7 @@ def test_a_worker_whose_models_cannot_load_says_why_and_stops(redis_url, tmp_pat
     )
     # One probe of the hub, no retries: within the limit, or on a slow machine of the offline run.
     assert offline.returncode == 2 and result.returncode == 2
+    assert probes == 1
     assert took < within_one_probe(30, offline_took)
     assert "CAPTION_MODEL=Salesforce/blip-image-captioning-base" in result.stderr
     assert "MODELS=tiny" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr

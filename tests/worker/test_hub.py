@@ -20,7 +20,7 @@ import pytest
 from shared.settings import Settings
 from tests.support.net import free_port
 from tests.support.photos import sample_images
-from tests.support.servers import timed_run, within_one_probe
+from tests.support.servers import connections_waiting, timed_runs, within_one_probe
 from worker.engine import ConfigError, Engine, hub
 from worker.engine.hub import ModelLoadError
 
@@ -295,15 +295,17 @@ def test_cli_exits_2_with_the_message_when_the_hub_is_blackholed(blackhole, tmp_
     env.update(HF_ENDPOINT=blackhole, HF_HOME=str(tmp_path / "hf-home"), DEVICE="cpu", PYTHONPATH=str(ROOT))
 
     command = [sys.executable, "-m", "worker", "narrate", str(photo), "-o", str(tmp_path / "x.mp3")]
-    # The same command offline (no probe): what the imports and checks cost on this machine right now.
-    offline, offline_seconds = timed_run(command, tmp_path, {**env, "HF_HUB_OFFLINE": "1"}, timeout=120)
-    result, seconds = timed_run(command, tmp_path, env, timeout=120)
+    # The same command offline beside it (no probe): what the imports and checks cost on this machine now.
+    (result, seconds), (offline, offline_seconds) = timed_runs(
+        (command, tmp_path, env), (command, tmp_path, {**env, "HF_HUB_OFFLINE": "1"}), timeout=120
+    )
     print(
         f"\nCLI with the hub blackholed: exit {result.returncode} after {seconds:.2f} s "
         f"(offline: {offline_seconds:.2f} s): {result.stderr.strip()}"
     )
     assert offline.returncode == 2 and result.returncode == 2, result.stderr
-    # One probe of the hub, no retries: within the limit, or on a slow machine of the offline run.
+    assert connections_waiting(blackhole.sock) == 1  # one probe of the hub, no retries
+    # Within the limit, or on a slow machine of the offline run.
     assert seconds < within_one_probe(LIMIT, offline_seconds)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
