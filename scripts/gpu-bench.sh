@@ -2,10 +2,13 @@
 # The GPU figures for issue 8, on a GPU machine with no model hub:
 #   scripts/gpu-bench.sh [BATCHES] [RUNS]      e.g. scripts/gpu-bench.sh 1,64,256 3
 # Builds full-size random-weight models (BLIP base, Qwen2.5-1.5B-Instruct, MMS-TTS-eng) into $MODELS
-# once (about 3.5 GB on local disk, kept while the machine is), then benches them on cuda. Wheels the
-# machine lacks can be carried in $WHEELS (installed offline first); weights are never carried. The
-# story model's decoding step compiles once per batch size while the bench loads (about a minute each
-# on an H100): with a 10-minute limit per command, bench two or three sizes per call.
+# once (about 4.1 GB on local disk, 73 s on 16 cores, kept while the machine is), then benches them on
+# cuda. Wheels the machine lacks can be carried in $WHEELS (installed offline, without their
+# dependencies, ahead of the machine's own packages); weights are never carried. The story model's
+# decoding step compiles once per batch size while the bench loads (40-44 s each on an H200): with a
+# 10-minute limit per command, bench two or three sizes per call. Run on 2026-12-04 on an H200 with
+# torch 2.11 and WHEELS holding transformers 5.24.0, peft, pydantic(-core, -settings), pydub, uroman,
+# imageio-ffmpeg 0.4.9 and their small dependencies (docs/benchmarks.md#gpu-throughput).
 set -euo pipefail
 BATCHES=${1:-1,8,32,64,128,256}
 RUNS=${2:-3}
@@ -14,7 +17,9 @@ PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [[ -n "${WHEELS:-}" ]]; then
-  "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" "$WHEELS"/*.whl
+  site=$(mktemp -d)
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! command -v ffmpeg >/dev/null; then  # pydub runs `ffmpeg`; imageio-ffmpeg's wheel carries one
   bin=$(mktemp -d)
