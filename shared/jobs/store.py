@@ -15,6 +15,7 @@ by whoever builds the store), so no caller has to remember a job's webhook.
 from __future__ import annotations
 
 import builtins
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
@@ -48,8 +49,9 @@ def created_score(created_at: float) -> int:
     """A job's place in its owner's queue and index: its creation time in whole microseconds.
     Whole numbers, because a small sorted set (a listpack, up to 128 entries) keeps an integer score
     as an integer but a fractional one as text, which Redis parses again at every entry an insert
-    passes: a ZADD into an owner's queue of 200 cost 11-14 us with seconds, 4 us with microseconds."""
-    return round(created_at * 1_000_000)
+    passes: a ZADD into an owner's queue of 200 cost 11-14 us with seconds, 4 us with microseconds.
+    Halves round up, as queues.lua's enqueue rounds them (Python's round() would take the even one)."""
+    return math.floor(created_at * 1_000_000 + 0.5)
 
 
 # Index entries written before scores were microseconds hold seconds: any score below this.

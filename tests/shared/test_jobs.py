@@ -336,6 +336,19 @@ def test_queue_and_index_scores_are_whole_microseconds_and_a_job_goes_back_to_it
     assert client.zscore(JobStore.owner_queue("key:a"), job.id) == score
 
 
+def test_the_scripts_put_a_job_back_at_the_score_its_submit_gave_it(client):
+    """queues.lua's enqueue (release, reap, cancel) and created_score round alike, halves included:
+    1796388340.7523324 s is 1796388340752332.5 us, where round-half-even and half-up part."""
+    from shared.jobs.store import LUA
+
+    enqueue = client.register_script(
+        (LUA / "queues.lua").read_text()
+        + "enqueue('j', 'o', ARGV[1]); return redis.call('ZSCORE', 'jobs:queued:o', 'j')"
+    )
+    for created_at in (1796388340.7523324, 1700000000.0000005, 1700000000.123456, time.time()):
+        assert int(enqueue(args=[repr(created_at)])) == created_score(created_at), created_at
+
+
 def test_entries_scored_in_seconds_from_before_microseconds_keep_their_order(store, client):
     """An upgrade meets queues and indexes whose scores are seconds: they are older than any new
     job, and sort below every microsecond score, so they still come first in a queue and last in a
