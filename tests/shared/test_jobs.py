@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from shared.jobs import Job, JobStatus, JobStore, Stage, decode_cursor, new_job_id
-from shared.jobs.store import created_score
+from shared.jobs.store import LUA, created_score
 
 TTL = 600
 
@@ -339,8 +339,6 @@ def test_queue_and_index_scores_are_whole_microseconds_and_a_job_goes_back_to_it
 def test_the_scripts_put_a_job_back_at_the_score_its_submit_gave_it(client):
     """queues.lua's enqueue (release, reap, cancel) and created_score round alike, halves included:
     1796388340.7523324 s is 1796388340752332.5 us, where round-half-even and half-up part."""
-    from shared.jobs.store import LUA
-
     enqueue = client.register_script(
         (LUA / "queues.lua").read_text()
         + "enqueue('j', 'o', ARGV[1]); return redis.call('ZSCORE', 'jobs:queued:o', 'j')"
